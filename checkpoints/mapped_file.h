@@ -1,0 +1,21 @@
+// Read-only memory map of a whole file (for large, untrusted weight files).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace dms {
+
+struct MappedFile {
+  const uint8_t* data = nullptr;
+  uint64_t size = 0;
+  MappedFile() = default;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  ~MappedFile();
+};
+
+// InputError naming the path when it is missing, not a regular file, or unmappable.
+std::shared_ptr<MappedFile> map_file(const std::string& path);
+
+}  // namespace dms

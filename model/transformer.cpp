@@ -1,0 +1,234 @@
+#include "model/transformer.h"
+
+#include <cmath>
+
+namespace dms {
+
+Model make_model(const ModelConfig& c, const at::TensorOptions& opts) {
+  const int64_t D = c.hidden_size, d = c.head_dim, H = c.n_heads, K = c.n_kv_heads;
+  const int64_t I = c.intermediate_size, V = c.vocab_size;
+  Model m;
+  m.config = c;
+  m.embed = at::zeros({V, D}, opts);
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    LayerWeights w;
+    w.attn_norm = at::ones({D}, opts);
+    w.wq = at::zeros({H * d, D}, opts);
+    w.wk = at::zeros({K * d, D}, opts);
+    w.wv = at::zeros({K * d, D}, opts);
+    w.wo = at::zeros({D, H * d}, opts);
+    if (c.qkv_bias) {
+      w.bq = at::zeros({H * d}, opts);
+      w.bk = at::zeros({K * d}, opts);
+      w.bv = at::zeros({K * d}, opts);
+    }
+    if (c.o_bias) w.bo = at::zeros({D}, opts);
+    if (c.qk_norm) {
+      w.q_norm = at::ones({d}, opts);
+      w.k_norm = at::ones({d}, opts);
+    }
+    w.mlp_norm = at::ones({D}, opts);
+    w.w_gate = at::zeros({I, D}, opts);
+    w.w_up = at::zeros({I, D}, opts);
+    w.w_down = at::zeros({D, I}, opts);
+    if (c.mlp_bias) {
+      w.b_gate = at::zeros({I}, opts);
+      w.b_up = at::zeros({I}, opts);
+      w.b_down = at::zeros({D}, opts);
+    }
+    m.layers.push_back(std::move(w));
+  }
+  m.final_norm = at::ones({D}, opts);
+  m.lm_head = c.tied_embeddings ? m.embed : at::zeros({V, D}, opts);
+  return m;
+}
+
+std::vector<std::pair<std::string, at::Tensor*>> named_weights(Model& m) {
+  std::vector<std::pair<std::string, at::Tensor*>> out;
+  auto add = [&](const std::string& name, at::Tensor& t) {
+    if (t.defined()) out.emplace_back(name, &t);
+  };
+  add("model.embed_tokens.weight", m.embed);
+  for (size_t l = 0; l < m.layers.size(); ++l) {
+    LayerWeights& w = m.layers[l];
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    add(p + "input_layernorm.weight", w.attn_norm);
+    add(p + "self_attn.q_proj.weight", w.wq);
+    add(p + "self_attn.k_proj.weight", w.wk);
+    add(p + "self_attn.v_proj.weight", w.wv);
+    add(p + "self_attn.o_proj.weight", w.wo);
+    add(p + "self_attn.q_proj.bias", w.bq);
+    add(p + "self_attn.k_proj.bias", w.bk);
+    add(p + "self_attn.v_proj.bias", w.bv);
+    add(p + "self_attn.o_proj.bias", w.bo);
+    add(p + "self_attn.q_norm.weight", w.q_norm);
+    add(p + "self_attn.k_norm.weight", w.k_norm);
+    add(p + "post_attention_layernorm.weight", w.mlp_norm);
+    add(p + "mlp.gate_proj.weight", w.w_gate);
+    add(p + "mlp.up_proj.weight", w.w_up);
+    add(p + "mlp.down_proj.weight", w.w_down);
+    add(p + "mlp.gate_proj.bias", w.b_gate);
+    add(p + "mlp.up_proj.bias", w.b_up);
+    add(p + "mlp.down_proj.bias", w.b_down);
+  }
+  add("model.norm.weight", m.final_norm);
+  if (!m.config.tied_embeddings) add("lm_head.weight", m.lm_head);
+  return out;
+}
+
+void init_random(Model& m, uint64_t seed, double std) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  at::NoGradGuard no_grad;
+  for (auto& [name, t] : named_weights(m)) {
+    const bool is_norm = name.find("norm") != std::string::npos;
+    if (is_norm) {
+      t->fill_(1.0);
+    } else {
+      at::Tensor r = at::empty(t->sizes(), at::kFloat);
+      r.normal_(0.0, std, gen);
+      t->copy_(r);
+    }
+  }
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor inv = at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return w * (xf * inv).to(x.scalar_type());
+}
+
+// Inverse frequencies [d/2] (double), with llama3 band-wise scaling when configured.
+static std::vector<double> rope_inv_freq(const ModelConfig& c) {
+  const int64_t half = c.head_dim / 2;
+  std::vector<double> f(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i)
+    f[size_t(i)] = 1.0 / std::pow(c.rope_theta, double(2 * i) / double(c.head_dim));
+  const RopeScaling& s = c.rope_scaling;
+  if (s.type == "llama3") {
+    const double old_ctx = double(s.original_max_position);
+    const double low_wavelen = old_ctx / s.low_freq_factor;
+    const double high_wavelen = old_ctx / s.high_freq_factor;
+    for (double& inv : f) {
+      const double wavelen = 2.0 * M_PI / inv;
+      if (wavelen > low_wavelen) {
+        inv = inv / s.factor;
+      } else if (wavelen >= high_wavelen) {
+        const double smooth =
+            (old_ctx / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        inv = (1.0 - smooth) * inv / s.factor + smooth * inv;
+      }
+    }
+  }
+  return f;
+}
+
+std::pair<at::Tensor, at::Tensor> rope_tables(const ModelConfig& c, const at::Tensor& positions) {
+  std::vector<double> inv = rope_inv_freq(c);
+  at::Tensor inv_t = at::tensor(inv, at::kDouble);                             // [d/2]
+  at::Tensor ang = positions.to(at::kDouble).unsqueeze(1) * inv_t.unsqueeze(0);  // [T, d/2]
+  ang = at::cat({ang, ang}, 1);                                                // [T, d]
+  return {ang.cos().to(at::kFloat), ang.sin().to(at::kFloat)};
+}
+
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
+  at::Tensor rotated = at::cat({-x2, x1}, -1);
+  return x * cos.to(x.scalar_type()) + rotated * sin.to(x.scalar_type());
+}
+
+at::Tensor attention_bias(const at::Tensor& q_pos, int64_t S, const at::Tensor& key_valid,
+                          int64_t sliding_window) {
+  at::Tensor kp = at::arange(S, at::kLong).unsqueeze(0);  // [1, S]
+  at::Tensor qp = q_pos.unsqueeze(1);                      // [T, 1]
+  at::Tensor visible = kp.le(qp);                          // [T, S]
+  if (sliding_window > 0) visible = visible.logical_and((qp - kp).lt(sliding_window));
+  visible = visible.unsqueeze(0);  // [1, T, S]
+  if (key_valid.defined()) {
+    at::Tensor self = kp.eq(qp).unsqueeze(0);                                    // [1, T, S]
+    visible = visible.logical_and(key_valid.unsqueeze(1).logical_or(self));  // [B, T, S]
+  }
+  at::Tensor bias = at::zeros(visible.sizes(), at::kFloat);
+  bias.masked_fill_(visible.logical_not(), -std::numeric_limits<float>::infinity());
+  return bias.unsqueeze(1);  // [B|1, 1, T, S]
+}
+
+at::Tensor grouped_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const at::Tensor& bias) {
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), d = q.size(3);
+  const int64_t K = k.size(1), G = H / K;
+  at::Tensor qg = q.reshape({B, K, G, T, d});
+  at::Tensor scores = at::matmul(qg, k.unsqueeze(2).transpose(-1, -2));  // [B, K, G, T, S]
+  scores = scores.to(at::kFloat) * (1.0 / std::sqrt(double(d))) + bias.unsqueeze(1);
+  at::Tensor p = at::softmax(scores, -1).to(v.scalar_type());
+  return at::matmul(p, v.unsqueeze(2)).reshape({B, H, T, d});
+}
+
+QKV project_qkv(const LayerWeights& w, const ModelConfig& c, const at::Tensor& x,
+                const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t B = x.size(0), T = x.size(1), d = c.head_dim;
+  // [B, T, h*d] -> [B, h, T, d]
+  auto heads = [&](const at::Tensor& t, int64_t h) {
+    return t.view({B, T, h, d}).transpose(1, 2);
+  };
+  at::Tensor q = heads(at::linear(x, w.wq, w.bq), c.n_heads);
+  at::Tensor k = heads(at::linear(x, w.wk, w.bk), c.n_kv_heads);
+  at::Tensor v = heads(at::linear(x, w.wv, w.bv), c.n_kv_heads);
+  if (c.qk_norm) {
+    q = rms_norm(q, w.q_norm, c.rms_eps);
+    k = rms_norm(k, w.k_norm, c.rms_eps);
+  }
+  return {apply_rope(q, cos, sin), apply_rope(k, cos, sin), v};
+}
+
+at::Tensor mlp(const LayerWeights& w, const at::Tensor& x) {
+  at::Tensor g = at::silu(at::linear(x, w.w_gate, w.b_gate));
+  return at::linear(g * at::linear(x, w.w_up, w.b_up), w.w_down, w.b_down);
+}
+
+at::Tensor forward(const Model& m, const at::Tensor& tokens, const at::Tensor& valid,
+                   KVCache* cache) {
+  const ModelConfig& c = m.config;
+  const int64_t B = tokens.size(0), T = tokens.size(1);
+  const int64_t start = cache ? cache->length : 0;
+  at::Tensor q_pos = at::arange(start, start + T, at::kLong);  // [T]
+  auto [cos, sin] = rope_tables(c, q_pos);                     // [T, d]
+
+  at::Tensor key_valid = valid;  // [B, S] over all keys, or undefined
+  if (cache) {
+    at::Tensor now = valid.defined() ? valid : at::ones({B, T}, at::kBool);
+    if (cache->length > 0) now = at::cat({cache->key_valid, now}, 1);
+    cache->key_valid = now;
+    key_valid = now;
+    if (cache->k.empty()) {
+      cache->k.resize(size_t(c.n_layers));
+      cache->v.resize(size_t(c.n_layers));
+    }
+  }
+  const int64_t S = start + T;
+  at::Tensor bias = attention_bias(q_pos, S, key_valid, c.sliding_window);  // [B|1, 1, T, S]
+
+  at::Tensor x = at::embedding(m.embed, tokens);  // [B, T, D]
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& w = m.layers[size_t(l)];
+    QKV qkv = project_qkv(w, c, rms_norm(x, w.attn_norm, c.rms_eps), cos, sin);
+    at::Tensor k = qkv.k, v = qkv.v;
+    if (cache) {
+      at::Tensor& ck = cache->k[size_t(l)];
+      at::Tensor& cv = cache->v[size_t(l)];
+      ck = ck.defined() ? at::cat({ck, k}, 2) : k;  // [B, K, S, d]
+      cv = cv.defined() ? at::cat({cv, v}, 2) : v;
+      k = ck;
+      v = cv;
+    }
+    at::Tensor att = grouped_attention(qkv.q, k, v, bias);  // [B, H, T, d]
+    att = att.transpose(1, 2).reshape({B, T, c.n_heads * c.head_dim});
+    x = x + at::linear(att, w.wo, w.bo);
+    x = x + mlp(w, rms_norm(x, w.mlp_norm, c.rms_eps));
+  }
+  if (cache) cache->length = S;
+  x = rms_norm(x, m.final_norm, c.rms_eps);
+  return at::linear(x, m.lm_head);  // [B, T, V]
+}
+
+}  // namespace dms

@@ -1,0 +1,91 @@
+// The decoder transformer shared by every supported family (Llama, Qwen2,
+// Qwen3, Mistral): plain weight structs and free functions over ATen.
+// Shapes: B batch, T new positions, S cached+new key positions, D hidden,
+// H query heads, K key/value heads, G = H/K, d head_dim, V vocab, I MLP hidden.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "model/config.h"
+
+namespace dms {
+
+struct LayerWeights {
+  at::Tensor attn_norm;           // [D]
+  at::Tensor wq, wk, wv, wo;      // [H*d, D], [K*d, D], [K*d, D], [D, H*d]
+  at::Tensor bq, bk, bv, bo;      // [H*d], [K*d], [K*d], [D]; undefined without bias
+  at::Tensor q_norm, k_norm;      // [d]; Qwen3 only
+  at::Tensor mlp_norm;            // [D]
+  at::Tensor w_gate, w_up;        // [I, D]
+  at::Tensor w_down;              // [D, I]
+  at::Tensor b_gate, b_up, b_down;  // MLP biases (Llama mlp_bias) or undefined
+};
+
+struct Model {
+  ModelConfig config;
+  at::Tensor embed;  // [V, D]
+  std::vector<LayerWeights> layers;
+  at::Tensor final_norm;  // [D]
+  at::Tensor lm_head;     // [V, D]; the same tensor as embed when tied
+};
+
+// Allocates every weight of `c` with its shape (zeros; norms set to one).
+Model make_model(const ModelConfig& c, const at::TensorOptions& opts = at::kFloat);
+
+// Normal(0, std) for matrices and biases, ones for norms; deterministic in seed.
+void init_random(Model& m, uint64_t seed, double std = 0.02);
+
+// Every weight under its Hugging Face name ("model.layers.0.self_attn.q_proj.weight", ...).
+// A tied lm_head is not listed separately.
+std::vector<std::pair<std::string, at::Tensor*>> named_weights(Model& m);
+
+// Dense KV cache for incremental decoding: every past key is kept.
+struct KVCache {
+  std::vector<at::Tensor> k, v;  // per layer [B, K, S, d]
+  at::Tensor key_valid;          // [B, S] bool (false for padding)
+  int64_t length = 0;            // S
+};
+
+// RMSNorm over the last dim in fp32. x [..., n], w [n] -> [..., n] (dtype of x).
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps);
+
+// RoPE tables for absolute positions. positions [T] int64 -> cos, sin [T, d] fp32,
+// rotate-half layout (frequency i at columns i and i + d/2), llama3 scaling applied.
+std::pair<at::Tensor, at::Tensor> rope_tables(const ModelConfig& c, const at::Tensor& positions);
+
+// x [B, h, T, d], cos/sin [T, d] -> [B, h, T, d]
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+// Additive attention bias: 0 where query (absolute position q_pos[i]) may see key j
+// (absolute position j), -inf elsewhere. Causal, sliding window when > 0, padding keys
+// hidden (a query always sees itself so no row is empty).
+// q_pos [T] int64, key_valid [B, S] bool or undefined -> [B, 1, T, S] fp32
+at::Tensor attention_bias(const at::Tensor& q_pos, int64_t S, const at::Tensor& key_valid,
+                          int64_t sliding_window);
+
+// Grouped-query softmax attention. q [B, H, T, d], k/v [B, K, S, d], bias broadcastable to
+// [B, K, G, T, S] after unsqueeze(1) of a [B, 1|K, T, S] tensor -> [B, H, T, d]
+at::Tensor grouped_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const at::Tensor& bias);
+
+// Projections + q/k norm + RoPE for one layer.
+// x [B, T, D] (already input-normed) -> q [B, H, T, d], k [B, K, T, d], v [B, K, T, d]
+struct QKV {
+  at::Tensor q, k, v;
+};
+QKV project_qkv(const LayerWeights& w, const ModelConfig& c, const at::Tensor& x,
+                const at::Tensor& cos, const at::Tensor& sin);
+
+// SwiGLU MLP. x [B, T, D] -> [B, T, D]
+at::Tensor mlp(const LayerWeights& w, const at::Tensor& x);
+
+// Full forward. tokens [B, T] int64, valid [B, T] bool (right padding) or undefined.
+// With a cache, the T tokens follow the cached ones and the cache is extended.
+// -> logits [B, T, V]
+at::Tensor forward(const Model& m, const at::Tensor& tokens, const at::Tensor& valid = {},
+                   KVCache* cache = nullptr);
+
+}  // namespace dms

@@ -1,0 +1,72 @@
+// dms inspect PATH: what a model, config, tokenizer or safetensors file holds.
+#include <filesystem>
+#include <iostream>
+
+#include "checkpoints/load_model.h"
+#include "checkpoints/safetensors.h"
+#include "data/tokenizer.h"
+#include "model/error.h"
+#include "trainer/cli.h"
+
+namespace fs = std::filesystem;
+
+namespace dms {
+
+namespace {
+
+void inspect_tokenizer(const std::string& path) {
+  Tokenizer t = load_tokenizer(path);
+  std::cout << "tokenizer:       SentencePiece " << path << "\n"
+            << "vocab:           " << t.vocab_size() << "\n"
+            << "bos/eos:         " << t.bos_id() << " / " << t.eos_id() << "\n"
+            << "unk/pad:         " << t.unk_id() << " / " << t.pad_id() << "\n";
+}
+
+void inspect_safetensors(const std::string& path) {
+  SafetensorsFile f = open_safetensors(path);
+  uint64_t bytes = 0;
+  std::cout << "safetensors:     " << path << " (" << f.entries.size() << " tensors)\n";
+  for (const auto& e : f.entries) {
+    std::cout << "  " << e.name << "  " << e.dtype << " " << c10::str(at::IntArrayRef(e.shape))
+              << "\n";
+    bytes += e.end - e.begin;
+  }
+  for (const auto& [k, v] : f.metadata) std::cout << "metadata " << k << ": " << v << "\n";
+  std::cout << "data bytes:      " << bytes << "\n";
+}
+
+void inspect_model(const std::string& path) {
+  ModelConfig c = read_model_config(path);
+  std::cout << "model:           " << path << "\n" << describe_config(c);
+  auto dtypes = stored_dtypes(path);
+  if (!dtypes.empty()) {
+    std::cout << "stored dtypes:  ";
+    for (const auto& [k, v] : dtypes) std::cout << " " << k << " x" << v;
+    std::cout << "\n";
+  } else {
+    std::cout << "stored dtypes:   (config only) " << c.dtype << "\n";
+  }
+}
+
+void run_inspect(const std::string& path) {
+  require(fs::exists(path), path, "no such file or directory");
+  const std::string ext = fs::path(path).extension().string();
+  if (ext == ".model") return inspect_tokenizer(path);
+  if (ext == ".safetensors") return inspect_safetensors(path);
+  return inspect_model(path);
+}
+
+}  // namespace
+
+void add_inspect_command(CLI::App& app) {
+  auto path = std::make_shared<std::string>();
+  CLI::App* cmd = app.add_subcommand(
+      "inspect",
+      "Describe a file: HF model directory or config.json (family, layers, heads, parameter "
+      "count, rope), llama2.c .bin, .safetensors (tensors), SentencePiece .model (vocab, "
+      "special ids).");
+  cmd->add_option("path", *path, "File or directory to describe")->required();
+  cmd->callback([path] { run_inspect(*path); });
+}
+
+}  // namespace dms

@@ -1,0 +1,29 @@
+// `dms`: the command-line entry point. Exit codes: 0 ok, 1 runtime failure,
+// 2 bad usage or bad input (one line on stderr naming the file and the problem).
+#include <iostream>
+
+#include "model/error.h"
+#include "trainer/cli.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "dms-retrofit: teach a pretrained decoder LLM Dynamic Memory Sparsification "
+      "(learned KV-cache eviction) by distillation, then export and evaluate it."};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "Show help for every subcommand");
+  dms::add_generate_command(app);
+  dms::add_inspect_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  } catch (const dms::InputError& e) {
+    std::cerr << "dms: error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "dms: failed: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
