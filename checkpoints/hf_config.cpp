@@ -126,7 +126,8 @@ ModelConfig parse_hf_config(const nlohmann::json& j, const std::string& source) 
       c.rope_scaling.factor = sr.number_or("factor", 8.0);
       c.rope_scaling.low_freq_factor = sr.number_or("low_freq_factor", 1.0);
       c.rope_scaling.high_freq_factor = sr.number_or("high_freq_factor", 4.0);
-      c.rope_scaling.original_max_position = sr.integer_or("original_max_position_embeddings", 8192);
+      c.rope_scaling.original_max_position =
+          sr.integer_or("original_max_position_embeddings", 8192);
       require(c.rope_scaling.factor > 0 &&
                   c.rope_scaling.high_freq_factor > c.rope_scaling.low_freq_factor,
               source, "rope_scaling factors are inconsistent");

@@ -61,14 +61,14 @@ Layout parse_header(const MappedFile& f, const std::string& path) {
   validate_config(c, path);
 
   const uint64_t D = uint64_t(dim), L = uint64_t(n_layers), kv = uint64_t(n_kv * c.head_dim);
-  uint64_t floats = vocab * D                 // token embedding
-                    + L * D                   // rms_att
-                    + L * D * D               // wq
-                    + 2 * L * kv * D          // wk, wv
-                    + L * D * D               // wo
-                    + L * D                   // rms_ffn
-                    + 3 * L * D * uint64_t(hidden)  // w1, w2, w3
-                    + D                       // rms_final
+  uint64_t floats = vocab * D                                    // token embedding
+                    + L * D                                      // rms_att
+                    + L * D * D                                  // wq
+                    + 2 * L * kv * D                             // wk, wv
+                    + L * D * D                                  // wo
+                    + L * D                                      // rms_ffn
+                    + 3 * L * D * uint64_t(hidden)               // w1, w2, w3
+                    + D                                          // rms_final
                     + uint64_t(seq_len) * uint64_t(c.head_dim);  // freq_cis real + imag
   if (!shared) floats += vocab * D;
   out.expected_bytes = kHeaderBytes + 4 * floats;

@@ -49,7 +49,8 @@ WeightFiles open_weights(const fs::path& dir) {
       w.where[it.key()] = file_ids[shard];
     }
   } else {
-    require(fs::exists(single), dir.string(), "no model.safetensors or model.safetensors.index.json");
+    require(fs::exists(single), dir.string(),
+            "no model.safetensors or model.safetensors.index.json");
     w.files.push_back(open_safetensors(single.string()));
     for (const auto& e : w.files[0].entries) w.where[e.name] = 0;
   }
@@ -71,9 +72,12 @@ ModelSource detect_model_source(const std::string& path) {
 
 ModelConfig read_model_config(const std::string& path) {
   switch (detect_model_source(path)) {
-    case ModelSource::hf_directory: return read_hf_config((fs::path(path) / "config.json").string());
-    case ModelSource::hf_config_only: return read_hf_config(path);
-    case ModelSource::llama2c: return read_llama2c_config(path);
+    case ModelSource::hf_directory:
+      return read_hf_config((fs::path(path) / "config.json").string());
+    case ModelSource::hf_config_only:
+      return read_hf_config(path);
+    case ModelSource::llama2c:
+      return read_llama2c_config(path);
   }
   return {};
 }
@@ -126,7 +130,8 @@ std::map<std::string, int64_t> stored_dtypes(const std::string& path) {
         for (const auto& e : f.entries) out[e.dtype]++;
       break;
     }
-    case ModelSource::hf_config_only: break;
+    case ModelSource::hf_config_only:
+      break;
   }
   return out;
 }
@@ -134,8 +139,8 @@ std::map<std::string, int64_t> stored_dtypes(const std::string& path) {
 std::string find_tokenizer(const std::string& model_path, int64_t vocab_size) {
   fs::path p(model_path);
   fs::path dir = fs::is_directory(p) ? p : p.parent_path();
-  for (const fs::path& c : {dir / ("tok" + std::to_string(vocab_size) + ".model"),
-                            dir / "tokenizer.model"})
+  for (const fs::path& c :
+       {dir / ("tok" + std::to_string(vocab_size) + ".model"), dir / "tokenizer.model"})
     if (fs::is_regular_file(c)) return c.string();
   return "";
 }

@@ -21,15 +21,24 @@ at::ScalarType safetensors_dtype(const std::string& name, const std::string& whe
 
 std::string safetensors_dtype_name(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return "F32";
-    case at::kBFloat16: return "BF16";
-    case at::kHalf: return "F16";
-    case at::kDouble: return "F64";
-    case at::kLong: return "I64";
-    case at::kInt: return "I32";
-    case at::kByte: return "U8";
-    case at::kBool: return "BOOL";
-    default: throw std::runtime_error("safetensors: cannot store dtype " + std::string(c10::toString(t)));
+    case at::kFloat:
+      return "F32";
+    case at::kBFloat16:
+      return "BF16";
+    case at::kHalf:
+      return "F16";
+    case at::kDouble:
+      return "F64";
+    case at::kLong:
+      return "I64";
+    case at::kInt:
+      return "I32";
+    case at::kByte:
+      return "U8";
+    case at::kBool:
+      return "BOOL";
+    default:
+      throw std::runtime_error("safetensors: cannot store dtype " + std::string(c10::toString(t)));
   }
 }
 
@@ -44,7 +53,8 @@ SafetensorsFile open_safetensors(const std::string& path) {
   require(n <= size - 8, path,
           "header length " + std::to_string(n) + " runs past the end of the file (" +
               std::to_string(size) + " bytes)");
-  require(n <= kMaxSafetensorsHeader, path, "header length " + std::to_string(n) + " over the limit");
+  require(n <= kMaxSafetensorsHeader, path,
+          "header length " + std::to_string(n) + " over the limit");
   f.data_offset = 8 + n;
   const uint64_t data_size = size - f.data_offset;
 
@@ -62,7 +72,8 @@ SafetensorsFile open_safetensors(const std::string& path) {
     if (name == "__metadata__") {
       require(v.is_object(), path, "__metadata__ is not an object");
       for (auto m = v.begin(); m != v.end(); ++m) {
-        require(m.value().is_string(), path, "__metadata__ value '" + m.key() + "' is not a string");
+        require(m.value().is_string(), path,
+                "__metadata__ value '" + m.key() + "' is not a string");
         f.metadata[m.key()] = m.value().get<std::string>();
       }
       continue;

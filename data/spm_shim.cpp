@@ -24,16 +24,23 @@ void* dms_spm_load(const char* path, dms_spm_bytes_cb err, void* ctx) {
   return sp;
 }
 
-void dms_spm_free(void* h) { delete static_cast<SentencePieceProcessor*>(h); }
+void dms_spm_free(void* h) {
+  delete static_cast<SentencePieceProcessor*>(h);
+}
 
 int dms_spm_special(void* h, int which) {
   auto* sp = static_cast<SentencePieceProcessor*>(h);
   switch (which) {
-    case 0: return sp->GetPieceSize();
-    case 1: return sp->bos_id();
-    case 2: return sp->eos_id();
-    case 3: return sp->unk_id();
-    default: return sp->pad_id();
+    case 0:
+      return sp->GetPieceSize();
+    case 1:
+      return sp->bos_id();
+    case 2:
+      return sp->eos_id();
+    case 3:
+      return sp->unk_id();
+    default:
+      return sp->pad_id();
   }
 }
 
@@ -46,8 +53,8 @@ int dms_spm_encode(void* h, const char* text, size_t len, dms_spm_ids_cb out, vo
   return 0;
 }
 
-int dms_spm_encode_pieces(void* h, const char* text, size_t len, dms_spm_bytes_cb piece,
-                          void* ctx, dms_spm_bytes_cb err) {
+int dms_spm_encode_pieces(void* h, const char* text, size_t len, dms_spm_bytes_cb piece, void* ctx,
+                          dms_spm_bytes_cb err) {
   std::vector<std::string> pieces;
   auto status = static_cast<SentencePieceProcessor*>(h)->Encode(std::string(text, len), &pieces);
   if (!status.ok()) return report(err, ctx, status.ToString()), 1;

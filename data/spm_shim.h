@@ -21,8 +21,8 @@ int dms_spm_special(void* h, int which);
 // Each returns 0 on success; on failure the message goes to `err`.
 int dms_spm_encode(void* h, const char* text, size_t len, dms_spm_ids_cb out, void* ctx,
                    dms_spm_bytes_cb err);
-int dms_spm_encode_pieces(void* h, const char* text, size_t len, dms_spm_bytes_cb piece,
-                          void* ctx, dms_spm_bytes_cb err);
+int dms_spm_encode_pieces(void* h, const char* text, size_t len, dms_spm_bytes_cb piece, void* ctx,
+                          dms_spm_bytes_cb err);
 int dms_spm_decode(void* h, const int* ids, size_t n, dms_spm_bytes_cb out, void* ctx,
                    dms_spm_bytes_cb err);
 void dms_spm_id_to_piece(void* h, int id, dms_spm_bytes_cb out, void* ctx);

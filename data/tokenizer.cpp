@@ -44,7 +44,8 @@ const Shim& shim() {
   std::call_once(once, [] {
     const std::string path = shim_path();
     void* lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
-    if (!lib) throw std::runtime_error("cannot load the SentencePiece shim: " + std::string(dlerror()));
+    if (!lib)
+      throw std::runtime_error("cannot load the SentencePiece shim: " + std::string(dlerror()));
     auto sym = [&](const char* name) {
       void* p = dlsym(lib, name);
       if (!p) throw std::runtime_error(path + ": missing symbol " + name);
@@ -88,14 +89,23 @@ struct SpmHandle {
   }
 };
 
-int64_t Tokenizer::vocab_size() const { return shim().special(handle->p, 0); }
-int64_t Tokenizer::bos_id() const { return shim().special(handle->p, 1); }
-int64_t Tokenizer::eos_id() const { return shim().special(handle->p, 2); }
-int64_t Tokenizer::unk_id() const { return shim().special(handle->p, 3); }
-int64_t Tokenizer::pad_id() const { return shim().special(handle->p, 4); }
+int64_t Tokenizer::vocab_size() const {
+  return shim().special(handle->p, 0);
+}
+int64_t Tokenizer::bos_id() const {
+  return shim().special(handle->p, 1);
+}
+int64_t Tokenizer::eos_id() const {
+  return shim().special(handle->p, 2);
+}
+int64_t Tokenizer::unk_id() const {
+  return shim().special(handle->p, 3);
+}
+int64_t Tokenizer::pad_id() const {
+  return shim().special(handle->p, 4);
+}
 
-std::vector<int64_t> Tokenizer::encode(const std::string& text, bool add_bos,
-                                       bool add_eos) const {
+std::vector<int64_t> Tokenizer::encode(const std::string& text, bool add_bos, bool add_eos) const {
   std::vector<int> ids;
   if (shim().encode(handle->p, text.data(), text.size(), copy_ids, &ids, nullptr) != 0)
     throw std::runtime_error(path + ": encode failed");

@@ -6,7 +6,9 @@
 
 namespace dms {
 
-double Sampler::uniform() { return double(rng_() >> 11) * (1.0 / 9007199254740992.0); }
+double Sampler::uniform() {
+  return double(rng_() >> 11) * (1.0 / 9007199254740992.0);
+}
 
 int64_t Sampler::sample_row(const float* logits, int64_t V) {
   if (opts_.temperature <= 0.0) return int64_t(std::max_element(logits, logits + V) - logits);

@@ -124,9 +124,9 @@ static std::vector<double> rope_inv_freq(const ModelConfig& c) {
 
 std::pair<at::Tensor, at::Tensor> rope_tables(const ModelConfig& c, const at::Tensor& positions) {
   std::vector<double> inv = rope_inv_freq(c);
-  at::Tensor inv_t = at::tensor(inv, at::kDouble);                             // [d/2]
+  at::Tensor inv_t = at::tensor(inv, at::kDouble);                               // [d/2]
   at::Tensor ang = positions.to(at::kDouble).unsqueeze(1) * inv_t.unsqueeze(0);  // [T, d/2]
-  ang = at::cat({ang, ang}, 1);                                                // [T, d]
+  ang = at::cat({ang, ang}, 1);                                                  // [T, d]
   return {ang.cos().to(at::kFloat), ang.sin().to(at::kFloat)};
 }
 
@@ -140,12 +140,12 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
 at::Tensor attention_bias(const at::Tensor& q_pos, int64_t S, const at::Tensor& key_valid,
                           int64_t sliding_window) {
   at::Tensor kp = at::arange(S, at::kLong).unsqueeze(0);  // [1, S]
-  at::Tensor qp = q_pos.unsqueeze(1);                      // [T, 1]
-  at::Tensor visible = kp.le(qp);                          // [T, S]
+  at::Tensor qp = q_pos.unsqueeze(1);                     // [T, 1]
+  at::Tensor visible = kp.le(qp);                         // [T, S]
   if (sliding_window > 0) visible = visible.logical_and((qp - kp).lt(sliding_window));
   visible = visible.unsqueeze(0);  // [1, T, S]
   if (key_valid.defined()) {
-    at::Tensor self = kp.eq(qp).unsqueeze(0);                                    // [1, T, S]
+    at::Tensor self = kp.eq(qp).unsqueeze(0);                                // [1, T, S]
     visible = visible.logical_and(key_valid.unsqueeze(1).logical_or(self));  // [B, T, S]
   }
   at::Tensor bias = at::zeros(visible.sizes(), at::kFloat);
@@ -168,9 +168,7 @@ QKV project_qkv(const LayerWeights& w, const ModelConfig& c, const at::Tensor& x
                 const at::Tensor& cos, const at::Tensor& sin) {
   const int64_t B = x.size(0), T = x.size(1), d = c.head_dim;
   // [B, T, h*d] -> [B, h, T, d]
-  auto heads = [&](const at::Tensor& t, int64_t h) {
-    return t.view({B, T, h, d}).transpose(1, 2);
-  };
+  auto heads = [&](const at::Tensor& t, int64_t h) { return t.view({B, T, h, d}).transpose(1, 2); };
   at::Tensor q = heads(at::linear(x, w.wq, w.bq), c.n_heads);
   at::Tensor k = heads(at::linear(x, w.wk, w.bk), c.n_kv_heads);
   at::Tensor v = heads(at::linear(x, w.wv, w.bv), c.n_kv_heads);

@@ -14,13 +14,13 @@
 namespace dms {
 
 struct LayerWeights {
-  at::Tensor attn_norm;           // [D]
-  at::Tensor wq, wk, wv, wo;      // [H*d, D], [K*d, D], [K*d, D], [D, H*d]
-  at::Tensor bq, bk, bv, bo;      // [H*d], [K*d], [K*d], [D]; undefined without bias
-  at::Tensor q_norm, k_norm;      // [d]; Qwen3 only
-  at::Tensor mlp_norm;            // [D]
-  at::Tensor w_gate, w_up;        // [I, D]
-  at::Tensor w_down;              // [D, I]
+  at::Tensor attn_norm;             // [D]
+  at::Tensor wq, wk, wv, wo;        // [H*d, D], [K*d, D], [K*d, D], [D, H*d]
+  at::Tensor bq, bk, bv, bo;        // [H*d], [K*d], [K*d], [D]; undefined without bias
+  at::Tensor q_norm, k_norm;        // [d]; Qwen3 only
+  at::Tensor mlp_norm;              // [D]
+  at::Tensor w_gate, w_up;          // [I, D]
+  at::Tensor w_down;                // [D, I]
   at::Tensor b_gate, b_up, b_down;  // MLP biases (Llama mlp_bias) or undefined
 };
 

@@ -48,7 +48,8 @@ void run_generate(const GenerateArgs& a) {
   const ModelConfig& c = m.config;
 
   Tokenizer tok;
-  const std::string tok_path = a.tokenizer.empty() ? find_tokenizer(a.model, c.vocab_size) : a.tokenizer;
+  const std::string tok_path =
+      a.tokenizer.empty() ? find_tokenizer(a.model, c.vocab_size) : a.tokenizer;
   const bool have_tok = !tok_path.empty();
   if (have_tok) {
     tok = load_tokenizer(tok_path);

@@ -1,0 +1,176 @@
+// Importers and writers: safetensors (valid and hostile files), HF configs, llama2.c.
+#include <filesystem>
+
+#include "checkpoints/hf_config.h"
+#include "checkpoints/llama2c.h"
+#include "checkpoints/load_model.h"
+#include "checkpoints/safetensors.h"
+#include "model/error.h"
+#include "tests/test_util.h"
+
+namespace fs = std::filesystem;
+
+namespace dms {
+namespace {
+
+using test::asset;
+
+// Runs f, expecting an InputError whose message contains every part.
+template <typename F>
+void expect_input_error(F&& f, const std::vector<std::string>& parts) {
+  try {
+    f();
+    ADD_FAILURE() << "expected InputError containing '" << parts[0] << "'";
+  } catch (const InputError& e) {
+    for (const auto& p : parts)
+      EXPECT_NE(std::string(e.what()).find(p), std::string::npos)
+          << "message: " << e.what() << "\nmissing: " << p;
+  }
+}
+
+TEST(Safetensors, RoundTripKeepsDtypesShapesValuesAndMetadata) {
+  test::TempDir tmp;
+  at::Tensor a = at::randn({3, 5});
+  at::Tensor b = at::randn({7}).to(at::kBFloat16);
+  at::Tensor c = at::randn({2, 2, 2}).to(at::kHalf);
+  write_safetensors(tmp.file("x.safetensors"), {{"a", a}, {"b", b}, {"c", c}}, {{"k", "v"}});
+  SafetensorsFile f = open_safetensors(tmp.file("x.safetensors"));
+  EXPECT_EQ(f.metadata.at("k"), "v");
+  EXPECT_EQ(f.data_offset % 8, 0u);
+  EXPECT_TRUE(at::equal(f.tensor("a"), a));
+  EXPECT_TRUE(at::equal(f.tensor("b"), b));
+  EXPECT_TRUE(at::equal(f.tensor("c"), c));
+  EXPECT_EQ(f.find("b")->dtype, "BF16");
+  expect_input_error([&] { f.tensor("nope"); }, {"x.safetensors", "missing tensor 'nope'"});
+  // No temporary left behind.
+  EXPECT_EQ(std::distance(fs::directory_iterator(tmp.path), fs::directory_iterator()), 1);
+}
+
+TEST(Safetensors, HostileHeadersAreRejectedWithTheFileNamed) {
+  test::TempDir tmp;
+  for (const auto& bad : test::bad_safetensors_files()) {
+    SCOPED_TRACE(bad.name);
+    test::write_bytes(tmp.file(bad.name), bad.bytes);
+    expect_input_error([&] { open_safetensors(tmp.file(bad.name)); }, {bad.name, bad.error});
+  }
+}
+
+TEST(Safetensors, FailedWriteLeavesThePreviousFileIntact) {
+  test::TempDir tmp;
+  const std::string path = tmp.file("w.safetensors");
+  write_safetensors(path, {{"a", at::ones({4})}});
+  const std::string before = test::read_bytes(path);
+  // A tensor we cannot store makes the writer throw midway.
+  EXPECT_ANY_THROW(
+      write_safetensors(path, {{"a", at::ones({4})}, {"z", at::ones({2}, at::kComplexFloat)}}));
+  EXPECT_EQ(test::read_bytes(path), before);
+  EXPECT_EQ(std::distance(fs::directory_iterator(tmp.path), fs::directory_iterator()), 1);
+}
+
+// A copy of hf-tiny/llama (config + weights) that a test may damage.
+std::string copy_fixture(const test::TempDir& tmp, const std::string& name) {
+  const std::string dst = tmp.file(name);
+  fs::copy(asset("hf-tiny/" + name), dst, fs::copy_options::recursive);
+  for (auto& e : fs::recursive_directory_iterator(dst))
+    fs::permissions(e.path(), fs::perms::owner_write, fs::perm_options::add);
+  fs::permissions(dst, fs::perms::owner_write, fs::perm_options::add);
+  return dst;
+}
+
+TEST(HfImport, MissingTensorIsNamed) {
+  test::TempDir tmp;
+  const std::string dir = copy_fixture(tmp, "llama");
+  SafetensorsFile f = open_safetensors(dir + "/model.safetensors");
+  std::vector<std::pair<std::string, at::Tensor>> keep;
+  for (const auto& e : f.entries)
+    if (e.name != "model.layers.1.mlp.up_proj.weight") keep.emplace_back(e.name, f.tensor(e.name));
+  write_safetensors(dir + "/model.safetensors", keep);
+  expect_input_error([&] { load_model(dir); },
+                     {"model.safetensors", "missing tensor 'model.layers.1.mlp.up_proj.weight'"});
+}
+
+TEST(HfImport, ShardIndexNamingAMissingFile) {
+  test::TempDir tmp;
+  const std::string dir = copy_fixture(tmp, "llama_sharded");
+  fs::remove(dir + "/model-00002-of-00002.safetensors");
+  expect_input_error(
+      [&] { load_model(dir); },
+      {"model.safetensors.index.json", "model-00002-of-00002.safetensors", "does not exist"});
+}
+
+TEST(HfImport, WrongShapeIsNamed) {
+  test::TempDir tmp;
+  const std::string dir = copy_fixture(tmp, "llama");
+  auto cfg = test::read_json(dir + "/config.json");
+  cfg["intermediate_size"] = 96;
+  test::write_bytes(dir + "/config.json", cfg.dump());
+  expect_input_error([&] { load_model(dir); }, {"mlp.gate_proj.weight", "shape"});
+}
+
+TEST(HfConfig, UnknownArchitectureAndMissingFields) {
+  auto cfg = test::read_json(asset("hf-tiny/llama/config.json"));
+  auto gpt2 = cfg;
+  gpt2["architectures"] = {"GPT2LMHeadModel"};
+  expect_input_error([&] { parse_hf_config(gpt2, "cfg.json"); },
+                     {"cfg.json", "unknown architecture 'GPT2LMHeadModel'"});
+  auto no_vocab = cfg;
+  no_vocab.erase("vocab_size");
+  expect_input_error([&] { parse_hf_config(no_vocab, "cfg.json"); },
+                     {"missing required field 'vocab_size'"});
+  auto bad_heads = cfg;
+  bad_heads["num_key_value_heads"] = 3;
+  expect_input_error([&] { parse_hf_config(bad_heads, "cfg.json"); }, {"not a multiple"});
+  auto yarn = cfg;
+  yarn["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+  expect_input_error([&] { parse_hf_config(yarn, "cfg.json"); }, {"rope_scaling type 'yarn'"});
+  auto gelu = cfg;
+  gelu["hidden_act"] = "gelu";
+  expect_input_error([&] { parse_hf_config(gelu, "cfg.json"); }, {"hidden_act"});
+}
+
+TEST(HfConfig, FamiliesAndFeatures) {
+  ModelConfig q2 = read_hf_config(asset("hf-tiny/qwen2/config.json"));
+  EXPECT_EQ(q2.family, "qwen2");
+  EXPECT_TRUE(q2.qkv_bias && q2.tied_embeddings && !q2.o_bias);
+  ModelConfig q3 = read_hf_config(asset("hf-tiny/qwen3/config.json"));
+  EXPECT_TRUE(q3.qk_norm);
+  EXPECT_EQ(q3.head_dim, 16);
+  EXPECT_EQ(q3.hidden_size, 48);
+  ModelConfig swa = read_hf_config(asset("hf-tiny/mistral_swa/config.json"));
+  EXPECT_EQ(swa.sliding_window, 8);
+  ModelConfig l3 = read_hf_config(asset("hf-tiny/llama3_rope/config.json"));
+  EXPECT_EQ(l3.rope_scaling.type, "llama3");
+  EXPECT_EQ(l3.rope_scaling.original_max_position, 64);
+}
+
+TEST(Llama2c, HeaderAndTensorsOfStories260K) {
+  ModelConfig c = read_llama2c_config(asset("stories260K/stories260K.bin"));
+  EXPECT_EQ(c.hidden_size, 64);
+  EXPECT_EQ(c.intermediate_size, 172);
+  EXPECT_EQ(c.n_layers, 5);
+  EXPECT_EQ(c.n_heads, 8);
+  EXPECT_EQ(c.n_kv_heads, 4);
+  EXPECT_EQ(c.vocab_size, 512);
+  EXPECT_TRUE(c.tied_embeddings);
+  EXPECT_EQ(parameter_count(c), 260032);
+}
+
+TEST(Llama2c, SizeNotMatchingTheHeaderIsRejected) {
+  test::TempDir tmp;
+  std::string bytes = test::read_bytes(asset("stories260K/stories260K.bin"));
+  test::write_bytes(tmp.file("short.bin"), bytes.substr(0, bytes.size() - 4));
+  expect_input_error([&] { load_llama2c(tmp.file("short.bin")); },
+                     {"short.bin", "1056536 bytes but its header implies 1056540"});
+  test::write_bytes(tmp.file("long.bin"), bytes + "xxxx");
+  expect_input_error([&] { load_llama2c(tmp.file("long.bin")); }, {"long.bin", "implies"});
+  test::write_bytes(tmp.file("tiny.bin"), bytes.substr(0, 10));
+  expect_input_error([&] { load_llama2c(tmp.file("tiny.bin")); }, {"tiny.bin", "truncated"});
+  std::string garbage = bytes;
+  garbage[0] = '\xff';
+  garbage[3] = '\x7f';  // dim = huge
+  test::write_bytes(tmp.file("garbage.bin"), garbage);
+  expect_input_error([&] { load_llama2c(tmp.file("garbage.bin")); }, {"garbage.bin", "dim"});
+}
+
+}  // namespace
+}  // namespace dms

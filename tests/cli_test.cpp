@@ -1,0 +1,111 @@
+// The `dms` binary end to end: inspect on real configs, exit codes on bad input, generate.
+#include <filesystem>
+
+#include "tests/test_util.h"
+
+namespace fs = std::filesystem;
+
+namespace dms {
+namespace {
+
+using test::asset;
+
+std::string q(const std::string& s) {
+  return "'" + s + "'";
+}
+
+TEST(Cli, InspectReportsFamilyAndParameterCountOfRealConfigs) {
+  const std::vector<std::tuple<std::string, std::string, std::string>> cases = {
+      {"Llama-3.2-1B", "llama", "1,235,814,400"},
+      {"Qwen2.5-0.5B-Instruct", "qwen2", "494,032,768"},
+      {"Qwen3-8B", "qwen3", "8,190,735,360"},
+      {"TinyLlama-1.1B-Chat-v1.0", "llama", "1,100,048,384"},
+  };
+  for (const auto& [dir, family, params] : cases) {
+    auto r = test::run_dms("inspect " + q(asset("hf-configs/" + dir + "/config.json")));
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("family:          " + family), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("parameters:      " + params), std::string::npos) << r.out;
+  }
+}
+
+TEST(Cli, InspectModelsAndTokenizers) {
+  auto r = test::run_dms("inspect " + q(asset("hf-tiny/llama_bf16")));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("BF16"), std::string::npos) << r.out;
+  r = test::run_dms("inspect " + q(asset("stories260K/stories260K.bin")));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("parameters:      260,032"), std::string::npos) << r.out;
+  r = test::run_dms("inspect " + q(asset("llama2-tokenizer/tokenizer.model")));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("vocab:           32000"), std::string::npos) << r.out;
+}
+
+TEST(Cli, BadFilesExitWithCode2AndOneLineNamingTheFile) {
+  test::TempDir tmp;
+  for (const auto& bad : test::bad_safetensors_files()) {
+    test::write_bytes(tmp.file(bad.name), bad.bytes);
+    auto r = test::run_dms("inspect " + q(tmp.file(bad.name)));
+    EXPECT_EQ(r.exit_code, 2) << bad.name << ": " << r.err;
+    EXPECT_NE(r.err.find(bad.name), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find(bad.error), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  }
+  std::string bytes = test::read_bytes(asset("stories260K/stories260K.bin"));
+  test::write_bytes(tmp.file("cut.bin"), bytes.substr(0, 5000));
+  auto r = test::run_dms("generate --model " + q(tmp.file("cut.bin")) + " --steps 4");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("cut.bin"), std::string::npos) << r.err;
+
+  auto cfg = test::read_json(asset("hf-tiny/llama/config.json"));
+  cfg["architectures"] = {"FalconForCausalLM"};
+  fs::create_directories(tmp.file("falcon"));
+  test::write_bytes(tmp.file("falcon/config.json"), cfg.dump());
+  r = test::run_dms("inspect " + q(tmp.file("falcon")));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("unknown architecture 'FalconForCausalLM'"), std::string::npos) << r.err;
+
+  r = test::run_dms("generate --model " + q(asset("stories260K/stories260K.bin")) +
+                    " --tokenizer " + q(asset("llama2-tokenizer/tokenizer.model")));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("tokenizer has 32000 pieces"), std::string::npos) << r.err;
+
+  r = test::run_dms("generate --steps 3");
+  EXPECT_EQ(r.exit_code, 2) << r.err;  // --model is required
+  r = test::run_dms("inspect " + q(tmp.file("does-not-exist")));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+}
+
+TEST(Cli, GenerateGreedyStoryFromStories260K) {
+  auto r = test::run_dms("generate --model " + q(asset("stories260K/stories260K.bin")) +
+                         " --steps 256 --temperature 0");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, test::read_bytes(asset("stories260K/reference/greedy256_from_bos.txt")));
+  EXPECT_NE(r.err.find("tokens/s"), std::string::npos) << r.err;
+}
+
+TEST(Cli, GenerateFromIdsWithoutTokenizer) {
+  auto ref = test::read_json(asset("hf-tiny/qwen3/reference.json"));
+  const auto row = ref["input_ids"][0].get<std::vector<int64_t>>();
+  std::string ids;
+  for (size_t i = 0; i < row.size(); ++i) ids += (i ? "," : "") + std::to_string(row[i]);
+  auto r = test::run_dms("generate --model " + q(asset("hf-tiny/qwen3")) + " --prompt-ids " + ids +
+                         " --steps 16");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::string want;
+  for (const auto& id : ref["greedy"]["sequences"][0])
+    want += std::to_string(id.get<int64_t>()) + " ";
+  want.back() = '\n';
+  EXPECT_EQ(r.out, want);
+}
+
+TEST(Cli, HelpExplainsEachCommand) {
+  for (const char* cmd : {"generate", "inspect"}) {
+    auto r = test::run_dms(std::string(cmd) + " --help");
+    EXPECT_EQ(r.exit_code, 0);
+    EXPECT_NE(r.out.find("--"), std::string::npos) << cmd;
+  }
+}
+
+}  // namespace
+}  // namespace dms

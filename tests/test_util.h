@@ -1,0 +1,57 @@
+// Helpers for the tests: shared assets, JSON goldens, temp dirs, running build/dms.
+#pragma once
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace dms::test {
+
+// $DMS_ASSETS, else ../shared/assets next to the source tree.
+std::string assets_dir();
+// Path of an asset; throws (a test failure naming the path) when it is missing.
+std::string asset(const std::string& relative);
+nlohmann::json read_json(const std::string& path);
+
+// Nested JSON number arrays -> float tensor of the nested shape.
+at::Tensor json_tensor(const nlohmann::json& j);
+std::vector<int64_t> json_ids(const nlohmann::json& j);
+
+// A fresh empty directory under the system temp dir, removed at destruction.
+struct TempDir {
+  std::string path;
+  TempDir();
+  ~TempDir();
+  std::string file(const std::string& name) const { return path + "/" + name; }
+};
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string out, err;
+};
+// Runs build/dms with `args` (shell-quoted by the caller where needed).
+CommandResult run_dms(const std::string& args);
+
+void write_bytes(const std::string& path, const std::string& bytes);
+std::string read_bytes(const std::string& path);
+
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b);
+
+}  // namespace dms::test
+
+namespace dms::test {
+
+// Byte image of a safetensors file: u64 header length, header, data.
+std::string safetensors_bytes(const std::string& header, const std::string& data);
+
+// Malformed safetensors files, each with the phrase its error must contain.
+struct BadFile {
+  std::string name;  // file name to write it under
+  std::string bytes;
+  std::string error;  // expected part of the message
+};
+std::vector<BadFile> bad_safetensors_files();
+
+}  // namespace dms::test
