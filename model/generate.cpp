@@ -52,17 +52,26 @@ at::Tensor Sampler::next(const at::Tensor& logits) {
 
 at::Tensor generate(const Model& m, const at::Tensor& prompts, int64_t steps,
                     const SamplingOptions& opts,
-                    const std::function<bool(int64_t, const at::Tensor&)>& on_token) {
+                    const std::function<bool(int64_t, const at::Tensor&)>& on_token,
+                    KVCache* cache, std::vector<at::Tensor>* step_logits) {
   at::NoGradGuard no_grad;
   Sampler sampler(opts);
-  KVCache cache;
+  KVCache own;
+  if (!cache) {
+    CacheOptions co;
+    co.policy = m.dms.enabled ? CachePolicy::dms : CachePolicy::full;
+    own = make_cache(m, prompts.size(0), co);
+    cache = &own;
+  }
   std::vector<at::Tensor> produced;
-  at::Tensor logits = forward(m, prompts, {}, &cache);  // [B, T, V]
+  at::Tensor logits = forward_cached(m, prompts, *cache);  // [B, T, V]
   for (int64_t step = 0; step < steps; ++step) {
-    at::Tensor next = sampler.next(logits.select(1, logits.size(1) - 1));  // [B]
+    at::Tensor last = logits.select(1, logits.size(1) - 1);  // [B, V]
+    if (step_logits) step_logits->push_back(last);
+    at::Tensor next = sampler.next(last);  // [B]
     produced.push_back(next);
     if (on_token && !on_token(step, next)) break;
-    if (step + 1 < steps) logits = forward(m, next.unsqueeze(1), {}, &cache);  // [B, 1, V]
+    if (step + 1 < steps) logits = forward_cached(m, next.unsqueeze(1), *cache);  // [B, 1, V]
   }
   if (produced.empty()) return at::empty({prompts.size(0), 0}, at::kLong);
   return at::stack(produced, 1);  // [B, N]

@@ -6,6 +6,7 @@
 #include <functional>
 #include <random>
 
+#include "model/kv_cache.h"
 #include "model/transformer.h"
 
 namespace dms {
@@ -30,11 +31,15 @@ class Sampler {
   std::mt19937_64 rng_;
 };
 
-// Continues equal-length prompts with the KV cache.
+// Continues equal-length prompts with the evicting KV cache.
 // prompts [B, T] int64 -> new tokens [B, N], N <= steps. on_token(step, ids [B]) is called
 // after each step; returning false stops early (e.g. at an end-of-sequence id).
+// `cache`: one made by make_cache (policy, budget) and left filled for inspection; when
+// null, a private cache with policy dms (DMS model) or full (plain model) is used.
+// `step_logits`, when given, receives the logits [B, V] that chose each new token.
 at::Tensor generate(const Model& m, const at::Tensor& prompts, int64_t steps,
                     const SamplingOptions& opts,
-                    const std::function<bool(int64_t, const at::Tensor&)>& on_token = {});
+                    const std::function<bool(int64_t, const at::Tensor&)>& on_token = {},
+                    KVCache* cache = nullptr, std::vector<at::Tensor>* step_logits = nullptr);
 
 }  // namespace dms

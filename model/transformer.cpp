@@ -1,6 +1,7 @@
 #include "model/transformer.h"
 
 #include <cmath>
+#include <limits>
 
 namespace dms {
 
@@ -70,9 +71,19 @@ std::vector<std::pair<std::string, at::Tensor*>> named_weights(Model& m) {
     add(p + "mlp.gate_proj.bias", w.b_gate);
     add(p + "mlp.up_proj.bias", w.b_up);
     add(p + "mlp.down_proj.bias", w.b_down);
+    add(p + "self_attn.dms_proj_alpha.weight", w.dms_proj);
+    add(p + "self_attn.dms_proj_alpha.bias", w.dms_bias);
+    add(p + "self_attn.dms_proj_alpha_norm.weight", w.dms_norm);
   }
   add("model.norm.weight", m.final_norm);
   if (!m.config.tied_embeddings) add("lm_head.weight", m.lm_head);
+  return out;
+}
+
+std::vector<std::pair<std::string, at::Tensor*>> named_dms_weights(Model& m) {
+  std::vector<std::pair<std::string, at::Tensor*>> out;
+  for (auto& nw : named_weights(m))
+    if (nw.first.find(".dms_") != std::string::npos) out.push_back(nw);
   return out;
 }
 
@@ -91,8 +102,11 @@ void init_random(Model& m, uint64_t seed, double std) {
   }
 }
 
+// fp32 for half types, the tensor's own type for fp32/fp64.
+static at::ScalarType compute_type(at::ScalarType t) { return at::promote_types(t, at::kFloat); }
+
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
-  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor xf = x.to(compute_type(x.scalar_type()));
   at::Tensor inv = at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
   return w * (xf * inv).to(x.scalar_type());
 }
@@ -127,7 +141,7 @@ std::pair<at::Tensor, at::Tensor> rope_tables(const ModelConfig& c, const at::Te
   at::Tensor inv_t = at::tensor(inv, at::kDouble);                               // [d/2]
   at::Tensor ang = positions.to(at::kDouble).unsqueeze(1) * inv_t.unsqueeze(0);  // [T, d/2]
   ang = at::cat({ang, ang}, 1);                                                  // [T, d]
-  return {ang.cos().to(at::kFloat), ang.sin().to(at::kFloat)};
+  return {ang.cos(), ang.sin()};  // fp64; apply_rope casts to the activations' type
 }
 
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
@@ -154,29 +168,47 @@ at::Tensor attention_bias(const at::Tensor& q_pos, int64_t S, const at::Tensor& 
 }
 
 at::Tensor grouped_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                             const at::Tensor& bias) {
+                             const at::Tensor& bias, at::Tensor* probs) {
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), d = q.size(3);
   const int64_t K = k.size(1), G = H / K;
   at::Tensor qg = q.reshape({B, K, G, T, d});
   at::Tensor scores = at::matmul(qg, k.unsqueeze(2).transpose(-1, -2));  // [B, K, G, T, S]
-  scores = scores.to(at::kFloat) * (1.0 / std::sqrt(double(d))) + bias.unsqueeze(1);
-  at::Tensor p = at::softmax(scores, -1).to(v.scalar_type());
-  return at::matmul(p, v.unsqueeze(2)).reshape({B, H, T, d});
+  const at::ScalarType ct = compute_type(q.scalar_type());
+  scores = scores.to(ct) * (1.0 / std::sqrt(double(d))) + bias.to(ct).unsqueeze(2);
+  at::Tensor p = at::softmax(scores, -1);
+  if (probs) *probs = p;
+  return at::matmul(p.to(v.scalar_type()), v.unsqueeze(2)).reshape({B, H, T, d});
 }
 
-QKV project_qkv(const LayerWeights& w, const ModelConfig& c, const at::Tensor& x,
-                const at::Tensor& cos, const at::Tensor& sin) {
+QKV project_qkv(const LayerWeights& w, const Model& m, const at::Tensor& x, const at::Tensor& cos,
+                const at::Tensor& sin, AttentionMode mode) {
+  const ModelConfig& c = m.config;
   const int64_t B = x.size(0), T = x.size(1), d = c.head_dim;
+  const bool dms_on = m.dms.enabled && mode != AttentionMode::teacher;
   // [B, T, h*d] -> [B, h, T, d]
-  auto heads = [&](const at::Tensor& t, int64_t h) { return t.view({B, T, h, d}).transpose(1, 2); };
-  at::Tensor q = heads(at::linear(x, w.wq, w.bq), c.n_heads);
-  at::Tensor k = heads(at::linear(x, w.wk, w.bk), c.n_kv_heads);
-  at::Tensor v = heads(at::linear(x, w.wv, w.bv), c.n_kv_heads);
+  auto heads = [&](const at::Tensor& t, int64_t h) {
+    return t.view({B, T, h, d}).transpose(1, 2);
+  };
+  at::Tensor h = rms_norm(x, w.attn_norm, c.rms_eps);
+  QKV out;
+  at::Tensor q = heads(at::linear(h, w.wq, w.bq), c.n_heads);
+  at::Tensor k = heads(at::linear(h, w.wk, w.bk), c.n_kv_heads);
+  out.v = heads(at::linear(h, w.wv, w.bv), c.n_kv_heads);
   if (c.qk_norm) {
     q = rms_norm(q, w.q_norm, c.rms_eps);
     k = rms_norm(k, w.k_norm, c.rms_eps);
   }
-  return {apply_rope(q, cos, sin), apply_rope(k, cos, sin), v};
+  const bool neuron = dms_on && m.dms.predictor == DmsPredictor::query_neuron;
+  if (dms_on) {
+    out.z = neuron ? query_neuron_decision_logits(q, c, m.dms)
+                   : adapter_decision_logits(w, c, m.dms, x);
+    out.z = apply_granularity(out.z, m.dms);
+  }
+  if (neuron) q = zero_query_neuron(q, c.n_kv_heads);
+  out.q = apply_rope(q, cos, sin);
+  if (neuron) out.q = zero_query_neuron(out.q, c.n_kv_heads);
+  out.k = apply_rope(k, cos, sin);
+  return out;
 }
 
 at::Tensor mlp(const LayerWeights& w, const at::Tensor& x) {
@@ -184,49 +216,52 @@ at::Tensor mlp(const LayerWeights& w, const at::Tensor& x) {
   return at::linear(g * at::linear(x, w.w_up, w.b_up), w.w_down, w.b_down);
 }
 
-at::Tensor forward(const Model& m, const at::Tensor& tokens, const at::Tensor& valid,
-                   KVCache* cache) {
+ForwardResult forward_full(const Model& m, const at::Tensor& tokens, const at::Tensor& valid,
+                           const ForwardOptions& opts) {
   const ModelConfig& c = m.config;
   const int64_t B = tokens.size(0), T = tokens.size(1);
-  const int64_t start = cache ? cache->length : 0;
-  at::Tensor q_pos = at::arange(start, start + T, at::kLong);  // [T]
-  auto [cos, sin] = rope_tables(c, q_pos);                     // [T, d]
+  const AttentionMode mode = m.dms.enabled ? opts.mode : AttentionMode::teacher;
+  at::Tensor q_pos = at::arange(T, at::kLong);                           // [T]
+  auto [cos, sin] = rope_tables(c, q_pos);                               // [T, d]
+  at::Tensor base = attention_bias(q_pos, T, valid, c.sliding_window);   // [B|1, 1, T, T]
 
-  at::Tensor key_valid = valid;  // [B, S] over all keys, or undefined
-  if (cache) {
-    at::Tensor now = valid.defined() ? valid : at::ones({B, T}, at::kBool);
-    if (cache->length > 0) now = at::cat({cache->key_valid, now}, 1);
-    cache->key_valid = now;
-    key_valid = now;
-    if (cache->k.empty()) {
-      cache->k.resize(size_t(c.n_layers));
-      cache->v.resize(size_t(c.n_layers));
-    }
-  }
-  const int64_t S = start + T;
-  at::Tensor bias = attention_bias(q_pos, S, key_valid, c.sliding_window);  // [B|1, 1, T, S]
-
+  ForwardResult r;
+  std::vector<at::Tensor> zs, decisions;
   at::Tensor x = at::embedding(m.embed, tokens);  // [B, T, D]
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LayerWeights& w = m.layers[size_t(l)];
-    QKV qkv = project_qkv(w, c, rms_norm(x, w.attn_norm, c.rms_eps), cos, sin);
-    at::Tensor k = qkv.k, v = qkv.v;
-    if (cache) {
-      at::Tensor& ck = cache->k[size_t(l)];
-      at::Tensor& cv = cache->v[size_t(l)];
-      ck = ck.defined() ? at::cat({ck, k}, 2) : k;  // [B, K, S, d]
-      cv = cv.defined() ? at::cat({cv, v}, 2) : v;
-      k = ck;
-      v = cv;
+    QKV qkv = project_qkv(w, m, x, cos, sin, mode);
+    at::Tensor bias = base;
+    if (qkv.z.defined()) {
+      at::Tensor noise = opts.noise.defined() ? opts.noise[l] : at::Tensor();  // [B, K, T]
+      DmsLayerTerms terms = dms_layer_terms(qkv.z, valid, noise, mode, m.dms);
+      bias = dms_bias(terms.key_term, base, q_pos, m.dms.window);  // [B, K, T, T]
+      zs.push_back(qkv.z);
+      decisions.push_back(terms.decisions);
     }
-    at::Tensor att = grouped_attention(qkv.q, k, v, bias);  // [B, H, T, d]
+    if (opts.key_mask.defined()) {
+      at::Tensor hide = opts.key_mask[l].logical_not();  // [B, K, T, T]
+      bias = (bias + at::zeros(hide.sizes(), bias.options())).masked_fill(
+          hide, -std::numeric_limits<double>::infinity());
+    }
+    at::Tensor probs;
+    at::Tensor att = grouped_attention(qkv.q, qkv.k, qkv.v, bias,
+                                       opts.keep_attention ? &probs : nullptr);  // [B, H, T, d]
+    if (opts.keep_attention) r.attention.push_back(probs);
     att = att.transpose(1, 2).reshape({B, T, c.n_heads * c.head_dim});
     x = x + at::linear(att, w.wo, w.bo);
     x = x + mlp(w, rms_norm(x, w.mlp_norm, c.rms_eps));
   }
-  if (cache) cache->length = S;
-  x = rms_norm(x, m.final_norm, c.rms_eps);
-  return at::linear(x, m.lm_head);  // [B, T, V]
+  if (!zs.empty()) {
+    r.z = at::stack(zs);                // [L, B, K, T]
+    r.decisions = at::stack(decisions);  // [L, B, K, T]
+  }
+  r.logits = at::linear(rms_norm(x, m.final_norm, c.rms_eps), m.lm_head);  // [B, T, V]
+  return r;
+}
+
+at::Tensor forward(const Model& m, const at::Tensor& tokens, const at::Tensor& valid) {
+  return forward_full(m, tokens, valid, ForwardOptions{}).logits;
 }
 
 }  // namespace dms

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/dms.h"
 
 namespace dms {
 
@@ -22,6 +23,10 @@ struct LayerWeights {
   at::Tensor w_gate, w_up;          // [I, D]
   at::Tensor w_down;                // [D, I]
   at::Tensor b_gate, b_up, b_down;  // MLP biases (Llama mlp_bias) or undefined
+  // DMS adapter (DESIGN.md §2), present after attach_dms with the adapter predictor.
+  at::Tensor dms_norm;  // [D]
+  at::Tensor dms_proj;  // [K, D]
+  at::Tensor dms_bias;  // [K]; only for families with attention bias
 };
 
 struct Model {
@@ -30,6 +35,7 @@ struct Model {
   std::vector<LayerWeights> layers;
   at::Tensor final_norm;  // [D]
   at::Tensor lm_head;     // [V, D]; the same tensor as embed when tied
+  DmsConfig dms;          // dms.enabled once predictors are attached
 };
 
 // Allocates every weight of `c` with its shape (zeros; norms set to one).
@@ -38,16 +44,12 @@ Model make_model(const ModelConfig& c, const at::TensorOptions& opts = at::kFloa
 // Normal(0, std) for matrices and biases, ones for norms; deterministic in seed.
 void init_random(Model& m, uint64_t seed, double std = 0.02);
 
-// Every weight under its Hugging Face name ("model.layers.0.self_attn.q_proj.weight", ...).
-// A tied lm_head is not listed separately.
+// Every weight under its Hugging Face name ("model.layers.0.self_attn.q_proj.weight", ...),
+// DMS adapters under the official names (...self_attn.dms_proj_alpha.weight,
+// ...self_attn.dms_proj_alpha_norm.weight). A tied lm_head is not listed separately.
 std::vector<std::pair<std::string, at::Tensor*>> named_weights(Model& m);
-
-// Dense KV cache for incremental decoding: every past key is kept.
-struct KVCache {
-  std::vector<at::Tensor> k, v;  // per layer [B, K, S, d]
-  at::Tensor key_valid;          // [B, S] bool (false for padding)
-  int64_t length = 0;            // S
-};
+// Only the DMS adapter tensors (what trains in adapter mode).
+std::vector<std::pair<std::string, at::Tensor*>> named_dms_weights(Model& m);
 
 // RMSNorm over the last dim in fp32. x [..., n], w [n] -> [..., n] (dtype of x).
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps);
@@ -66,26 +68,44 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
 at::Tensor attention_bias(const at::Tensor& q_pos, int64_t S, const at::Tensor& key_valid,
                           int64_t sliding_window);
 
-// Grouped-query softmax attention. q [B, H, T, d], k/v [B, K, S, d], bias broadcastable to
-// [B, K, G, T, S] after unsqueeze(1) of a [B, 1|K, T, S] tensor -> [B, H, T, d]
+// Grouped-query softmax attention. q [B, H, T, d], k/v [B, K, S, d],
+// bias [B|1, K|1, T, S] (additive, shared by the G query heads of a KV head)
+// -> [B, H, T, d]; with probs, also the attention weights [B, K, G, T, S] fp32.
 at::Tensor grouped_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                             const at::Tensor& bias);
+                             const at::Tensor& bias, at::Tensor* probs = nullptr);
 
-// Projections + q/k norm + RoPE for one layer.
-// x [B, T, D] (already input-normed) -> q [B, H, T, d], k [B, K, T, d], v [B, K, T, d]
+// Projections, q/k norm, DMS decision logits and RoPE for one layer.
+// x [B, T, D] residual entering the layer -> q [B, H, T, d], k/v [B, K, T, d],
+// z [B, K, T] decision logits (undefined in teacher mode or without DMS).
 struct QKV {
-  at::Tensor q, k, v;
+  at::Tensor q, k, v, z;
 };
-QKV project_qkv(const LayerWeights& w, const ModelConfig& c, const at::Tensor& x,
-                const at::Tensor& cos, const at::Tensor& sin);
+QKV project_qkv(const LayerWeights& w, const Model& m, const at::Tensor& x, const at::Tensor& cos,
+                const at::Tensor& sin, AttentionMode mode);
 
 // SwiGLU MLP. x [B, T, D] -> [B, T, D]
 at::Tensor mlp(const LayerWeights& w, const at::Tensor& x);
 
-// Full forward. tokens [B, T] int64, valid [B, T] bool (right padding) or undefined.
-// With a cache, the T tokens follow the cached ones and the cache is extended.
-// -> logits [B, T, V]
-at::Tensor forward(const Model& m, const at::Tensor& tokens, const at::Tensor& valid = {},
-                   KVCache* cache = nullptr);
+struct ForwardOptions {
+  // Used only by DMS models; a plain model always runs as the teacher.
+  AttentionMode mode = AttentionMode::eval;
+  at::Tensor noise;         // train: [L, B, K, T] logistic noise (undefined: none)
+  at::Tensor key_mask;      // optional extra visibility [L, B, K, T, T] bool (reference runs)
+  bool keep_attention = false;
+};
+
+struct ForwardResult {
+  at::Tensor logits;     // [B, T, V]
+  at::Tensor z;          // [L, B, K, T] decision logits (DMS, not teacher)
+  at::Tensor decisions;  // [L, B, K, T] e; train: straight-through
+  std::vector<at::Tensor> attention;  // per layer [B, K, G, T, T] when keep_attention
+};
+
+// Whole-sequence forward. tokens [B, T] int64; valid [B, T] bool (right padding) or undefined.
+ForwardResult forward_full(const Model& m, const at::Tensor& tokens, const at::Tensor& valid,
+                           const ForwardOptions& opts);
+
+// Logits only, in eval mode (hard eviction for a DMS model). -> [B, T, V]
+at::Tensor forward(const Model& m, const at::Tensor& tokens, const at::Tensor& valid = {});
 
 }  // namespace dms

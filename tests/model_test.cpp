@@ -67,12 +67,12 @@ TEST(Stories260K, CachedDecodingEqualsFullForward) {
   std::vector<int64_t> ids = test::json_ids(ref["ids"]);
   ids.resize(40);
   at::Tensor full = forward(stories(), ids_tensor(ids))[0];  // [40, V]
-  KVCache cache;
+  KVCache cache = make_cache(stories(), 1, CacheOptions{});
   // A prompt chunk of 7, then one token at a time.
   std::vector<at::Tensor> rows{
-      forward(stories(), ids_tensor({ids.begin(), ids.begin() + 7}), {}, &cache)[0]};
+      forward_cached(stories(), ids_tensor({ids.begin(), ids.begin() + 7}), cache)[0]};
   for (size_t i = 7; i < ids.size(); ++i)
-    rows.push_back(forward(stories(), ids_tensor({ids[i]}), {}, &cache)[0]);
+    rows.push_back(forward_cached(stories(), ids_tensor({ids[i]}), cache)[0]);
   // Same math in a different order: float32 rounding only (logits are ~10).
   EXPECT_LT(test::max_abs_diff(at::cat(rows, 0), full), 5e-5);
   EXPECT_EQ(cache.length, 40);

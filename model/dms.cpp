@@ -1,0 +1,167 @@
+#include "model/dms.h"
+
+#include <limits>
+
+#include "model/error.h"
+#include "model/transformer.h"
+
+namespace dms {
+
+std::string predictor_name(DmsPredictor p) {
+  return p == DmsPredictor::adapter ? "adapter" : "query_neuron";
+}
+
+DmsPredictor parse_predictor(const std::string& s, const std::string& where) {
+  if (s == "adapter") return DmsPredictor::adapter;
+  if (s == "query_neuron" || s == "query-neuron" || s == "query") return DmsPredictor::query_neuron;
+  throw InputError(where + ": unknown DMS predictor '" + s + "' (adapter or query_neuron)");
+}
+
+void attach_dms(Model& m, const DmsConfig& c) {
+  m.dms = c;
+  m.dms.enabled = true;
+  if (c.predictor != DmsPredictor::adapter) return;
+  const auto opts = m.embed.options().requires_grad(false);
+  for (auto& w : m.layers) {
+    w.dms_norm = at::ones({m.config.hidden_size}, opts);
+    w.dms_proj = at::zeros({m.config.n_kv_heads, m.config.hidden_size}, opts);
+    if (m.config.qkv_bias) w.dms_bias = at::zeros({m.config.n_kv_heads}, opts);
+  }
+}
+
+at::Tensor adapter_decision_logits(const LayerWeights& w, const ModelConfig& c,
+                                   const DmsConfig& d, const at::Tensor& x) {
+  at::Tensor h = rms_norm(x, w.dms_norm, c.rms_eps);
+  at::Tensor z = at::linear(h, w.dms_proj, w.dms_bias) * d.scale - d.offset;  // [B, T, K]
+  return z.transpose(1, 2);                                                   // [B, K, T]
+}
+
+at::Tensor query_neuron_decision_logits(const at::Tensor& q, const ModelConfig& c,
+                                        const DmsConfig& d) {
+  const int64_t G = c.n_heads / c.n_kv_heads, hd = q.size(3);
+  at::Tensor first = q.slice(1, 0, c.n_heads, G);  // [B, K, T, d]: heads 0, G, 2G, ...
+  return first.select(3, hd - 1) * d.scale - d.offset;
+}
+
+at::Tensor zero_query_neuron(const at::Tensor& q, int64_t n_kv_heads) {
+  const int64_t H = q.size(1), hd = q.size(3), G = H / n_kv_heads;
+  at::Tensor keep = at::ones({H, hd}, q.options().requires_grad(false));
+  for (int64_t h = 0; h < H; h += G) keep[h][hd - 1] = 0;
+  return q * keep.view({1, H, 1, hd});
+}
+
+at::Tensor apply_granularity(const at::Tensor& z, const DmsConfig& d) {
+  if (!d.per_layer) return z;
+  return z.narrow(1, 0, 1).expand_as(z);
+}
+
+// splitmix64: a well-mixed 64-bit key from (seed, step, sample).
+static uint64_t mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+at::Tensor dms_noise(uint64_t seed, int64_t step, int64_t sample, int64_t L, int64_t K, int64_t T) {
+  const uint64_t key = mix(mix(mix(seed) ^ uint64_t(step)) ^ uint64_t(sample));
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(key);
+  // u in (0, 1): logistic = log(u) - log(1 - u) (the difference of two Gumbels).
+  at::Tensor u = at::empty({L, K, T}, at::kDouble).uniform_(1e-12, 1.0 - 1e-12, gen);
+  return (u.log() - (-u).log1p()).to(at::kFloat);
+}
+
+at::Tensor dms_batch_noise(uint64_t seed, int64_t step, int64_t first_sample, int64_t B,
+                           int64_t L, int64_t K, int64_t T) {
+  std::vector<at::Tensor> rows;
+  for (int64_t b = 0; b < B; ++b) rows.push_back(dms_noise(seed, step, first_sample + b, L, K, T));
+  return at::stack(rows, 1);  // [L, B, K, T]
+}
+
+at::Tensor shift_to_keys(const at::Tensor& t, double fill) {
+  const int64_t T = t.size(-1);
+  std::vector<int64_t> last_shape = t.sizes().vec();
+  last_shape.back() = 1;
+  at::Tensor tail = at::full(last_shape, fill, t.options());
+  if (T == 1) return tail;
+  return at::cat({t.narrow(-1, 1, T - 1), tail}, -1);
+}
+
+at::Tensor dms_bias(const at::Tensor& key_term, const at::Tensor& base, const at::Tensor& q_pos,
+                    int64_t window) {
+  const int64_t S = key_term.size(-1);
+  at::Tensor kp = at::arange(S, at::kLong).unsqueeze(0);    // [1, S]
+  at::Tensor far = (q_pos.unsqueeze(1) - kp).gt(window);    // [T, S]
+  at::Tensor extra = at::where(far.view({1, 1, far.size(0), S}), key_term.unsqueeze(2),
+                               at::zeros({}, key_term.options()));  // [B, K, T, S]
+  return base.to(extra.scalar_type()) + extra;
+}
+
+DmsLayerTerms dms_layer_terms(const at::Tensor& z, const at::Tensor& valid, const at::Tensor& noise,
+                              AttentionMode mode, const DmsConfig& d) {
+  DmsLayerTerms out;
+  // A decision exists only where the position and the token it decides about are real.
+  at::Tensor has_decision;  // [B, 1, T] bool, or undefined (all positions)
+  if (valid.defined()) has_decision = valid.unsqueeze(1);
+  if (mode == AttentionMode::train) {
+    at::Tensor a = (noise.defined() ? z + noise.to(z.scalar_type()) : z) / d.tau;
+    at::Tensor alpha = at::sigmoid(a);
+    at::Tensor hard = alpha.gt(0.5).to(alpha.scalar_type());
+    out.decisions = hard + alpha - alpha.detach();  // forward: hard, backward: d alpha
+    at::Tensor log_keep = at::log_sigmoid(-a);      // log(1 - alpha)
+    if (has_decision.defined()) {
+      log_keep = log_keep * has_decision.to(log_keep.scalar_type());
+      out.decisions = out.decisions * has_decision.to(alpha.scalar_type());
+    }
+    out.key_term = shift_to_keys(log_keep, 0.0);
+  } else {
+    at::Tensor e = z.gt(0);
+    if (has_decision.defined()) e = e.logical_and(has_decision);
+    out.decisions = e.to(z.scalar_type());
+    at::Tensor term = at::zeros(z.sizes(), z.options().requires_grad(false));
+    term.masked_fill_(e, -std::numeric_limits<double>::infinity());
+    out.key_term = shift_to_keys(term, 0.0);
+  }
+  return out;
+}
+
+CompressionStats compression_from_decisions(const at::Tensor& decisions, const at::Tensor& valid,
+                                            int64_t window) {
+  at::NoGradGuard no_grad;
+  at::Tensor e = decisions.detach().to(at::kDouble);  // [L, B, K, T]
+  const int64_t L = e.size(0), B = e.size(1), K = e.size(2), T = e.size(3);
+  at::Tensor v = valid.defined() ? valid.to(at::kDouble) : at::ones({B, T}, at::kDouble);
+  at::Tensor vq = v.view({1, B, 1, T});
+  // Decisions about real tokens: positions 1..T-1 whose position and previous token are real.
+  at::Tensor dmask = at::zeros({1, B, 1, T}, at::kDouble);
+  if (T > 1) dmask.narrow(3, 1, T - 1).copy_(vq.narrow(3, 1, T - 1));
+  CompressionStats s;
+  const double n_dec = (dmask.sum() * double(L * K)).item<double>();
+  s.eviction_rate = n_dec > 0 ? (e * dmask).sum().item<double>() / n_dec : 0.0;
+  s.decision_cr = 1.0 / std::max(1e-12, 1.0 - s.eviction_rate);
+  const double per_lh = std::max(1.0, dmask.sum().item<double>());
+  s.eviction_rate_lh = ((e * dmask).sum({1, 3}) / per_lh).to(at::kFloat);  // [L, K]
+
+  // Keys visible to query i: all of the last w+1, plus older keys j kept (e[j+1] = 0).
+  at::Tensor keep = shift_to_keys(1.0 - e, 1.0) * vq;  // [L, B, K, T] per key j
+  at::Tensor cum = keep.cumsum(3);                      // kept keys among 0..j
+  at::Tensor idx = at::arange(T, at::kLong);
+  at::Tensor recent = at::clamp_max(idx + 1, window + 1).to(at::kDouble);  // [T]
+  at::Tensor old_end = idx - window - 1;                                   // last old key index
+  at::Tensor old = at::zeros({L, B, K, T}, at::kDouble);
+  at::Tensor has_old = old_end.ge(0);
+  if (has_old.any().item<bool>()) {
+    at::Tensor qi = idx.masked_select(has_old);
+    old.index_copy_(3, qi, cum.index_select(3, old_end.masked_select(has_old)));
+  }
+  // Padding keys do not count for a real query (right padding: only at the end).
+  at::Tensor visible = (recent.view({1, 1, 1, T}) + old) * vq;  // [L, B, K, T]
+  s.visible_keys = visible.to(at::kFloat);
+  at::Tensor full = (idx + 1).to(at::kDouble).view({1, 1, 1, T}) * vq;
+  const double dms_sum = visible.sum().item<double>();
+  s.effective_kv_cr = dms_sum > 0 ? full.sum().item<double>() * double(L * K) / dms_sum : 1.0;
+  s.effective_cr_lh = ((full.sum() / visible.sum({1, 3}))).to(at::kFloat);  // [L, K]
+  return s;
+}
+
+}  // namespace dms
