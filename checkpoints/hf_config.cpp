@@ -140,6 +140,34 @@ ModelConfig parse_hf_config(const nlohmann::json& j, const std::string& source) 
   return c;
 }
 
+DmsConfig parse_dms_config(const nlohmann::json& j, const std::string& source) {
+  DmsConfig d;
+  if (!j.is_object() || !j.contains("dms_window_size")) return d;
+  Reader r{j, source};
+  d.enabled = true;
+  d.window = r.integer("dms_window_size");
+  d.scale = r.number_or("dms_alpha_scale", d.scale);
+  d.offset = r.number_or("dms_initial_alpha_offset", d.offset);
+  d.tau = r.number_or("dms_tau", d.tau);
+  d.predictor =
+      r.boolean_or("dms_separate_alpha", true) ? DmsPredictor::adapter : DmsPredictor::query_neuron;
+  const std::string per = j.value("dms_alpha_per", std::string("head"));
+  require(per == "head" || per == "layer", source, "dms_alpha_per must be 'head' or 'layer'");
+  d.per_layer = per == "layer";
+  require(d.window >= 0, source, "dms_window_size must not be negative");
+  require(d.tau > 0, source, "dms_tau must be positive");
+  return d;
+}
+
+nlohmann::json dms_config_json(const DmsConfig& d) {
+  return {{"dms_window_size", d.window},
+          {"dms_alpha_scale", d.scale},
+          {"dms_initial_alpha_offset", d.offset},
+          {"dms_tau", d.tau},
+          {"dms_separate_alpha", d.predictor == DmsPredictor::adapter},
+          {"dms_alpha_per", d.per_layer ? "layer" : "head"}};
+}
+
 ModelConfig read_hf_config(const std::string& path) {
   return parse_hf_config(read_json_file(path), path);
 }

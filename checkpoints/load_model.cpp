@@ -90,12 +90,16 @@ Model load_model(const std::string& path, const LoadOptions& opts) {
   if (src == ModelSource::llama2c) {
     m = load_llama2c(path);
   } else {
-    ModelConfig c = read_hf_config((fs::path(path) / "config.json").string());
+    const std::string cfg_path = (fs::path(path) / "config.json").string();
+    const nlohmann::json cfg = read_json_file(cfg_path);
+    ModelConfig c = parse_hf_config(cfg, cfg_path);
+    const DmsConfig dms_cfg = parse_dms_config(cfg, cfg_path);
     WeightFiles files = open_weights(path);
     at::ScalarType dtype = opts.dtype;
     if (opts.keep_dtype && !files.files.empty() && !files.files[0].entries.empty())
       dtype = safetensors_dtype(files.files[0].entries[0].dtype, files.files[0].path);
     m = make_model(c, dtype);
+    if (dms_cfg.enabled) attach_dms(m, dms_cfg);  // adapters are loaded with the other weights
     for (auto& [name, t] : named_weights(m)) {
       auto it = files.where.find(name);
       const std::string& first = files.files.empty() ? path : files.files[0].path;

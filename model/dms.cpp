@@ -29,8 +29,8 @@ void attach_dms(Model& m, const DmsConfig& c) {
   }
 }
 
-at::Tensor adapter_decision_logits(const LayerWeights& w, const ModelConfig& c,
-                                   const DmsConfig& d, const at::Tensor& x) {
+at::Tensor adapter_decision_logits(const LayerWeights& w, const ModelConfig& c, const DmsConfig& d,
+                                   const at::Tensor& x) {
   at::Tensor h = rms_norm(x, w.dms_norm, c.rms_eps);
   at::Tensor z = at::linear(h, w.dms_proj, w.dms_bias) * d.scale - d.offset;  // [B, T, K]
   return z.transpose(1, 2);                                                   // [B, K, T]
@@ -71,8 +71,8 @@ at::Tensor dms_noise(uint64_t seed, int64_t step, int64_t sample, int64_t L, int
   return (u.log() - (-u).log1p()).to(at::kFloat);
 }
 
-at::Tensor dms_batch_noise(uint64_t seed, int64_t step, int64_t first_sample, int64_t B,
-                           int64_t L, int64_t K, int64_t T) {
+at::Tensor dms_batch_noise(uint64_t seed, int64_t step, int64_t first_sample, int64_t B, int64_t L,
+                           int64_t K, int64_t T) {
   std::vector<at::Tensor> rows;
   for (int64_t b = 0; b < B; ++b) rows.push_back(dms_noise(seed, step, first_sample + b, L, K, T));
   return at::stack(rows, 1);  // [L, B, K, T]
@@ -90,8 +90,8 @@ at::Tensor shift_to_keys(const at::Tensor& t, double fill) {
 at::Tensor dms_bias(const at::Tensor& key_term, const at::Tensor& base, const at::Tensor& q_pos,
                     int64_t window) {
   const int64_t S = key_term.size(-1);
-  at::Tensor kp = at::arange(S, at::kLong).unsqueeze(0);    // [1, S]
-  at::Tensor far = (q_pos.unsqueeze(1) - kp).gt(window);    // [T, S]
+  at::Tensor kp = at::arange(S, at::kLong).unsqueeze(0);  // [1, S]
+  at::Tensor far = (q_pos.unsqueeze(1) - kp).gt(window);  // [T, S]
   at::Tensor extra = at::where(far.view({1, 1, far.size(0), S}), key_term.unsqueeze(2),
                                at::zeros({}, key_term.options()));  // [B, K, T, S]
   return base.to(extra.scalar_type()) + extra;
@@ -107,8 +107,8 @@ DmsLayerTerms dms_layer_terms(const at::Tensor& z, const at::Tensor& valid, cons
     at::Tensor a = (noise.defined() ? z + noise.to(z.scalar_type()) : z) / d.tau;
     at::Tensor alpha = at::sigmoid(a);
     at::Tensor hard = alpha.gt(0.5).to(alpha.scalar_type());
-    out.decisions = hard + alpha - alpha.detach();  // forward: hard, backward: d alpha
-    at::Tensor log_keep = at::log_sigmoid(-a);      // log(1 - alpha)
+    out.decisions = hard + (alpha - alpha.detach());  // forward: exactly hard; backward: d alpha
+    at::Tensor log_keep = at::log_sigmoid(-a);        // log(1 - alpha)
     if (has_decision.defined()) {
       log_keep = log_keep * has_decision.to(log_keep.scalar_type());
       out.decisions = out.decisions * has_decision.to(alpha.scalar_type());
@@ -144,7 +144,7 @@ CompressionStats compression_from_decisions(const at::Tensor& decisions, const a
 
   // Keys visible to query i: all of the last w+1, plus older keys j kept (e[j+1] = 0).
   at::Tensor keep = shift_to_keys(1.0 - e, 1.0) * vq;  // [L, B, K, T] per key j
-  at::Tensor cum = keep.cumsum(3);                      // kept keys among 0..j
+  at::Tensor cum = keep.cumsum(3);                     // kept keys among 0..j
   at::Tensor idx = at::arange(T, at::kLong);
   at::Tensor recent = at::clamp_max(idx + 1, window + 1).to(at::kDouble);  // [T]
   at::Tensor old_end = idx - window - 1;                                   // last old key index

@@ -38,8 +38,8 @@ enum class AttentionMode { teacher, train, eval };
 void attach_dms(Model& m, const DmsConfig& c);
 
 // Adapter decision logits. x [B, T, D] (residual entering the layer) -> z [B, K, T]
-at::Tensor adapter_decision_logits(const LayerWeights& w, const ModelConfig& c,
-                                   const DmsConfig& d, const at::Tensor& x);
+at::Tensor adapter_decision_logits(const LayerWeights& w, const ModelConfig& c, const DmsConfig& d,
+                                   const at::Tensor& x);
 
 // Query-neuron decision logits from q before RoPE: coordinate d-1 of the first query
 // head of each group. q [B, H, T, d] -> z [B, K, T]
@@ -58,8 +58,8 @@ at::Tensor apply_granularity(const at::Tensor& z, const DmsConfig& d);
 // -> [L, K, T] fp32
 at::Tensor dms_noise(uint64_t seed, int64_t step, int64_t sample, int64_t L, int64_t K, int64_t T);
 // Noise for samples first_sample .. first_sample+B-1 -> [L, B, K, T]
-at::Tensor dms_batch_noise(uint64_t seed, int64_t step, int64_t first_sample, int64_t B,
-                           int64_t L, int64_t K, int64_t T);
+at::Tensor dms_batch_noise(uint64_t seed, int64_t step, int64_t first_sample, int64_t B, int64_t L,
+                           int64_t K, int64_t T);
 
 // Shifts per-position values to the key they decide about: out[..., j] = t[..., j+1],
 // out[..., T-1] = fill. t [..., T] -> [..., T]

@@ -52,8 +52,8 @@ at::Tensor Sampler::next(const at::Tensor& logits) {
 
 at::Tensor generate(const Model& m, const at::Tensor& prompts, int64_t steps,
                     const SamplingOptions& opts,
-                    const std::function<bool(int64_t, const at::Tensor&)>& on_token,
-                    KVCache* cache, std::vector<at::Tensor>* step_logits) {
+                    const std::function<bool(int64_t, const at::Tensor&)>& on_token, KVCache* cache,
+                    std::vector<at::Tensor>* step_logits) {
   at::NoGradGuard no_grad;
   Sampler sampler(opts);
   KVCache own;

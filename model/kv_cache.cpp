@@ -42,11 +42,16 @@ void grow(LayerCache& lc, int64_t need, int64_t B, int64_t K, int64_t d,
 
 std::string policy_name(CachePolicy p) {
   switch (p) {
-    case CachePolicy::full: return "none";
-    case CachePolicy::dms: return "dms";
-    case CachePolicy::window: return "window";
-    case CachePolicy::h2o: return "h2o";
-    case CachePolicy::tova: return "tova";
+    case CachePolicy::full:
+      return "none";
+    case CachePolicy::dms:
+      return "dms";
+    case CachePolicy::window:
+      return "window";
+    case CachePolicy::h2o:
+      return "h2o";
+    case CachePolicy::tova:
+      return "tova";
   }
   return "?";
 }
@@ -83,6 +88,7 @@ KVCache make_cache(const Model& m, int64_t batch, const CacheOptions& opts) {
     lc.marked.resize(size_t(batch * kc.K));
     lc.order.resize(size_t(batch * kc.K));
     lc.newest_slot.assign(size_t(batch * kc.K), -1);
+    lc.used.assign(size_t(batch * kc.K), 0);
     grow(lc, 16, batch, kc.K, kc.d, m.embed.options().requires_grad(false));
   }
   const size_t n = size_t(kc.L * batch * kc.K);
@@ -147,10 +153,11 @@ at::Tensor forward_cached(const Model& m, const at::Tensor& tokens, KVCache& kc)
   const int64_t B = tokens.size(0), T = tokens.size(1), K = kc.K;
   if (B != kc.B) throw std::invalid_argument("forward_cached: batch size differs from the cache");
   const CachePolicy policy = kc.opts.policy;
-  const bool baseline = policy == CachePolicy::window || policy == CachePolicy::h2o ||
-                        policy == CachePolicy::tova;
+  const bool baseline =
+      policy == CachePolicy::window || policy == CachePolicy::h2o || policy == CachePolicy::tova;
   const bool need_order = policy == CachePolicy::window || c.sliding_window > 0;
-  const AttentionMode mode = policy == CachePolicy::dms ? AttentionMode::eval : AttentionMode::teacher;
+  const AttentionMode mode =
+      policy == CachePolicy::dms ? AttentionMode::eval : AttentionMode::teacher;
   const auto opts = m.embed.options().requires_grad(false);
 
   std::vector<at::Tensor> out;
@@ -163,7 +170,7 @@ at::Tensor forward_cached(const Model& m, const at::Tensor& tokens, KVCache& kc)
       const LayerWeights& w = m.layers[size_t(l)];
       LayerCache& lc = kc.layers[size_t(l)];
       QKV qkv = project_qkv(w, m, x, cos, sin, mode);  // q [B, H, 1, d], k/v [B, K, 1, d]
-      at::Tensor e;                                       // [B, K] decisions (dms)
+      at::Tensor e;                                    // [B, K] decisions (dms)
       if (qkv.z.defined()) e = qkv.z.select(2, 0).gt(0).to(at::kBool).cpu().contiguous();
 
       // Bookkeeping: mark, evict, allocate a slot for token i in every head.
@@ -190,7 +197,8 @@ at::Tensor forward_cached(const Model& m, const at::Tensor& tokens, KVCache& kc)
           slot = fr.back();
           fr.pop_back();
         } else {
-          slot = lc.high++;
+          slot = lc.used[size_t(bh)]++;
+          lc.high = std::max(lc.high, lc.used[size_t(bh)]);
         }
         slots[size_t(bh)] = slot;
         const size_t at = size_t(bh * lc.cap + slot);
@@ -207,8 +215,8 @@ at::Tensor forward_cached(const Model& m, const at::Tensor& tokens, KVCache& kc)
       }
       // Write k/v of token i into the chosen slots: one indexed copy per layer.
       at::Tensor slot_t = at::tensor(slots, at::kLong).to(opts.device());
-      at::Tensor bi = at::arange(B, at::TensorOptions(at::kLong).device(opts.device()))
-                          .repeat_interleave(K);
+      at::Tensor bi =
+          at::arange(B, at::TensorOptions(at::kLong).device(opts.device())).repeat_interleave(K);
       at::Tensor hi = at::arange(K, at::TensorOptions(at::kLong).device(opts.device())).repeat(B);
       lc.k.index_put_({bi, hi, slot_t}, qkv.k.reshape({B * K, kc.d}));
       lc.v.index_put_({bi, hi, slot_t}, qkv.v.reshape({B * K, kc.d}));
@@ -263,7 +271,8 @@ CacheStats cache_stats(const KVCache& kc) {
         s.peak_tokens = std::max(s.peak_tokens, kc.peak[ci]);
         if (b == 0) {
           s.live_lh[l][h] = float(kc.live[ci]);
-          s.effective_cr_lh[l][h] = kc.reads[ci] > 0 ? float(kc.full_reads[ci] / kc.reads[ci]) : 1.0f;
+          s.effective_cr_lh[l][h] =
+              kc.reads[ci] > 0 ? float(kc.full_reads[ci] / kc.reads[ci]) : 1.0f;
         }
       }
   s.effective_kv_cr = used > 0 ? full / used : 1.0;

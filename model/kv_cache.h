@@ -46,16 +46,17 @@ struct CacheOptions {
 
 // One layer's storage. Index (b*K + h) * cap + slot addresses per-slot state.
 struct LayerCache {
-  at::Tensor k, v;  // [B, K, cap, d]
-  at::Tensor bias;  // [B, K, cap] fp32 on CPU: 0 for live slots, -inf for free ones
-  std::vector<int64_t> pos;    // position held by a slot, -1 when free
-  std::vector<double> score;   // h2o: accumulated attention per slot
-  std::vector<std::vector<int64_t>> free_slots;                    // per (b, h)
-  std::vector<std::deque<std::pair<int64_t, int64_t>>> marked;     // dms: (pos, slot) FIFO
-  std::vector<std::deque<std::pair<int64_t, int64_t>>> order;      // live (pos, slot), oldest first
-  std::vector<int64_t> newest_slot;                                // per (b, h)
-  int64_t cap = 0;   // slots allocated per head
-  int64_t high = 0;  // slots ever used per head (attention reads [0, high))
+  at::Tensor k, v;            // [B, K, cap, d]
+  at::Tensor bias;            // [B, K, cap] fp32 on CPU: 0 for live slots, -inf for free ones
+  std::vector<int64_t> pos;   // position held by a slot, -1 when free
+  std::vector<double> score;  // h2o: accumulated attention per slot
+  std::vector<std::vector<int64_t>> free_slots;                 // per (b, h)
+  std::vector<std::deque<std::pair<int64_t, int64_t>>> marked;  // dms: (pos, slot) FIFO
+  std::vector<std::deque<std::pair<int64_t, int64_t>>> order;   // live (pos, slot), oldest first
+  std::vector<int64_t> newest_slot;                             // per (b, h)
+  std::vector<int64_t> used;  // per (b, h): slots [0, used) have ever held a token
+  int64_t cap = 0;            // slots allocated per head
+  int64_t high = 0;           // max of used: attention reads slots [0, high) (free ones masked)
 };
 
 struct KVCache {
@@ -64,9 +65,9 @@ struct KVCache {
   int64_t length = 0;  // tokens processed so far
   std::vector<LayerCache> layers;
   // Counters per (layer, batch row, head), index (l*B + b)*K + h.
-  std::vector<int64_t> live;   // tokens held now
-  std::vector<int64_t> peak;   // most tokens held at any step
-  std::vector<double> reads;   // sum over steps of keys attended (KV reads)
+  std::vector<int64_t> live;       // tokens held now
+  std::vector<int64_t> peak;       // most tokens held at any step
+  std::vector<double> reads;       // sum over steps of keys attended (KV reads)
   std::vector<double> full_reads;  // the same for a cache that keeps everything: sum (i+1)
 };
 

@@ -80,6 +80,12 @@ std::vector<std::pair<std::string, at::Tensor*>> named_weights(Model& m) {
   return out;
 }
 
+std::vector<std::pair<std::string, at::Tensor>> weight_list(const Model& m) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (auto& [name, t] : named_weights(const_cast<Model&>(m))) out.emplace_back(name, *t);
+  return out;
+}
+
 std::vector<std::pair<std::string, at::Tensor*>> named_dms_weights(Model& m) {
   std::vector<std::pair<std::string, at::Tensor*>> out;
   for (auto& nw : named_weights(m))
@@ -103,7 +109,9 @@ void init_random(Model& m, uint64_t seed, double std) {
 }
 
 // fp32 for half types, the tensor's own type for fp32/fp64.
-static at::ScalarType compute_type(at::ScalarType t) { return at::promote_types(t, at::kFloat); }
+static at::ScalarType compute_type(at::ScalarType t) {
+  return at::promote_types(t, at::kFloat);
+}
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
   at::Tensor xf = x.to(compute_type(x.scalar_type()));
@@ -186,9 +194,7 @@ QKV project_qkv(const LayerWeights& w, const Model& m, const at::Tensor& x, cons
   const int64_t B = x.size(0), T = x.size(1), d = c.head_dim;
   const bool dms_on = m.dms.enabled && mode != AttentionMode::teacher;
   // [B, T, h*d] -> [B, h, T, d]
-  auto heads = [&](const at::Tensor& t, int64_t h) {
-    return t.view({B, T, h, d}).transpose(1, 2);
-  };
+  auto heads = [&](const at::Tensor& t, int64_t h) { return t.view({B, T, h, d}).transpose(1, 2); };
   at::Tensor h = rms_norm(x, w.attn_norm, c.rms_eps);
   QKV out;
   at::Tensor q = heads(at::linear(h, w.wq, w.bq), c.n_heads);
@@ -221,9 +227,9 @@ ForwardResult forward_full(const Model& m, const at::Tensor& tokens, const at::T
   const ModelConfig& c = m.config;
   const int64_t B = tokens.size(0), T = tokens.size(1);
   const AttentionMode mode = m.dms.enabled ? opts.mode : AttentionMode::teacher;
-  at::Tensor q_pos = at::arange(T, at::kLong);                           // [T]
-  auto [cos, sin] = rope_tables(c, q_pos);                               // [T, d]
-  at::Tensor base = attention_bias(q_pos, T, valid, c.sliding_window);   // [B|1, 1, T, T]
+  at::Tensor q_pos = at::arange(T, at::kLong);                          // [T]
+  auto [cos, sin] = rope_tables(c, q_pos);                              // [T, d]
+  at::Tensor base = attention_bias(q_pos, T, valid, c.sliding_window);  // [B|1, 1, T, T]
 
   ForwardResult r;
   std::vector<at::Tensor> zs, decisions;
@@ -241,8 +247,8 @@ ForwardResult forward_full(const Model& m, const at::Tensor& tokens, const at::T
     }
     if (opts.key_mask.defined()) {
       at::Tensor hide = opts.key_mask[l].logical_not();  // [B, K, T, T]
-      bias = (bias + at::zeros(hide.sizes(), bias.options())).masked_fill(
-          hide, -std::numeric_limits<double>::infinity());
+      bias = (bias + at::zeros(hide.sizes(), bias.options()))
+                 .masked_fill(hide, -std::numeric_limits<double>::infinity());
     }
     at::Tensor probs;
     at::Tensor att = grouped_attention(qkv.q, qkv.k, qkv.v, bias,
@@ -253,7 +259,7 @@ ForwardResult forward_full(const Model& m, const at::Tensor& tokens, const at::T
     x = x + mlp(w, rms_norm(x, w.mlp_norm, c.rms_eps));
   }
   if (!zs.empty()) {
-    r.z = at::stack(zs);                // [L, B, K, T]
+    r.z = at::stack(zs);                 // [L, B, K, T]
     r.decisions = at::stack(decisions);  // [L, B, K, T]
   }
   r.logits = at::linear(rms_norm(x, m.final_norm, c.rms_eps), m.lm_head);  // [B, T, V]

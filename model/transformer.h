@@ -48,6 +48,8 @@ void init_random(Model& m, uint64_t seed, double std = 0.02);
 // DMS adapters under the official names (...self_attn.dms_proj_alpha.weight,
 // ...self_attn.dms_proj_alpha_norm.weight). A tied lm_head is not listed separately.
 std::vector<std::pair<std::string, at::Tensor*>> named_weights(Model& m);
+// The same list as handles (tensors share storage with the model) for read-only use.
+std::vector<std::pair<std::string, at::Tensor>> weight_list(const Model& m);
 // Only the DMS adapter tensors (what trains in adapter mode).
 std::vector<std::pair<std::string, at::Tensor*>> named_dms_weights(Model& m);
 
@@ -89,15 +91,15 @@ at::Tensor mlp(const LayerWeights& w, const at::Tensor& x);
 struct ForwardOptions {
   // Used only by DMS models; a plain model always runs as the teacher.
   AttentionMode mode = AttentionMode::eval;
-  at::Tensor noise;         // train: [L, B, K, T] logistic noise (undefined: none)
-  at::Tensor key_mask;      // optional extra visibility [L, B, K, T, T] bool (reference runs)
+  at::Tensor noise;     // train: [L, B, K, T] logistic noise (undefined: none)
+  at::Tensor key_mask;  // optional extra visibility [L, B, K, T, T] bool (reference runs)
   bool keep_attention = false;
 };
 
 struct ForwardResult {
-  at::Tensor logits;     // [B, T, V]
-  at::Tensor z;          // [L, B, K, T] decision logits (DMS, not teacher)
-  at::Tensor decisions;  // [L, B, K, T] e; train: straight-through
+  at::Tensor logits;                  // [B, T, V]
+  at::Tensor z;                       // [L, B, K, T] decision logits (DMS, not teacher)
+  at::Tensor decisions;               // [L, B, K, T] e; train: straight-through
   std::vector<at::Tensor> attention;  // per layer [B, K, G, T, T] when keep_attention
 };
 

@@ -1,6 +1,7 @@
 // Importers and writers: safetensors (valid and hostile files), HF configs, llama2.c.
 #include <filesystem>
 
+#include "checkpoints/export.h"
 #include "checkpoints/hf_config.h"
 #include "checkpoints/llama2c.h"
 #include "checkpoints/load_model.h"
@@ -170,6 +171,55 @@ TEST(Llama2c, SizeNotMatchingTheHeaderIsRejected) {
   garbage[3] = '\x7f';  // dim = huge
   test::write_bytes(tmp.file("garbage.bin"), garbage);
   expect_input_error([&] { load_llama2c(tmp.file("garbage.bin")); }, {"garbage.bin", "dim"});
+}
+
+}  // namespace
+}  // namespace dms
+
+namespace dms {
+namespace {
+
+TEST(Export, DmsModelRoundTripsBitForBit) {
+  Model m = load_model(test::asset("stories260K/stories260K.bin"));
+  DmsConfig d;
+  d.window = 16;
+  d.per_layer = true;
+  attach_dms(m, d);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  for (auto& [n, t] : named_dms_weights(m))
+    t->normal_(n.find("norm") != std::string::npos ? 1.0 : 0.0, 0.05, gen);
+  test::TempDir tmp;
+  const std::string out = tmp.file("export");
+  ExportExtras x;
+  x.copy_files = {test::asset("stories260K/tok512.model")};
+  x.report = {{"note", "test"}};
+  write_hf_model(m, out, x);
+  EXPECT_TRUE(fs::exists(out + "/tok512.model"));
+  EXPECT_TRUE(fs::exists(out + "/dms_report.json"));
+  auto cfg = test::read_json(out + "/config.json");
+  EXPECT_EQ(cfg["dms_window_size"], 16);
+  EXPECT_EQ(cfg["dms_alpha_per"], "layer");
+  EXPECT_EQ(cfg["dms_separate_alpha"], true);
+  SafetensorsFile f = open_safetensors(out + "/model.safetensors");
+  EXPECT_NE(f.find("model.layers.4.self_attn.dms_proj_alpha.weight"), nullptr);
+  EXPECT_NE(f.find("model.layers.0.self_attn.dms_proj_alpha_norm.weight"), nullptr);
+
+  Model back = load_model(out);
+  EXPECT_TRUE(back.dms.enabled);
+  EXPECT_TRUE(back.dms.per_layer);
+  at::Tensor tokens = at::arange(1, 80, at::kLong).unsqueeze(0);
+  ForwardResult a = forward_full(m, tokens, {}, ForwardOptions{});
+  ForwardResult b = forward_full(back, tokens, {}, ForwardOptions{});
+  EXPECT_TRUE(at::equal(a.logits, b.logits));
+  EXPECT_TRUE(at::equal(a.decisions, b.decisions));
+  EXPECT_GT(a.decisions.sum().item<double>(), 0.0);
+
+  // Existing directory: refused unless overwriting; the old export stays intact.
+  EXPECT_THROW(write_hf_model(m, out, x), InputError);
+  EXPECT_TRUE(fs::exists(out + "/model.safetensors"));
+  write_hf_model(m, out, x, /*overwrite=*/true);
+  EXPECT_TRUE(at::equal(forward(load_model(out), tokens), a.logits));
+  EXPECT_EQ(std::distance(fs::directory_iterator(tmp.path), fs::directory_iterator()), 1);
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // The `dms` binary end to end: inspect on real configs, exit codes on bad input, generate.
 #include <filesystem>
 
+#include "checkpoints/export.h"
+#include "checkpoints/load_model.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
@@ -97,6 +99,48 @@ TEST(Cli, GenerateFromIdsWithoutTokenizer) {
     want += std::to_string(id.get<int64_t>()) + " ";
   want.back() = '\n';
   EXPECT_EQ(r.out, want);
+}
+
+TEST(Cli, GenerateReportsCompressionForDmsAndBaselines) {
+  test::TempDir tmp;
+  Model m = load_model(asset("stories260K/stories260K.bin"));
+  DmsConfig d;
+  d.window = 16;
+  attach_dms(m, d);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(1234);
+  for (auto& w : m.layers) w.dms_proj.normal_(0.0, 0.05, gen);
+  ExportExtras x;
+  x.copy_files = {asset("stories260K/tok512.model")};
+  write_hf_model(m, tmp.file("dms"), x);
+
+  auto r = test::run_dms("inspect " + q(tmp.file("dms")));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("dms:             adapter predictor, per KV head, window 16"),
+            std::string::npos)
+      << r.out;
+
+  r = test::run_dms("generate --model " + q(tmp.file("dms")) +
+                    " --prompt 'Once upon a time' --steps 120");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("Once upon a time", 0), 0u) << r.out;
+  EXPECT_NE(r.err.find("policy dms, effective KV CR "), std::string::npos) << r.err;
+  const double cr = std::stod(r.err.substr(r.err.find("KV CR ") + 6));
+  EXPECT_GT(cr, 1.3) << r.err;
+  EXPECT_NE(r.err.find("peak "), std::string::npos) << r.err;
+
+  r = test::run_dms("generate --model " + q(asset("stories260K/stories260K.bin")) +
+                    " --policy h2o --budget 24 --steps 100");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("policy h2o (budget 24)"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("peak 25 tokens per head"), std::string::npos) << r.err;
+
+  r = test::run_dms("generate --model " + q(asset("stories260K/stories260K.bin")) +
+                    " --policy dms");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("no DMS predictors"), std::string::npos) << r.err;
+  r = test::run_dms("generate --model " + q(asset("stories260K/stories260K.bin")) +
+                    " --policy lru");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
 }
 
 TEST(Cli, HelpExplainsEachCommand) {

@@ -21,6 +21,8 @@ struct GenerateArgs {
   double temperature = 0.0, top_p = 0.9;
   uint64_t seed = 42;
   int threads = 0;
+  std::string policy;  // default: dms for a DMS model, none otherwise
+  int64_t budget = 0, sinks = 4;
 };
 
 std::vector<int64_t> parse_ids(const std::string& s, int64_t vocab) {
@@ -83,23 +85,38 @@ void run_generate(const GenerateArgs& a) {
   const int64_t stop_a = tok.loaded() ? tok.eos_id() : c.eos_id;
   const int64_t stop_b = c.bos_id;  // llama2.c convention: BOS delimits sequences
   SamplingOptions so{a.temperature, a.top_p, a.seed};
+  CacheOptions co;
+  co.policy = a.policy.empty() ? (m.dms.enabled ? CachePolicy::dms : CachePolicy::full)
+                               : parse_policy(a.policy, "--policy");
+  co.budget = a.budget;
+  co.sinks = a.sinks;
+  KVCache cache = make_cache(m, 1, co);
   at::Tensor input = at::tensor(prompt, at::kLong).unsqueeze(0);  // [1, T]
   auto t0 = std::chrono::steady_clock::now();
   int64_t produced = 0;
-  generate(m, input, a.steps, so, [&](int64_t, const at::Tensor& next) {
-    const int64_t id = next[0].item<int64_t>();
-    ++produced;
-    if (id == stop_a || id == stop_b) return false;
-    ids.push_back(id);
-    show(false);
-    return true;
-  });
+  generate(
+      m, input, a.steps, so,
+      [&](int64_t, const at::Tensor& next) {
+        const int64_t id = next[0].item<int64_t>();
+        ++produced;
+        if (id == stop_a || id == stop_b) return false;
+        ids.push_back(id);
+        show(false);
+        return true;
+      },
+      &cache);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   show(true);
   if (!have_tok) {
     for (size_t i = 0; i < ids.size(); ++i) std::cout << (i ? " " : "") << ids[i];
   }
   std::cout << "\n";
+  const CacheStats st = cache_stats(cache);
+  std::cerr << "kv cache: policy " << policy_name(co.policy);
+  if (co.budget > 0) std::cerr << " (budget " << co.budget << ")";
+  std::cerr << ", effective KV CR " << st.effective_kv_cr << "x, peak " << st.peak_tokens
+            << " tokens per head (full cache " << st.full_tokens << "), now " << st.mean_live
+            << " on average\n";
   std::cerr << "generated " << produced << " tokens in " << secs << " s, "
             << (secs > 0 ? double(produced) / secs : 0.0) << " tokens/s\n";
 }
@@ -131,6 +148,12 @@ void add_generate_command(CLI::App& app) {
       ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--seed", a->seed, "Sampling seed")->capture_default_str();
   cmd->add_option("--threads", a->threads, "CPU threads (0 = LibTorch default)");
+  cmd->add_option("--policy", a->policy,
+                  "KV cache policy: dms (default for a DMS model), none (default otherwise), "
+                  "window (StreamingLLM sinks + recent), h2o, tova");
+  cmd->add_option("--budget", a->budget, "Tokens kept per KV head for window/h2o/tova");
+  cmd->add_option("--sinks", a->sinks, "Attention sinks kept by the window policy")
+      ->capture_default_str();
   cmd->callback([a] { run_generate(*a); });
 }
 

@@ -2,6 +2,8 @@
 #include <filesystem>
 #include <iostream>
 
+#include "checkpoints/hf_config.h"
+#include "checkpoints/json_file.h"
 #include "checkpoints/load_model.h"
 #include "checkpoints/safetensors.h"
 #include "data/tokenizer.h"
@@ -38,6 +40,14 @@ void inspect_safetensors(const std::string& path) {
 void inspect_model(const std::string& path) {
   ModelConfig c = read_model_config(path);
   std::cout << "model:           " << path << "\n" << describe_config(c);
+  const fs::path cfg = fs::is_directory(path) ? fs::path(path) / "config.json" : fs::path(path);
+  if (cfg.extension() == ".json") {
+    DmsConfig d = parse_dms_config(read_json_file(cfg.string()), cfg.string());
+    if (d.enabled)
+      std::cout << "dms:             " << predictor_name(d.predictor) << " predictor, per "
+                << (d.per_layer ? "layer" : "KV head") << ", window " << d.window << ", tau "
+                << d.tau << ", scale " << d.scale << ", offset " << d.offset << "\n";
+  }
   auto dtypes = stored_dtypes(path);
   if (!dtypes.empty()) {
     std::cout << "stored dtypes:  ";

@@ -1,0 +1,92 @@
+#include "checkpoints/export.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "checkpoints/atomic_file.h"
+#include "checkpoints/hf_config.h"
+#include "checkpoints/safetensors.h"
+#include "model/error.h"
+
+namespace fs = std::filesystem;
+
+namespace dms {
+
+nlohmann::json hf_config_json(const Model& m, const nlohmann::json& base) {
+  const ModelConfig& c = m.config;
+  nlohmann::json j = base.is_object() ? base : nlohmann::json::object();
+  j["architectures"] = {c.architecture};
+  j["model_type"] = c.family;
+  j["vocab_size"] = c.vocab_size;
+  j["hidden_size"] = c.hidden_size;
+  j["intermediate_size"] = c.intermediate_size;
+  j["num_hidden_layers"] = c.n_layers;
+  j["num_attention_heads"] = c.n_heads;
+  j["num_key_value_heads"] = c.n_kv_heads;
+  j["head_dim"] = c.head_dim;
+  j["max_position_embeddings"] = c.max_position;
+  j["rms_norm_eps"] = c.rms_eps;
+  j["rope_theta"] = c.rope_theta;
+  j["tie_word_embeddings"] = c.tied_embeddings;
+  j["hidden_act"] = "silu";
+  if (c.bos_id >= 0 && !j.contains("bos_token_id")) j["bos_token_id"] = c.bos_id;
+  if (c.eos_id >= 0 && !j.contains("eos_token_id")) j["eos_token_id"] = c.eos_id;
+  if (c.family == "llama") {
+    j["attention_bias"] = c.qkv_bias;
+    j["mlp_bias"] = c.mlp_bias;
+  }
+  if (c.family == "mistral")
+    j["sliding_window"] =
+        c.sliding_window > 0 ? nlohmann::json(c.sliding_window) : nlohmann::json();
+  if (!c.rope_scaling.type.empty())
+    j["rope_scaling"] = {
+        {"rope_type", c.rope_scaling.type},
+        {"factor", c.rope_scaling.factor},
+        {"low_freq_factor", c.rope_scaling.low_freq_factor},
+        {"high_freq_factor", c.rope_scaling.high_freq_factor},
+        {"original_max_position_embeddings", c.rope_scaling.original_max_position}};
+  j["torch_dtype"] = std::string(m.embed.scalar_type() == at::kBFloat16 ? "bfloat16"
+                                 : m.embed.scalar_type() == at::kHalf   ? "float16"
+                                                                        : "float32");
+  if (m.dms.enabled) j.update(dms_config_json(m.dms));
+  return j;
+}
+
+void write_hf_model(const Model& m, const std::string& dir, const ExportExtras& extras,
+                    bool overwrite) {
+  const fs::path out(dir);
+  if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out)) && !overwrite)
+    throw InputError(dir + ": already exists (choose another --out or pass --force)");
+  const fs::path parent = out.has_parent_path() ? out.parent_path() : fs::path(".");
+  fs::create_directories(parent);
+  const fs::path stage =
+      parent / (out.filename().string() + ".partial-" + std::to_string(::getpid()));
+  fs::remove_all(stage);
+  fs::create_directories(stage);
+  try {
+    write_safetensors((stage / "model.safetensors").string(), weight_list(m),
+                      {{"format", "pt"}, {"producer", "dms-retrofit"}});
+    write_file_atomic((stage / "config.json").string(),
+                      hf_config_json(m, extras.base_config).dump(2) + "\n");
+    if (!extras.report.is_null())
+      write_file_atomic((stage / "dms_report.json").string(), extras.report.dump(2) + "\n");
+    for (const auto& f : extras.copy_files)
+      fs::copy_file(f, stage / fs::path(f).filename(), fs::copy_options::overwrite_existing);
+    if (fs::exists(out)) {
+      const fs::path old =
+          parent / (out.filename().string() + ".old-" + std::to_string(::getpid()));
+      fs::rename(out, old);
+      fs::rename(stage, out);
+      fs::remove_all(old);
+    } else {
+      fs::rename(stage, out);
+    }
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(stage, ec);
+    throw;
+  }
+}
+
+}  // namespace dms
