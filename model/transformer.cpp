@@ -179,13 +179,19 @@ at::Tensor grouped_attention(const at::Tensor& q, const at::Tensor& k, const at:
                              const at::Tensor& bias, at::Tensor* probs) {
   const int64_t B = q.size(0), H = q.size(1), T = q.size(2), d = q.size(3);
   const int64_t K = k.size(1), G = H / K;
-  at::Tensor qg = q.reshape({B, K, G, T, d});
-  at::Tensor scores = at::matmul(qg, k.unsqueeze(2).transpose(-1, -2));  // [B, K, G, T, S]
   const at::ScalarType ct = compute_type(q.scalar_type());
-  scores = scores.to(ct) * (1.0 / std::sqrt(double(d))) + bias.to(ct).unsqueeze(2);
+  // Scale the (small) queries rather than the (large) scores.
+  const int64_t S = k.size(2);
+  // Batched GEMMs over (batch, KV head): the G query heads of a group share one K/V.
+  at::Tensor qg = (q * (1.0 / std::sqrt(double(d)))).reshape({B * K, G * T, d});
+  at::Tensor scores = at::bmm(qg, k.reshape({B * K, S, d}).transpose(1, 2))
+                          .to(ct)
+                          .view({B, K, G, T, S});
+  scores.add_(bias.to(ct).unsqueeze(2));  // in place: bmm's backward does not need its output
   at::Tensor p = at::softmax(scores, -1);
   if (probs) *probs = p;
-  return at::matmul(p.to(v.scalar_type()), v.unsqueeze(2)).reshape({B, H, T, d});
+  at::Tensor out = at::bmm(p.to(v.scalar_type()).view({B * K, G * T, S}), v.reshape({B * K, S, d}));
+  return out.view({B, H, T, d});
 }
 
 QKV project_qkv(const LayerWeights& w, const Model& m, const at::Tensor& x, const at::Tensor& cos,

@@ -5,10 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(g++ make cmake pkg-config ccache
+PACKAGES=(g++ make cmake pkg-config ccache libopenblas0-openmp
   libtorch-dev libgloo-dev
   libsentencepiece-dev sentencepiece
-  libhdf5-dev libcli11-dev nlohmann-json3-dev libgtest-dev)
+  libhdf5-dev libssl-dev libcli11-dev nlohmann-json3-dev libgtest-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -87,8 +87,9 @@ TEST(Stories260K, RightPaddingDoesNotChangeValidPositions) {
   at::Tensor batch = forward(stories(), tokens, valid);  // [2, 8, V]
   at::Tensor alone_a = forward(stories(), ids_tensor(a))[0];
   at::Tensor alone_b = forward(stories(), ids_tensor({1, 403, 407, 261}))[0];
-  EXPECT_LT(test::max_abs_diff(batch[0], alone_a), 1e-5);
-  EXPECT_LT(test::max_abs_diff(batch[1].narrow(0, 0, 4), alone_b), 1e-5);
+  // Different GEMM shapes round differently in fp32; logits are ~10, so 5e-5 is noise.
+  EXPECT_LT(test::max_abs_diff(batch[0], alone_a), 5e-5);
+  EXPECT_LT(test::max_abs_diff(batch[1].narrow(0, 0, 4), alone_b), 5e-5);
   EXPECT_TRUE(batch.isfinite().all().item<bool>());
 }
 

@@ -7,5 +7,8 @@ namespace dms {
 
 void add_generate_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);
+void add_retrofit_command(CLI::App& app);  // retrofit + export
+void add_eval_command(CLI::App& app);
+void add_data_command(CLI::App& app);
 
 }  // namespace dms

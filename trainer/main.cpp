@@ -1,16 +1,35 @@
 // `dms`: the command-line entry point. Exit codes: 0 ok, 1 runtime failure,
 // 2 bad usage or bad input (one line on stderr naming the file and the problem).
+#include <ATen/Parallel.h>
+#include <malloc.h>
+
+#include <cstdlib>
 #include <iostream>
+#include <thread>
 
 #include "model/error.h"
 #include "trainer/cli.h"
 
+// Large activations (attention scores) would otherwise be mmap'd and unmapped on every
+// op, paying page faults each time; keeping them in the heap lets freed blocks be reused.
+static void tune_allocator() {
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
+
 int main(int argc, char** argv) {
+  tune_allocator();
+  // Debian's OpenMP LibTorch may start with one thread; use the machine unless told.
+  if (!std::getenv("OMP_NUM_THREADS"))
+    at::set_num_threads(int(std::max(1u, std::thread::hardware_concurrency())));
   CLI::App app{
       "dms-retrofit: teach a pretrained decoder LLM Dynamic Memory Sparsification "
       "(learned KV-cache eviction) by distillation, then export and evaluate it."};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for every subcommand");
+  dms::add_data_command(app);
+  dms::add_retrofit_command(app);
+  dms::add_eval_command(app);
   dms::add_generate_command(app);
   dms::add_inspect_command(app);
   try {

@@ -1,0 +1,229 @@
+#include "data/token_file.h"
+
+#include <openssl/evp.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "checkpoints/mapped_file.h"
+#include "checkpoints/h5.h"
+#include "model/error.h"
+
+namespace fs = std::filesystem;
+
+namespace dms {
+
+// ---- writing -------------------------------------------------------------------------
+
+struct TokenWriter::Impl {
+  std::string path, tmp;
+  int64_t T = 0;
+  TokenFileInfo info;
+  h5::Handle file, dset;
+  bool done = false;
+};
+
+TokenWriter::TokenWriter(const std::string& path, int64_t seq_len, const TokenFileInfo& info)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->path = path;
+  impl_->tmp = path + ".tmp." + std::to_string(::getpid());
+  impl_->T = seq_len;
+  impl_->info = info;
+  if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
+  impl_->file = h5::create_file(impl_->tmp);
+  hsize_t dims[2] = {0, hsize_t(seq_len)}, maxdims[2] = {H5S_UNLIMITED, hsize_t(seq_len)};
+  h5::Handle space(H5Screate_simple(2, dims, maxdims), H5Sclose);
+  h5::Handle plist(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  hsize_t chunk[2] = {hsize_t(std::max<int64_t>(1, 65536 / seq_len)), hsize_t(seq_len)};
+  H5Pset_chunk(plist.get(), 2, chunk);
+  impl_->dset = h5::Handle(H5Dcreate2(impl_->file.get(), "tokens", H5T_STD_U32LE, space.get(),
+                                      H5P_DEFAULT, plist.get(), H5P_DEFAULT),
+                           H5Dclose);
+  if (!impl_->dset.valid()) throw std::runtime_error(impl_->tmp + ": cannot create dataset");
+}
+
+TokenWriter::~TokenWriter() {
+  if (impl_ && !impl_->done) {
+    impl_->dset = h5::Handle();
+    impl_->file = h5::Handle();
+    std::remove(impl_->tmp.c_str());
+  }
+}
+
+void TokenWriter::add_row(const std::vector<uint32_t>& row) {
+  if (int64_t(row.size()) != impl_->T) throw std::invalid_argument("TokenWriter: row length");
+  hsize_t dims[2] = {hsize_t(rows_ + 1), hsize_t(impl_->T)};
+  if (H5Dset_extent(impl_->dset.get(), dims) < 0)
+    throw std::runtime_error(impl_->tmp + ": cannot extend dataset");
+  h5::Handle fspace(H5Dget_space(impl_->dset.get()), H5Sclose);
+  hsize_t start[2] = {hsize_t(rows_), 0}, count[2] = {1, hsize_t(impl_->T)};
+  H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, start, nullptr, count, nullptr);
+  h5::Handle mspace(H5Screate_simple(2, count, nullptr), H5Sclose);
+  if (H5Dwrite(impl_->dset.get(), H5T_NATIVE_UINT32, mspace.get(), fspace.get(), H5P_DEFAULT,
+               row.data()) < 0)
+    throw std::runtime_error(impl_->tmp + ": write failed (disk full?)");
+  ++rows_;
+}
+
+void TokenWriter::finish() {
+  hid_t f = impl_->file.get();
+  const TokenFileInfo& i = impl_->info;
+  h5::set_attr(f, "format", std::string("dms-retrofit tokens v1"));
+  h5::set_attr(f, "vocab_size", i.vocab_size);
+  h5::set_attr(f, "tokenizer_sha256", i.tokenizer_hash);
+  h5::set_attr(f, "bos_id", i.bos_id);
+  h5::set_attr(f, "eos_id", i.eos_id);
+  h5::set_attr(f, "source", i.source);
+  h5::set_attr(f, "documents", i.documents);
+  h5::set_attr(f, "tokens", i.tokens);
+  h5::set_attr(f, "rows", rows_);
+  h5::set_attr(f, "seq_len", impl_->T);
+  impl_->dset = h5::Handle();
+  if (H5Fflush(f, H5F_SCOPE_GLOBAL) < 0) throw std::runtime_error(impl_->tmp + ": flush failed");
+  impl_->file = h5::Handle();
+  fs::rename(impl_->tmp, impl_->path);
+  impl_->done = true;
+}
+
+// ---- reading -------------------------------------------------------------------------
+
+struct TokenData::Source {
+  // HDF5
+  h5::Handle file, dset;
+  // .bin
+  std::shared_ptr<MappedFile> map;
+  uint64_t bin_offset = 0;
+  int bin_width = 2;
+};
+
+TokenData open_tokens(const std::string& path, int64_t bin_seq_len, const std::string& bin_dtype) {
+  require(fs::exists(path), path, "no such file");
+  TokenData d;
+  d.path = path;
+  d.src = std::make_shared<TokenData::Source>();
+  if (fs::path(path).extension() == ".bin") {
+    require(bin_seq_len > 0, path, "a .bin token stream needs --seq-len to cut it into rows");
+    auto& s = *d.src;
+    s.map = map_file(path);
+    s.bin_width = bin_dtype == "uint32" ? 4 : 2;
+    require(bin_dtype == "uint16" || bin_dtype == "uint32", path, "bin dtype must be uint16 or uint32");
+    uint64_t n = s.map->size / uint64_t(s.bin_width);
+    if (s.map->size >= 1024) {
+      int32_t h[3];
+      std::memcpy(h, s.map->data, sizeof(h));
+      if (h[0] == 20240520) {  // llm.c: 256 int32 header, version 1 = uint16, 2 = uint32
+        require(h[1] == 1 || h[1] == 2, path, "unknown llm.c token file version " + std::to_string(h[1]));
+        s.bin_width = h[1] == 1 ? 2 : 4;
+        s.bin_offset = 1024;
+        n = uint64_t(h[2]);
+        require(s.bin_offset + n * uint64_t(s.bin_width) <= s.map->size, path,
+                "header claims " + std::to_string(n) + " tokens but the file is shorter");
+      }
+    }
+    require(s.map->size % uint64_t(s.bin_width) == 0 || s.bin_offset > 0, path,
+            "size is not a multiple of the token width");
+    d.seq_len = bin_seq_len;
+    d.n_rows = int64_t(n / uint64_t(bin_seq_len));
+    d.info.tokens = int64_t(n);
+    d.info.source = path;
+    require(d.n_rows > 0, path, "fewer tokens (" + std::to_string(n) + ") than one row of " +
+                                    std::to_string(bin_seq_len));
+    return d;
+  }
+  d.src->file = h5::open_file(path);
+  hid_t f = d.src->file.get();
+  auto dims = h5::dataset_dims(f, "tokens", path);
+  require(dims.size() == 2, path, "dataset 'tokens' must be 2-D [N, T]");
+  d.n_rows = int64_t(dims[0]);
+  d.seq_len = int64_t(dims[1]);
+  require(d.n_rows > 0 && d.seq_len > 0, path, "no token rows (empty file)");
+  d.src->dset = h5::Handle(H5Dopen2(f, "tokens", H5P_DEFAULT), H5Dclose);
+  {
+    h5::Handle type(H5Dget_type(d.src->dset.get()), H5Tclose);
+    require(H5Tget_class(type.get()) == H5T_INTEGER, path, "dataset 'tokens' is not integer");
+  }
+  if (h5::has_attr(f, "vocab_size")) d.info.vocab_size = h5::get_int_attr(f, "vocab_size", path);
+  if (h5::has_attr(f, "tokenizer_sha256"))
+    d.info.tokenizer_hash = h5::get_string_attr(f, "tokenizer_sha256", path);
+  if (h5::has_attr(f, "bos_id")) d.info.bos_id = h5::get_int_attr(f, "bos_id", path);
+  if (h5::has_attr(f, "eos_id")) d.info.eos_id = h5::get_int_attr(f, "eos_id", path);
+  if (h5::has_attr(f, "source")) d.info.source = h5::get_string_attr(f, "source", path);
+  if (h5::has_attr(f, "documents")) d.info.documents = h5::get_int_attr(f, "documents", path);
+  if (h5::has_attr(f, "tokens")) d.info.tokens = h5::get_int_attr(f, "tokens", path);
+  return d;
+}
+
+at::Tensor TokenData::rows(const std::vector<int64_t>& index) const {
+  const int64_t n = int64_t(index.size());
+  at::Tensor out = at::empty({n, seq_len}, at::kLong);
+  std::vector<uint32_t> buf(static_cast<size_t>(seq_len));
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t i = index[size_t(r)];
+    if (i < 0 || i >= n_rows) throw std::out_of_range(path + ": row " + std::to_string(i));
+    if (src->map) {
+      const uint8_t* p = src->map->data + src->bin_offset + uint64_t(i * seq_len) * uint64_t(src->bin_width);
+      for (int64_t t = 0; t < seq_len; ++t) {
+        if (src->bin_width == 2) {
+          uint16_t v;
+          std::memcpy(&v, p + 2 * t, 2);
+          buf[size_t(t)] = v;
+        } else {
+          std::memcpy(&buf[size_t(t)], p + 4 * t, 4);
+        }
+      }
+    } else {
+      h5::Handle fspace(H5Dget_space(src->dset.get()), H5Sclose);
+      hsize_t start[2] = {hsize_t(i), 0}, count[2] = {1, hsize_t(seq_len)};
+      H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, start, nullptr, count, nullptr);
+      h5::Handle mspace(H5Screate_simple(2, count, nullptr), H5Sclose);
+      require(H5Dread(src->dset.get(), H5T_NATIVE_UINT32, mspace.get(), fspace.get(), H5P_DEFAULT,
+                      buf.data()) >= 0,
+              path, "cannot read row " + std::to_string(i) + " (damaged file?)");
+    }
+    int64_t* o = out.data_ptr<int64_t>() + r * seq_len;
+    for (int64_t t = 0; t < seq_len; ++t) o[t] = int64_t(buf[size_t(t)]);
+  }
+  return out;
+}
+
+int64_t TokenData::max_id() const {
+  int64_t mx = -1;
+  const int64_t block = 256;
+  for (int64_t start = 0; start < n_rows; start += block) {
+    std::vector<int64_t> idx;
+    for (int64_t i = start; i < std::min(n_rows, start + block); ++i) idx.push_back(i);
+    mx = std::max(mx, rows(idx).max().item<int64_t>());
+  }
+  return mx;
+}
+
+void validate_tokens(const TokenData& d, int64_t model_vocab, int64_t model_context) {
+  require(d.n_rows > 0, d.path, "no token rows (empty file)");
+  require(model_context <= 0 || d.seq_len <= model_context, d.path,
+          "rows of " + std::to_string(d.seq_len) + " tokens exceed the model's context of " +
+              std::to_string(model_context));
+  if (d.info.vocab_size > 0)
+    require(d.info.vocab_size <= model_vocab, d.path,
+            "made with a vocabulary of " + std::to_string(d.info.vocab_size) +
+                " but the model has " + std::to_string(model_vocab));
+  const int64_t mx = d.max_id();
+  require(mx < model_vocab, d.path,
+          "token id " + std::to_string(mx) + " is outside the model's vocabulary of " +
+              std::to_string(model_vocab));
+}
+
+std::string sha256_file(const std::string& path) {
+  auto m = map_file(path);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_Digest(m->data, m->size, digest, &len, EVP_sha256(), nullptr) != 1)
+    throw std::runtime_error(path + ": sha256 failed");
+  char hex[2 * EVP_MAX_MD_SIZE + 1];
+  for (unsigned i = 0; i < len; ++i) std::snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+  return std::string(hex, 2 * len);
+}
+
+}  // namespace dms

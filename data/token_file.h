@@ -1,0 +1,60 @@
+// Token files: our HDF5 format (dataset `tokens` [N, T] uint32 + attributes) and
+// pre-tokenized streams (.bin: llm.c's 256-int32 header + uint16/uint32 ids, or
+// nanoGPT's headerless uint16), cut into rows of T tokens.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace dms {
+
+struct TokenFileInfo {
+  int64_t vocab_size = 0;
+  std::string tokenizer_hash;  // sha256 of the tokenizer file ("" when unknown)
+  int64_t bos_id = -1, eos_id = -1;
+  std::string source;  // what the rows came from (file names, "teacher samples", ...)
+  int64_t documents = 0;
+  int64_t tokens = 0;  // real tokens before packing/padding
+};
+
+// Streams rows into `path` (written as "<path>.tmp.<pid>", renamed by finish()).
+class TokenWriter {
+ public:
+  TokenWriter(const std::string& path, int64_t seq_len, const TokenFileInfo& info);
+  ~TokenWriter();
+  void add_row(const std::vector<uint32_t>& row);  // exactly seq_len ids
+  void finish();                                   // writes attributes, closes, renames
+  int64_t rows() const { return rows_; }
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  int64_t rows_ = 0;
+};
+
+struct TokenData {
+  std::string path;
+  int64_t n_rows = 0, seq_len = 0;
+  TokenFileInfo info;
+  // Rows by index. -> [n, T] int64
+  at::Tensor rows(const std::vector<int64_t>& index) const;
+  int64_t max_id() const;  // scans the file
+
+  struct Source;
+  std::shared_ptr<Source> src;
+};
+
+// Opens an HDF5 token file, or a .bin stream cut into rows of `bin_seq_len`.
+// InputError naming the file for an empty file, a missing dataset, bad header.
+TokenData open_tokens(const std::string& path, int64_t bin_seq_len = 0,
+                      const std::string& bin_dtype = "uint16");
+
+// InputError unless every id < model_vocab and rows fit the model's context.
+void validate_tokens(const TokenData& d, int64_t model_vocab, int64_t model_context);
+
+// sha256 of a file's bytes as hex (for the tokenizer hash attribute).
+std::string sha256_file(const std::string& path);
+
+}  // namespace dms

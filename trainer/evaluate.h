@@ -1,0 +1,45 @@
+// Evaluation on held-out rows, teacher-forced: the DMS model under hard eviction and
+// the training-free baselines (window, H2O, TOVA) in the evicting cache, each against
+// the unchanged model: perplexity, KL to the original, decision and effective KV CR,
+// and greedy-continuation agreement.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "data/token_file.h"
+#include "model/kv_cache.h"
+
+namespace dms {
+
+struct EvalRow {
+  std::string model;   // "original" | "dms" | baseline name
+  std::string policy;  // none | dms | window | h2o | tova
+  int64_t budget = 0;  // tokens per head (baselines)
+  double decision_cr = 1.0, effective_kv_cr = 1.0;
+  double ppl = 0, kl_to_original = 0;
+  double greedy_agreement = 1.0;  // share of greedy continuation tokens equal to the original's
+  int64_t peak_tokens = 0;
+  nlohmann::json to_json() const;
+};
+
+struct EvalOptions {
+  int64_t rows = 16;           // held-out rows to use (0 = all)
+  int64_t batch = 8;
+  int64_t prompt_len = 64;     // generation check: prompt tokens from each row
+  int64_t gen_tokens = 64;     // ... and greedy tokens generated
+  int64_t gen_rows = 4;
+};
+
+// Baseline budget whose effective KV CR over rows of T tokens is closest to `cr`
+// (every baseline reads min(i + 1, budget + 1) keys at query i).
+int64_t budget_for_cr(double cr, int64_t T);
+
+// `model` (with or without DMS) under `policy`, against `original`.
+EvalRow evaluate(const Model& model, const Model& original, const TokenData& data,
+                 CachePolicy policy, int64_t budget, const EvalOptions& o);
+
+// The comparison table, one line per row.
+std::string format_table(const std::vector<EvalRow>& rows);
+
+}  // namespace dms

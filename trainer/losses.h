@@ -1,0 +1,32 @@
+// Distillation losses (DESIGN.md §2 "Losses").
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string>
+
+namespace dms {
+
+enum class KdDirection { student_teacher, teacher_student };
+KdDirection parse_kd_direction(const std::string& s);
+
+// Sum over positions n of weight[n] * KL, computed in fp32 over vocab chunks of `chunk`.
+// student_teacher: KL(p_s || p_t) = sum_v p_s (log p_s - log p_t) (the official direction);
+// teacher_student: KL(p_t || p_s). The gradient reaches `student` only and is recomputed
+// chunk by chunk in backward, so extra memory is O(N * chunk), not O(N * V).
+// student, teacher [N, V] (any float type), weight [N] -> scalar fp32
+at::Tensor kd_loss_sum(const at::Tensor& student, const at::Tensor& teacher,
+                       const at::Tensor& weight, KdDirection dir, int64_t chunk = 4096);
+
+// Per-sample fraction of closed (evicted) decisions: mean over layers, heads and positions
+// that carry a decision about a real token (positions 1..T-1 that are valid).
+// decisions [L, B, K, T] (straight-through), valid [B, T] or undefined -> [B]
+at::Tensor fraction_closed(const at::Tensor& decisions, const at::Tensor& valid);
+
+// sum_b max(0, target - frac[b]). frac [B] -> scalar
+at::Tensor dms_loss_sum(const at::Tensor& frac_closed, double target);
+
+// Student cross-entropy on the next token, for monitoring. logits [B, T, V], tokens [B, T]
+// -> (sum of -log p, count) over positions 0..T-2
+std::pair<double, int64_t> next_token_nll(const at::Tensor& logits, const at::Tensor& tokens);
+
+}  // namespace dms

@@ -1,0 +1,391 @@
+#include "trainer/retrofit.h"
+
+#include <ATen/Parallel.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <iostream>
+#include <sstream>
+
+#include "checkpoints/atomic_file.h"
+#include "checkpoints/load_model.h"
+#include "checkpoints/train_state.h"
+#include "data/loader.h"
+#include "data/prepare.h"
+#include "data/token_file.h"
+#include "model/error.h"
+#include "trainer/losses.h"
+#include "trainer/metrics.h"
+#include "trainer/optimizer.h"
+#include "trainer/schedule.h"
+
+namespace fs = std::filesystem;
+
+namespace dms {
+
+nlohmann::json RetrofitConfig::to_json() const {
+  return {{"model", model},
+          {"data", data},
+          {"val_data", val_data},
+          {"target_cr", target_cr},
+          {"final_step", final_step},
+          {"max_steps", max_steps},
+          {"window", window},
+          {"tau", tau},
+          {"scale", scale},
+          {"offset", offset},
+          {"predictor", predictor},
+          {"alpha_per", alpha_per},
+          {"train_mode", train_mode},
+          {"micro_batch", micro_batch},
+          {"grad_accum", grad_accum},
+          {"lr", lr},
+          {"lr_schedule", lr_schedule},
+          {"warmup_steps", warmup_steps},
+          {"min_lr_ratio", min_lr_ratio},
+          {"beta1", beta1},
+          {"beta2", beta2},
+          {"weight_decay", weight_decay},
+          {"clip", clip},
+          {"kd_direction", kd_direction},
+          {"dms_weight", dms_weight},
+          {"kd_chunk", kd_chunk},
+          {"seed", seed},
+          {"log_every", log_every},
+          {"eval_every", eval_every},
+          {"eval_batches", eval_batches},
+          {"checkpoint_every", checkpoint_every},
+          {"keep_checkpoints", keep_checkpoints}};
+}
+
+RetrofitConfig RetrofitConfig::from_json(const nlohmann::json& j) {
+  RetrofitConfig c;
+#define DMS_GET(field) \
+  if (j.contains(#field)) j.at(#field).get_to(c.field)
+  DMS_GET(model); DMS_GET(data); DMS_GET(val_data); DMS_GET(target_cr); DMS_GET(final_step);
+  DMS_GET(max_steps); DMS_GET(window); DMS_GET(tau); DMS_GET(scale); DMS_GET(offset);
+  DMS_GET(predictor); DMS_GET(alpha_per); DMS_GET(train_mode); DMS_GET(micro_batch);
+  DMS_GET(grad_accum); DMS_GET(lr); DMS_GET(lr_schedule); DMS_GET(warmup_steps);
+  DMS_GET(min_lr_ratio); DMS_GET(beta1); DMS_GET(beta2); DMS_GET(weight_decay); DMS_GET(clip);
+  DMS_GET(kd_direction); DMS_GET(dms_weight); DMS_GET(kd_chunk); DMS_GET(seed);
+  DMS_GET(log_every); DMS_GET(eval_every); DMS_GET(eval_batches); DMS_GET(checkpoint_every);
+  DMS_GET(keep_checkpoints);
+#undef DMS_GET
+  return c;
+}
+
+DmsConfig RetrofitConfig::dms() const {
+  DmsConfig d;
+  d.window = window;
+  d.tau = tau;
+  d.scale = scale;
+  d.offset = offset;
+  d.predictor = parse_predictor(predictor, "--predictor");
+  require(alpha_per == "head" || alpha_per == "layer", "--alpha-per", "must be head or layer");
+  d.per_layer = alpha_per == "layer";
+  return d;
+}
+
+namespace {
+
+// Everything one optimizer step needs, built once.
+struct Trainer {
+  RetrofitConfig cfg;
+  Model student, teacher_copy;  // teacher_copy only in train mode "all"
+  const Model* teacher = nullptr;
+  bool adapters_only = true;
+  NamedTensors trained;  // name -> tensor (requires_grad)
+  std::unique_ptr<AdamW> opt;
+  CrSchedule cr;
+  LrSchedule lr;
+  KdDirection kd_dir = KdDirection::student_teacher;
+};
+
+struct StepStats {
+  double kd = 0, dms = 0, lm_nll = 0, eviction = 0, effective_cr = 1, grad_norm = 0;
+  int64_t lm_count = 0, tokens = 0;
+};
+
+// One global batch: micro-batches of the local slice, losses normalised over the
+// global batch (positions for KD, samples for DMS) so accumulation does not change
+// the gradient. tokens [b, T].
+StepStats train_step(Trainer& tr, const at::Tensor& tokens, int64_t step, int64_t first_index,
+                     int64_t global_batch) {
+  const RetrofitConfig& c = tr.cfg;
+  const int64_t b = tokens.size(0), T = tokens.size(1), V = tr.student.config.vocab_size;
+  const int64_t L = tr.student.config.n_layers, K = tr.student.config.n_kv_heads;
+  const double target = tr.cr.target(step);
+  const double positions_global = double(global_batch * T);
+  StepStats st;
+  double closed_sum = 0, visible_sum = 0, full_sum = 0;
+  for (int64_t m0 = 0; m0 < b; m0 += c.micro_batch) {
+    const int64_t mb = std::min(c.micro_batch, b - m0);
+    at::Tensor x = tokens.narrow(0, m0, mb);
+    at::Tensor teacher_logits;
+    {
+      at::NoGradGuard ng;
+      ForwardOptions to;
+      to.mode = AttentionMode::teacher;
+      teacher_logits = forward_full(*tr.teacher, x, {}, to).logits;  // [mb, T, V]
+    }
+    ForwardOptions so;
+    so.mode = AttentionMode::train;
+    so.noise = dms_batch_noise(c.seed, step, first_index + m0, mb, L, K, T);
+    ForwardResult r = forward_full(tr.student, x, {}, so);
+    at::Tensor weight = at::ones({mb * T}, at::kFloat);
+    at::Tensor kd = kd_loss_sum(r.logits.reshape({-1, V}), teacher_logits.reshape({-1, V}), weight,
+                                tr.kd_dir, c.kd_chunk);
+    at::Tensor frac = fraction_closed(r.decisions, {});  // [mb]
+    at::Tensor dms = dms_loss_sum(frac, target);
+    at::Tensor loss = kd / positions_global + c.dms_weight * dms / double(global_batch);
+    loss.backward();
+    st.kd += kd.item<double>();
+    st.dms += dms.item<double>();
+    auto [nll, cnt] = next_token_nll(r.logits, x);
+    st.lm_nll += nll;
+    st.lm_count += cnt;
+    closed_sum += frac.detach().sum().item<double>();
+    CompressionStats cs = compression_from_decisions(r.decisions.detach(), {}, c.window);
+    visible_sum += cs.visible_keys.sum().item<double>();
+    full_sum += double(L * K * mb) * double(T * (T + 1) / 2);
+  }
+  st.tokens = b * T;
+  st.eviction = closed_sum / double(b);
+  st.effective_cr = visible_sum > 0 ? full_sum / visible_sum : 1.0;
+  return st;
+}
+
+struct EvalStats {
+  double kd = 0, eviction = 0, effective_cr = 1, lm_nll = 0;
+  int64_t positions = 0;
+};
+
+// Held-out KD and compression under hard eviction (eval mode, no noise).
+EvalStats validate(Trainer& tr, const TokenData& val) {
+  at::NoGradGuard ng;
+  EvalStats e;
+  const int64_t n = std::min(val.n_rows, tr.cfg.eval_batches * tr.cfg.micro_batch);
+  double closed = 0, visible = 0, full = 0, dec = 0;
+  const int64_t V = tr.student.config.vocab_size;
+  for (int64_t r0 = 0; r0 < n; r0 += tr.cfg.micro_batch) {
+    std::vector<int64_t> idx;
+    for (int64_t i = r0; i < std::min(n, r0 + tr.cfg.micro_batch); ++i) idx.push_back(i);
+    at::Tensor x = val.rows(idx);
+    ForwardOptions to;
+    to.mode = AttentionMode::teacher;
+    at::Tensor tl = forward_full(*tr.teacher, x, {}, to).logits;
+    ForwardResult r = forward_full(tr.student, x, {}, ForwardOptions{});
+    const int64_t T = x.size(1);
+    e.kd += kd_loss_sum(r.logits.reshape({-1, V}), tl.reshape({-1, V}), at::ones({x.size(0) * T}),
+                        tr.kd_dir, tr.cfg.kd_chunk)
+                .item<double>();
+    e.positions += x.size(0) * T;
+    auto [nll, cnt] = next_token_nll(r.logits, x);
+    e.lm_nll += nll;
+    CompressionStats cs = compression_from_decisions(r.decisions, {}, tr.cfg.window);
+    const double ndec = double(x.size(0) * (T - 1));
+    closed += cs.eviction_rate * ndec;
+    dec += ndec;
+    visible += cs.visible_keys.sum().item<double>();
+    full += double(tr.student.config.n_layers * tr.student.config.n_kv_heads) *
+            double(x.size(0)) * double(T * (T + 1) / 2);
+    (void)cnt;
+  }
+  e.kd /= double(std::max<int64_t>(1, e.positions));
+  e.lm_nll /= double(std::max<int64_t>(1, e.positions - n));
+  e.eviction = dec > 0 ? closed / dec : 0;
+  e.effective_cr = visible > 0 ? full / visible : 1;
+  return e;
+}
+
+TrainState make_state(const Trainer& tr, int64_t step, const DataCursor& cur) {
+  TrainState s;
+  s.step = step;
+  s.world_size = 1;
+  s.data_epoch = cur.epoch;
+  s.data_offset = cur.offset;
+  s.adam_steps = tr.opt->steps;
+  s.config_json = tr.cfg.to_json().dump();
+  for (size_t i = 0; i < tr.trained.size(); ++i) {
+    s.trained.emplace_back(tr.trained[i].first, tr.trained[i].second.detach().clone());
+    s.adam_m.emplace_back(tr.trained[i].first, tr.opt->m[i].clone());
+    s.adam_v.emplace_back(tr.trained[i].first, tr.opt->v[i].clone());
+  }
+  return s;
+}
+
+void restore_state(Trainer& tr, const TrainState& s, const std::string& path) {
+  require(s.trained.size() == tr.trained.size(), path,
+          "holds " + std::to_string(s.trained.size()) + " trained tensors, this run trains " +
+              std::to_string(tr.trained.size()));
+  at::NoGradGuard ng;
+  for (size_t i = 0; i < tr.trained.size(); ++i) {
+    require(s.trained[i].first == tr.trained[i].first &&
+                s.trained[i].second.sizes() == tr.trained[i].second.sizes(),
+            path, "tensor '" + s.trained[i].first + "' does not match this run's model");
+    tr.trained[i].second.copy_(s.trained[i].second);
+    tr.opt->m[i].copy_(s.adam_m[i].second);
+    tr.opt->v[i].copy_(s.adam_v[i].second);
+  }
+  tr.opt->steps = s.adam_steps;
+}
+
+std::string fmt(double v, int prec = 4) {
+  std::ostringstream o;
+  o.precision(prec);
+  o << v;
+  return o.str();
+}
+
+}  // namespace
+
+int run_retrofit(const RetrofitConfig& cfg_in) {
+  RetrofitConfig cfg = cfg_in;
+  if (cfg.threads > 0) at::set_num_threads(cfg.threads);
+  require(cfg.max_steps > 0, "--max-steps", "must be positive");
+  require(cfg.target_cr >= 1.0, "--target-cr", "must be at least 1");
+  require(cfg.micro_batch > 0 && cfg.grad_accum > 0, "--micro-batch/--grad-accum", "must be positive");
+  require(cfg.train_mode == "adapters" || cfg.train_mode == "all", "--train-mode",
+          "must be 'adapters' or 'all'");
+  if (cfg.final_step <= 0) cfg.final_step = std::max<int64_t>(1, cfg.max_steps * 9 / 10);
+
+  // Run directory: refuse to mix runs.
+  const fs::path run(cfg.out);
+  const bool exists_nonempty = fs::exists(run) && !fs::is_empty(run);
+  if (exists_nonempty && !cfg.resume)
+    throw InputError(cfg.out + ": run directory is not empty (pass --resume to continue it)");
+  fs::create_directories(run);
+
+  Trainer tr;
+  tr.cfg = cfg;
+  tr.kd_dir = parse_kd_direction(cfg.kd_direction);
+  tr.student = load_model(cfg.model);
+  require(!tr.student.dms.enabled, cfg.model, "already has DMS predictors (retrofit the original)");
+  // Data, validated against the model before any work.
+  TokenData data = open_tokens(cfg.data);
+  validate_tokens(data, tr.student.config.vocab_size, tr.student.config.max_position);
+  std::string val_path = cfg.val_data.empty() ? validation_path(cfg.data) : cfg.val_data;
+  std::unique_ptr<TokenData> val;
+  if (fs::exists(val_path)) {
+    TokenData v = open_tokens(val_path);
+    if (v.n_rows > 0) {
+      validate_tokens(v, tr.student.config.vocab_size, tr.student.config.max_position);
+      val = std::make_unique<TokenData>(std::move(v));
+    }
+  }
+  const int64_t T = data.seq_len;
+  if (cfg.window >= T)
+    std::cerr << "warning: window " << cfg.window << " >= sequence length " << T
+              << ": no token can be evicted within a training row\n";
+
+  attach_dms(tr.student, cfg.dms());
+  tr.adapters_only = cfg.train_mode == "adapters";
+  if (tr.adapters_only) {
+    tr.teacher = &tr.student;  // the same weights with eviction off
+    for (auto& [n, t] : named_dms_weights(tr.student)) tr.trained.emplace_back(n, *t);
+  } else {
+    tr.teacher_copy = load_model(cfg.model);
+    tr.teacher = &tr.teacher_copy;
+    for (auto& [n, t] : named_weights(tr.student)) tr.trained.emplace_back(n, *t);
+  }
+  require(!tr.trained.empty(), "--predictor",
+          "query_neuron has no adapter weights: use --train-mode all with it");
+  std::vector<at::Tensor> params;
+  for (auto& [n, t] : tr.trained) {
+    t.requires_grad_(true);
+    params.push_back(t);
+  }
+  tr.opt = std::make_unique<AdamW>(params, AdamWOptions{cfg.beta1, cfg.beta2, 1e-8, cfg.weight_decay});
+  tr.cr = CrSchedule{1.0, cfg.target_cr, cfg.final_step};
+  tr.lr = LrSchedule{cfg.lr_schedule, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio};
+  (void)tr.lr.at(0);  // validates the schedule name
+
+  const int64_t global_batch = cfg.micro_batch * cfg.grad_accum;
+  BatchLoader loader(data, global_batch, cfg.seed);
+  int64_t start = 0;
+  if (cfg.resume) {
+    auto ckpts = list_checkpoints(cfg.out);
+    for (auto it = ckpts.rbegin(); it != ckpts.rend(); ++it) {
+      try {
+        TrainState s = read_train_state(*it);
+        restore_state(tr, s, *it);
+        start = s.step;
+        loader.cursor = DataCursor{s.data_epoch, s.data_offset};
+        std::cerr << "resuming from " << *it << " (step " << s.step << ")\n";
+        break;
+      } catch (const InputError& e) {
+        std::cerr << "warning: skipping unusable checkpoint: " << e.what() << "\n";
+      }
+    }
+  }
+  write_file_atomic((run / "config.json").string(), cfg.to_json().dump(2) + "\n");
+
+  MetricsLog log((run / "metrics.jsonl").string(), /*append=*/start > 0);
+  std::cerr << "retrofit: " << cfg.model << " -> " << cfg.out << "\n"
+            << "  data " << cfg.data << " (" << data.n_rows << " rows x " << T << " tokens)"
+            << (val ? ", validation " + val_path + " (" + std::to_string(val->n_rows) + " rows)" : "")
+            << "\n  target CR " << cfg.target_cr << " at step " << cfg.final_step << ", window "
+            << cfg.window << ", " << tr.trained.size() << " trained tensors ("
+            << cfg.train_mode << "), global batch " << global_batch << "\n";
+
+  Progress bar("retrofit", cfg.max_steps);
+  const auto t0 = std::chrono::steady_clock::now();
+  int64_t tokens_seen = start * global_batch * T;
+  for (int64_t step = start; step < cfg.max_steps; ++step) {
+    const auto ts = std::chrono::steady_clock::now();
+    LocalBatch batch = loader.next();
+    StepStats st = train_step(tr, batch.tokens, step, batch.first_index, global_batch);
+    st.grad_norm = clip_grad_norm(params, cfg.clip);
+    const double lr_now = tr.lr.at(step);
+    const double kd_mean = st.kd / double(global_batch * T);
+    if (!std::isfinite(kd_mean) || !std::isfinite(st.dms) || !std::isfinite(st.grad_norm)) {
+      bar.finish("stopped");
+      log.write({{"step", step + 1}, {"alert", "non-finite loss"}, {"kd_loss", kd_mean}});
+      throw std::runtime_error("non-finite loss at step " + std::to_string(step + 1) +
+                               " (kd " + fmt(kd_mean) + ", grad norm " + fmt(st.grad_norm) +
+                               "); the last checkpoint in " + cfg.out + " is intact");
+    }
+    tr.opt->step(lr_now);
+    tr.opt->zero_grad();
+    tokens_seen += st.tokens;
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double decision_cr = 1.0 / std::max(1e-9, 1.0 - st.eviction);
+    if ((step + 1) % cfg.log_every == 0 || step + 1 == cfg.max_steps)
+      log.write({{"step", step + 1},
+                 {"tokens", tokens_seen},
+                 {"kd_loss", kd_mean},
+                 {"dms_loss", st.dms / double(global_batch)},
+                 {"lm_loss", st.lm_count ? st.lm_nll / double(st.lm_count) : 0.0},
+                 {"target_cr", tr.cr.cr(step)},
+                 {"decision_cr", decision_cr},
+                 {"effective_kv_cr", st.effective_cr},
+                 {"lr", lr_now},
+                 {"grad_norm", st.grad_norm},
+                 {"tokens_per_s", double(st.tokens) / dt},
+                 {"elapsed_s", elapsed}});
+    bar.update(step + 1, "kd " + fmt(kd_mean, 3) + "  cr " + fmt(decision_cr, 3) + "/" +
+                             fmt(tr.cr.cr(step), 3) + " (eff " + fmt(st.effective_cr, 3) + ")  " +
+                             fmt(double(st.tokens) / dt, 4) + " tok/s");
+    const bool last = step + 1 == cfg.max_steps;
+    if (val && (((step + 1) % cfg.eval_every == 0) || last)) {
+      EvalStats e = validate(tr, *val);
+      log.write({{"step", step + 1},
+                 {"val_kd_loss", e.kd},
+                 {"val_lm_loss", e.lm_nll},
+                 {"val_decision_cr", 1.0 / std::max(1e-9, 1.0 - e.eviction)},
+                 {"val_effective_kv_cr", e.effective_cr}});
+    }
+    if ((step + 1) % cfg.checkpoint_every == 0 || last) {
+      write_train_state(checkpoint_path(cfg.out, step + 1), make_state(tr, step + 1, loader.cursor));
+      prune_checkpoints(cfg.out, cfg.keep_checkpoints);
+    }
+  }
+  bar.finish();
+  std::cerr << "retrofit finished: " << cfg.max_steps << " steps; checkpoints in " << cfg.out
+            << "/checkpoints\n  next: dms export --run " << cfg.out << " --out EXPORT_DIR\n";
+  return 0;
+}
+
+}  // namespace dms

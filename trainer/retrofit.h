@@ -1,0 +1,51 @@
+// The retrofit: distil a DMS student from the unchanged model while the target
+// compression ratio is annealed (DESIGN.md §2). A thin loop over components:
+// data (BatchLoader), step (teacher + student forward, KD + DMS loss, backward),
+// optimizer (AdamW, clipping, LR schedule), checkpoints (HDF5 train state), metrics.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "model/dms.h"
+
+namespace dms {
+
+struct RetrofitConfig {
+  std::string model, data, val_data, out;
+  bool resume = false;
+  // DMS and its schedule
+  double target_cr = 8.0;
+  int64_t final_step = 0;  // step at which CR reaches target (0 = 90% of max_steps)
+  int64_t max_steps = 500;
+  int64_t window = 512;
+  double tau = 0.1, scale = 100.0, offset = 5.0;
+  std::string predictor = "adapter";  // adapter | query_neuron
+  std::string alpha_per = "head";     // head | layer
+  std::string train_mode = "adapters";  // adapters (frozen shared base) | all
+  // Optimisation
+  int64_t micro_batch = 4, grad_accum = 1;
+  double lr = 3e-5;
+  std::string lr_schedule = "constant";
+  int64_t warmup_steps = 0;
+  double min_lr_ratio = 0.1;
+  double beta1 = 0.9, beta2 = 0.95, weight_decay = 0.0, clip = 1.0;
+  std::string kd_direction = "student_teacher";
+  double dms_weight = 1.0;
+  int64_t kd_chunk = 4096;
+  uint64_t seed = 0;
+  // Monitoring
+  int64_t log_every = 1, eval_every = 50, eval_batches = 8, checkpoint_every = 100;
+  int64_t keep_checkpoints = 3;
+  int threads = 0;
+
+  nlohmann::json to_json() const;
+  static RetrofitConfig from_json(const nlohmann::json& j);
+  DmsConfig dms() const;
+};
+
+// Runs (or resumes) a retrofit into cfg.out. Returns 0 when finished, throws on errors
+// (InputError for bad input); a NaN/inf loss stops the run with an error, keeping the
+// last checkpoint.
+int run_retrofit(const RetrofitConfig& cfg);
+
+}  // namespace dms
