@@ -2,10 +2,13 @@
 #include <filesystem>
 #include <iostream>
 
+#include "checkpoints/h5.h"
 #include "checkpoints/hf_config.h"
 #include "checkpoints/json_file.h"
 #include "checkpoints/load_model.h"
 #include "checkpoints/safetensors.h"
+#include "checkpoints/train_state.h"
+#include "data/token_file.h"
 #include "data/tokenizer.h"
 #include "model/error.h"
 #include "trainer/cli.h"
@@ -58,9 +61,36 @@ void inspect_model(const std::string& path) {
   }
 }
 
+void inspect_h5(const std::string& path) {
+  h5::Handle f = h5::open_file(path);
+  if (h5::has_dataset(f.get(), "tokens")) {
+    TokenData d = open_tokens(path);
+    std::cout << "token file:      " << path << "\n"
+              << "rows:            " << d.n_rows << " x " << d.seq_len << " tokens\n"
+              << "vocab:           " << d.info.vocab_size << " (bos " << d.info.bos_id << ", eos "
+              << d.info.eos_id << ")\n"
+              << "tokenizer sha256: " << (d.info.tokenizer_hash.empty() ? "-" : d.info.tokenizer_hash)
+              << "\n"
+              << "source:          " << d.info.source << "\n"
+              << "documents:       " << d.info.documents << ", real tokens " << d.info.tokens << "\n"
+              << "largest id:      " << d.max_id() << "\n";
+    return;
+  }
+  TrainState s = read_train_state(path);  // verifies the checksum
+  int64_t numel = 0;
+  for (const auto& [n, t] : s.trained) numel += t.numel();
+  std::cout << "train state:     " << path << " (checksum ok)\n"
+            << "step:            " << s.step << " (optimizer steps " << s.adam_steps << ")\n"
+            << "world size:      " << s.world_size << "\n"
+            << "data cursor:     epoch " << s.data_epoch << ", offset " << s.data_offset << "\n"
+            << "trained tensors: " << s.trained.size() << " (" << numel << " values)\n"
+            << "config:          " << s.config_json << "\n";
+}
+
 void run_inspect(const std::string& path) {
   require(fs::exists(path), path, "no such file or directory");
   const std::string ext = fs::path(path).extension().string();
+  if (ext == ".h5" || ext == ".hdf5") return inspect_h5(path);
   if (ext == ".model") return inspect_tokenizer(path);
   if (ext == ".safetensors") return inspect_safetensors(path);
   return inspect_model(path);
@@ -74,7 +104,7 @@ void add_inspect_command(CLI::App& app) {
       "inspect",
       "Describe a file: HF model directory or config.json (family, layers, heads, parameter "
       "count, rope), llama2.c .bin, .safetensors (tensors), SentencePiece .model (vocab, "
-      "special ids).");
+      "special ids), token files and training checkpoints (.h5).");
   cmd->add_option("path", *path, "File or directory to describe")->required();
   cmd->callback([path] { run_inspect(*path); });
 }

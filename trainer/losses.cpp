@@ -14,12 +14,15 @@ KdDirection parse_kd_direction(const std::string& s) {
 
 namespace {
 
-// Row-wise log-sum-exp over vocab chunks. x [N, V] -> [N] fp32
+// fp32 for half types and fp32 itself; fp64 stays fp64 (tests).
+at::ScalarType kd_type(const at::Tensor& x) { return at::promote_types(x.scalar_type(), at::kFloat); }
+
+// Row-wise log-sum-exp over vocab chunks. x [N, V] -> [N] (kd_type)
 at::Tensor chunked_lse(const at::Tensor& x, int64_t chunk) {
   const int64_t V = x.size(1);
   at::Tensor lse;
   for (int64_t c0 = 0; c0 < V; c0 += chunk) {
-    at::Tensor part = at::logsumexp(x.narrow(1, c0, std::min(chunk, V - c0)).to(at::kFloat), 1);
+    at::Tensor part = at::logsumexp(x.narrow(1, c0, std::min(chunk, V - c0)).to(kd_type(x)), 1);
     lse = lse.defined() ? at::logaddexp(lse, part) : part;
   }
   return lse;
@@ -33,14 +36,14 @@ struct KdFunction : public torch::autograd::Function<KdFunction> {
     at::Tensor kl = at::zeros_like(lse_s);
     for (int64_t c0 = 0; c0 < V; c0 += chunk) {
       const int64_t n = std::min(chunk, V - c0);
-      at::Tensor ls = s.narrow(1, c0, n).to(at::kFloat) - lse_s.unsqueeze(1);
-      at::Tensor lt = t.narrow(1, c0, n).to(at::kFloat) - lse_t.unsqueeze(1);
+      at::Tensor ls = s.narrow(1, c0, n).to(kd_type(s)) - lse_s.unsqueeze(1);
+      at::Tensor lt = t.narrow(1, c0, n).to(kd_type(s)) - lse_t.unsqueeze(1);
       kl += dir == 0 ? (ls.exp() * (ls - lt)).sum(1) : (lt.exp() * (lt - ls)).sum(1);
     }
     ctx->save_for_backward({s, t, w, lse_s, lse_t, kl});
     ctx->saved_data["dir"] = dir;
     ctx->saved_data["chunk"] = chunk;
-    return (kl * w.to(at::kFloat)).sum();
+    return (kl * w.to(kl.scalar_type())).sum();
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -50,12 +53,12 @@ struct KdFunction : public torch::autograd::Function<KdFunction> {
     const at::Tensor &lse_s = saved[3], &lse_t = saved[4], &kl = saved[5];
     const int64_t dir = ctx->saved_data["dir"].toInt(), chunk = ctx->saved_data["chunk"].toInt();
     const int64_t V = s.size(1);
-    at::Tensor scale = (w.to(at::kFloat) * grad_out[0].to(at::kFloat)).unsqueeze(1);  // [N, 1]
+    at::Tensor scale = (w.to(kl.scalar_type()) * grad_out[0].to(kl.scalar_type())).unsqueeze(1);
     at::Tensor grad = at::empty_like(s);
     for (int64_t c0 = 0; c0 < V; c0 += chunk) {
       const int64_t n = std::min(chunk, V - c0);
-      at::Tensor ls = s.narrow(1, c0, n).to(at::kFloat) - lse_s.unsqueeze(1);
-      at::Tensor lt = t.narrow(1, c0, n).to(at::kFloat) - lse_t.unsqueeze(1);
+      at::Tensor ls = s.narrow(1, c0, n).to(kl.scalar_type()) - lse_s.unsqueeze(1);
+      at::Tensor lt = t.narrow(1, c0, n).to(kl.scalar_type()) - lse_t.unsqueeze(1);
       at::Tensor ps = ls.exp();
       // d/ds_k KL(ps||pt) = ps_k (ls_k - lt_k - KL); d/ds_k KL(pt||ps) = ps_k - pt_k
       at::Tensor g = dir == 0 ? ps * (ls - lt - kl.unsqueeze(1)) : ps - lt.exp();

@@ -9,7 +9,8 @@ namespace dms {
 enum class KdDirection { student_teacher, teacher_student };
 KdDirection parse_kd_direction(const std::string& s);
 
-// Sum over positions n of weight[n] * KL, computed in fp32 over vocab chunks of `chunk`.
+// Sum over positions n of weight[n] * KL, computed in fp32 (fp64 for fp64 inputs) over
+// vocab chunks of `chunk`.
 // student_teacher: KL(p_s || p_t) = sum_v p_s (log p_s - log p_t) (the official direction);
 // teacher_student: KL(p_t || p_s). The gradient reaches `student` only and is recomputed
 // chunk by chunk in backward, so extra memory is O(N * chunk), not O(N * V).

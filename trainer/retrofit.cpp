@@ -19,6 +19,7 @@
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
 #include "trainer/schedule.h"
+#include "trainer/step.h"
 
 namespace fs = std::filesystem;
 
@@ -100,61 +101,12 @@ struct Trainer {
   CrSchedule cr;
   LrSchedule lr;
   KdDirection kd_dir = KdDirection::student_teacher;
-};
 
-struct StepStats {
-  double kd = 0, dms = 0, lm_nll = 0, eviction = 0, effective_cr = 1, grad_norm = 0;
-  int64_t lm_count = 0, tokens = 0;
-};
-
-// One global batch: micro-batches of the local slice, losses normalised over the
-// global batch (positions for KD, samples for DMS) so accumulation does not change
-// the gradient. tokens [b, T].
-StepStats train_step(Trainer& tr, const at::Tensor& tokens, int64_t step, int64_t first_index,
-                     int64_t global_batch) {
-  const RetrofitConfig& c = tr.cfg;
-  const int64_t b = tokens.size(0), T = tokens.size(1), V = tr.student.config.vocab_size;
-  const int64_t L = tr.student.config.n_layers, K = tr.student.config.n_kv_heads;
-  const double target = tr.cr.target(step);
-  const double positions_global = double(global_batch * T);
-  StepStats st;
-  double closed_sum = 0, visible_sum = 0, full_sum = 0;
-  for (int64_t m0 = 0; m0 < b; m0 += c.micro_batch) {
-    const int64_t mb = std::min(c.micro_batch, b - m0);
-    at::Tensor x = tokens.narrow(0, m0, mb);
-    at::Tensor teacher_logits;
-    {
-      at::NoGradGuard ng;
-      ForwardOptions to;
-      to.mode = AttentionMode::teacher;
-      teacher_logits = forward_full(*tr.teacher, x, {}, to).logits;  // [mb, T, V]
-    }
-    ForwardOptions so;
-    so.mode = AttentionMode::train;
-    so.noise = dms_batch_noise(c.seed, step, first_index + m0, mb, L, K, T);
-    ForwardResult r = forward_full(tr.student, x, {}, so);
-    at::Tensor weight = at::ones({mb * T}, at::kFloat);
-    at::Tensor kd = kd_loss_sum(r.logits.reshape({-1, V}), teacher_logits.reshape({-1, V}), weight,
-                                tr.kd_dir, c.kd_chunk);
-    at::Tensor frac = fraction_closed(r.decisions, {});  // [mb]
-    at::Tensor dms = dms_loss_sum(frac, target);
-    at::Tensor loss = kd / positions_global + c.dms_weight * dms / double(global_batch);
-    loss.backward();
-    st.kd += kd.item<double>();
-    st.dms += dms.item<double>();
-    auto [nll, cnt] = next_token_nll(r.logits, x);
-    st.lm_nll += nll;
-    st.lm_count += cnt;
-    closed_sum += frac.detach().sum().item<double>();
-    CompressionStats cs = compression_from_decisions(r.decisions.detach(), {}, c.window);
-    visible_sum += cs.visible_keys.sum().item<double>();
-    full_sum += double(L * K * mb) * double(T * (T + 1) / 2);
+  StepInputs step_inputs() {
+    return StepInputs{&student, teacher, kd_dir, cfg.micro_batch, cfg.kd_chunk, cfg.dms_weight,
+                      cfg.window, cfg.seed};
   }
-  st.tokens = b * T;
-  st.eviction = closed_sum / double(b);
-  st.effective_cr = visible_sum > 0 ? full_sum / visible_sum : 1.0;
-  return st;
-}
+};
 
 struct EvalStats {
   double kd = 0, eviction = 0, effective_cr = 1, lm_nll = 0;
@@ -335,7 +287,8 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
   for (int64_t step = start; step < cfg.max_steps; ++step) {
     const auto ts = std::chrono::steady_clock::now();
     LocalBatch batch = loader.next();
-    StepStats st = train_step(tr, batch.tokens, step, batch.first_index, global_batch);
+    StepStats st = accumulate_gradients(tr.step_inputs(), batch.tokens, step, batch.first_index,
+                                        global_batch, tr.cr.target(step));
     st.grad_norm = clip_grad_norm(params, cfg.clip);
     const double lr_now = tr.lr.at(step);
     const double kd_mean = st.kd / double(global_batch * T);

@@ -1,0 +1,262 @@
+// The retrofit's parts: losses, schedules, optimizer, clipping, gradient accumulation,
+// and whole runs through build/dms (adapter mode leaves the base untouched; bad input).
+#include <filesystem>
+#include <fstream>
+
+#include "checkpoints/load_model.h"
+#include "checkpoints/safetensors.h"
+#include "checkpoints/train_state.h"
+#include "trainer/losses.h"
+#include "trainer/optimizer.h"
+#include "trainer/schedule.h"
+#include "trainer/step.h"
+#include "tests/test_util.h"
+
+namespace fs = std::filesystem;
+
+namespace dms {
+namespace {
+
+using test::asset;
+
+// Direct KL per row from full log-softmax in fp64.
+at::Tensor direct_kl(const at::Tensor& s, const at::Tensor& t, KdDirection dir) {
+  at::Tensor ls = at::log_softmax(s.to(at::kDouble), -1), lt = at::log_softmax(t.to(at::kDouble), -1);
+  return dir == KdDirection::student_teacher ? (ls.exp() * (ls - lt)).sum(-1)
+                                             : (lt.exp() * (lt - ls)).sum(-1);
+}
+
+TEST(KdLoss, MatchesDirectLogSoftmaxBothDirectionsAnyChunk) {
+  // fp64 inputs are computed in fp64, so the comparison is exact up to rounding.
+  at::Tensor s = at::randn({7, 50}, at::kDouble) * 3, t = at::randn({7, 50}, at::kDouble) * 3;
+  at::Tensor w = at::tensor({1., 1., 0., 1., 1., 1., 0.5}, at::kDouble);
+  for (KdDirection dir : {KdDirection::student_teacher, KdDirection::teacher_student}) {
+    const double want = (direct_kl(s, t, dir) * w.to(at::kDouble)).sum().item<double>();
+    for (int64_t chunk : {1, 7, 16, 50, 4096}) {
+      at::Tensor sv = s.detach().clone().requires_grad_(true);
+      at::Tensor got = kd_loss_sum(sv, t, w, dir, chunk);
+      EXPECT_NEAR(got.item<double>(), want, 1e-10) << "chunk " << chunk;
+      got.backward();
+      // Gradient against autograd through the direct formula.
+      at::Tensor sd = s.detach().clone().requires_grad_(true);
+      (direct_kl(sd, t, dir) * w.to(at::kDouble)).sum().backward();
+      EXPECT_LT(test::max_abs_diff(sv.grad(), sd.grad()), 1e-12) << "chunk " << chunk;
+    }
+  }
+  // KL is zero against itself and positive otherwise.
+  EXPECT_NEAR(kd_loss_sum(s, s, at::ones({7}), KdDirection::student_teacher).item<double>(), 0, 1e-12);
+  // fp32 logits are accumulated in fp32 (bf16 likewise upcast): close to the fp64 value.
+  EXPECT_NEAR(kd_loss_sum(s.to(at::kFloat), t.to(at::kFloat), w.to(at::kFloat),
+                          KdDirection::student_teacher, 16).item<double>(),
+              (direct_kl(s, t, KdDirection::student_teacher) * w).sum().item<double>(), 1e-3);
+}
+
+TEST(DmsLoss, HingeOnTheFractionOfClosedDecisions) {
+  // decisions [L=1, B=2, K=1, T=5]: position 0 carries no decision about a real token.
+  at::Tensor e = at::tensor({1.f, 1.f, 0.f, 0.f, 0.f, 0.f, 1.f, 1.f, 1.f, 1.f}).view({1, 2, 1, 5});
+  at::Tensor frac = fraction_closed(e, {});
+  EXPECT_NEAR(frac[0].item<double>(), 0.25, 1e-9);
+  EXPECT_NEAR(frac[1].item<double>(), 1.0, 1e-9);
+  EXPECT_NEAR(dms_loss_sum(frac, 0.5).item<double>(), 0.25, 1e-9);  // only sample 0 is short
+  at::Tensor valid = at::tensor({1, 1, 1, 0, 0, 1, 1, 1, 1, 1}, at::kInt).to(at::kBool).view({2, 5});
+  EXPECT_NEAR(fraction_closed(e, valid)[0].item<double>(), 0.5, 1e-9);
+}
+
+TEST(Schedules, CompressionAndLearningRate) {
+  CrSchedule cr{1.0, 8.0, 100};
+  EXPECT_DOUBLE_EQ(cr.cr(0), 1.0);
+  EXPECT_DOUBLE_EQ(cr.cr(50), 4.5);
+  EXPECT_DOUBLE_EQ(cr.cr(100), 8.0);
+  EXPECT_DOUBLE_EQ(cr.cr(500), 8.0);
+  EXPECT_DOUBLE_EQ(cr.target(0), 0.0);
+  EXPECT_DOUBLE_EQ(cr.target(100), 0.875);
+  LrSchedule constant{"constant", 1e-3, 10, 100, 0.1};
+  EXPECT_DOUBLE_EQ(constant.at(0), 1e-3);
+  LrSchedule warm{"warmup", 1e-3, 10, 100, 0.1};
+  EXPECT_DOUBLE_EQ(warm.at(0), 1e-4);
+  EXPECT_DOUBLE_EQ(warm.at(9), 1e-3);
+  EXPECT_DOUBLE_EQ(warm.at(50), 1e-3);
+  LrSchedule cosine{"cosine", 1e-3, 10, 110, 0.1};
+  EXPECT_DOUBLE_EQ(cosine.at(4), 5e-4);
+  EXPECT_NEAR(cosine.at(10), 1e-3, 1e-15);
+  EXPECT_NEAR(cosine.at(60), 1e-3 * (0.1 + 0.9 * 0.5), 1e-15);
+  EXPECT_NEAR(cosine.at(110), 1e-4, 1e-15);
+}
+
+TEST(Optimizer, AdamWFollowsPyTorchsRuleAndClippingScalesToTheNorm) {
+  at::Tensor p = at::tensor({1.0, -2.0}, at::kDouble).requires_grad_(true);
+  AdamW opt({p}, AdamWOptions{0.9, 0.95, 1e-8, 0.1});
+  double m[2] = {0, 0}, v[2] = {0, 0}, x[2] = {1.0, -2.0};
+  const double g[3][2] = {{0.5, -1.0}, {0.2, 0.3}, {-0.7, 0.1}};
+  for (int s = 0; s < 3; ++s) {
+    p.mutable_grad() = at::tensor({g[s][0], g[s][1]}, at::kDouble);
+    opt.step(0.01);
+    for (int i = 0; i < 2; ++i) {  // torch.optim.AdamW, written out
+      x[i] *= 1 - 0.01 * 0.1;
+      m[i] = 0.9 * m[i] + 0.1 * g[s][i];
+      v[i] = 0.95 * v[i] + 0.05 * g[s][i] * g[s][i];
+      const double bc1 = 1 - std::pow(0.9, s + 1), bc2 = 1 - std::pow(0.95, s + 1);
+      x[i] -= 0.01 / bc1 * m[i] / (std::sqrt(v[i]) / std::sqrt(bc2) + 1e-8);
+      EXPECT_NEAR(p[i].item<double>(), x[i], 1e-15);
+    }
+  }
+  at::Tensor a = at::zeros({2}, at::kDouble).requires_grad_(true), b = at::zeros({1}, at::kDouble).requires_grad_(true);
+  a.mutable_grad() = at::tensor({3.0, 0.0}, at::kDouble);
+  b.mutable_grad() = at::tensor({4.0}, at::kDouble);
+  EXPECT_DOUBLE_EQ(clip_grad_norm({a, b}, 1.0), 5.0);
+  EXPECT_NEAR(a.grad()[0].item<double>(), 0.6, 1e-6);
+  EXPECT_NEAR(b.grad()[0].item<double>(), 0.8, 1e-6);
+  EXPECT_NEAR(clip_grad_norm({a, b}, 10.0), 1.0, 1e-5);  // under the limit: unchanged
+  EXPECT_NEAR(a.grad()[0].item<double>(), 0.6, 1e-6);
+}
+
+// Gradient of one step for given micro-batch size (stories260K with DMS adapters).
+std::vector<at::Tensor> step_grads(Model& m, const at::Tensor& tokens, int64_t micro) {
+  for (auto& [n, t] : named_dms_weights(m)) {
+    t->requires_grad_(true);
+    t->mutable_grad() = at::Tensor();
+  }
+  StepInputs in{&m, &m, KdDirection::student_teacher, micro, 4096, 1.0, m.dms.window, 3};
+  accumulate_gradients(in, tokens, 5, 0, tokens.size(0), 0.6);
+  std::vector<at::Tensor> g;
+  for (auto& [n, t] : named_dms_weights(m)) g.push_back(t->grad().clone());
+  return g;
+}
+
+TEST(Accumulation, MicroBatchesOfOneEqualOneBatch) {
+  Model m = load_model(asset("stories260K/stories260K.bin"));
+  DmsConfig d;
+  d.window = 8;
+  attach_dms(m, d);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(2);
+  for (auto& w : m.layers) w.dms_proj.normal_(0.0, 0.02, gen);
+  at::Tensor tokens = at::randint(1, 512, {4, 48}, gen, at::kLong);
+  auto whole = step_grads(m, tokens, 4);
+  auto ones = step_grads(m, tokens, 1);
+  auto twos = step_grads(m, tokens, 2);
+  double scale = 0;
+  for (size_t i = 0; i < whole.size(); ++i) {
+    EXPECT_LT(test::max_abs_diff(whole[i], ones[i]), 1e-6) << i;
+    EXPECT_LT(test::max_abs_diff(whole[i], twos[i]), 1e-6) << i;
+    scale = std::max(scale, whole[i].abs().max().item<double>());
+  }
+  EXPECT_GT(scale, 1e-4);  // the comparison is not between zeros
+}
+
+// ---- whole runs through the CLI -------------------------------------------------------
+
+std::string q(const std::string& s) { return "'" + s + "'"; }
+
+// A small prepared dataset (rows of 64 tokens) in dir.
+void prepare_small(const test::TempDir& tmp) {
+  auto r = test::run_dms("data prepare --tokenizer " + q(asset("stories260K/tok512.model")) +
+                         " --input " + q(asset("tinystories/tinystories_val_prefix.txt")) +
+                         " --out " + q(tmp.file("d.h5")) + " --seq-len 64 --val-fraction 0.05");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+}
+
+TEST(RetrofitRun, AdapterModeTrainsOnlyAdaptersAndExportsTheMeasuredReport) {
+  test::TempDir tmp;
+  prepare_small(tmp);
+  const std::string model = asset("stories260K/stories260K.bin");
+  auto r = test::run_dms("retrofit --model " + q(model) + " --data " + q(tmp.file("d.h5")) +
+                         " --out " + q(tmp.file("run")) +
+                         " --window 8 --target-cr 4 --max-steps 6 --final-step 4 --micro-batch 2"
+                         " --grad-accum 2 --lr 1e-2 --eval-every 3 --eval-batches 2 --checkpoint-every 3");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("ETA"), std::string::npos);
+  // metrics.jsonl: one record per step with the documented fields, plus validations.
+  std::ifstream in(tmp.file("run/metrics.jsonl"));
+  std::string line;
+  int train = 0, val = 0;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("kd_loss")) {
+      ++train;
+      for (const char* k : {"step", "tokens", "kd_loss", "dms_loss", "lm_loss", "target_cr",
+                            "decision_cr", "effective_kv_cr", "lr", "grad_norm", "tokens_per_s",
+                            "elapsed_s"})
+        EXPECT_TRUE(j.contains(k)) << k;
+    }
+    if (j.contains("val_kd_loss")) ++val;
+  }
+  EXPECT_EQ(train, 6);
+  EXPECT_EQ(val, 2);
+  EXPECT_EQ(list_checkpoints(tmp.file("run")).size(), 2u);
+
+  r = test::run_dms("export --run " + q(tmp.file("run")) + " --out " + q(tmp.file("exp")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto report = test::read_json(tmp.file("exp/dms_report.json"));
+  EXPECT_EQ(report["steps"], 6);
+  EXPECT_EQ(report["measured"]["eviction_rate_per_layer_head"].size(), 5u);
+  // Base weights are bit-identical to the source model; adapters moved off zero.
+  Model orig = load_model(model);
+  SafetensorsFile f = open_safetensors(tmp.file("exp/model.safetensors"));
+  for (auto& [name, t] : named_weights(orig))
+    EXPECT_TRUE(at::equal(f.tensor(name), *t)) << name;
+  EXPECT_GT(f.tensor("model.layers.0.self_attn.dms_proj_alpha.weight").abs().sum().item<double>(), 0.0);
+
+  // The run directory is not reused by accident.
+  r = test::run_dms("retrofit --model " + q(model) + " --data " + q(tmp.file("d.h5")) + " --out " +
+                    q(tmp.file("run")) + " --max-steps 2");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("not empty"), std::string::npos) << r.err;
+
+  r = test::run_dms("eval --model " + q(tmp.file("exp")) + " --data " + q(tmp.file("d.val.h5")) +
+                    " --compare --rows 2 --gen-rows 1 --gen-tokens 8 --json " + q(tmp.file("eval.json")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto table = test::read_json(tmp.file("eval.json"));
+  ASSERT_EQ(table["rows"].size(), 5u);
+  EXPECT_EQ(table["rows"][0]["policy"], "none");
+  EXPECT_NEAR(table["rows"][0]["kl_to_original"].get<double>(), 0.0, 1e-9);
+  EXPECT_EQ(table["rows"][1]["policy"], "dms");
+  for (int i = 2; i < 5; ++i) {  // baselines at the DMS model's effective CR
+    EXPECT_NEAR(table["rows"][i]["effective_kv_cr"].get<double>(),
+                table["rows"][1]["effective_kv_cr"].get<double>(), 0.35);
+    EXPECT_GT(table["rows"][i]["budget"].get<int64_t>(), 0);
+  }
+  r = test::run_dms("inspect " + q(list_checkpoints(tmp.file("run")).back()));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("checksum ok"), std::string::npos);
+}
+
+TEST(RetrofitRun, BadDataFilesExitWith2) {
+  test::TempDir tmp;
+  const std::string model = asset("stories260K/stories260K.bin");
+  auto run = [&](const std::string& data) {
+    return test::run_dms("retrofit --model " + q(model) + " --data " + q(data) + " --out " +
+                         q(tmp.file("run-" + fs::path(data).stem().string())) + " --max-steps 1");
+  };
+  // Token ids beyond the model's vocabulary (data sampled from a 256-token model is fine,
+  // so write ids of the Llama 2 tokenizer instead).
+  auto r = test::run_dms("data prepare --tokenizer " + q(asset("llama2-tokenizer/tokenizer.model")) +
+                         " --input " + q(asset("tinystories/tinystories_val_prefix.txt")) +
+                         " --out " + q(tmp.file("big.h5")) + " --seq-len 64");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run(tmp.file("big.h5"));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("big.h5"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("vocabulary"), std::string::npos) << r.err;
+  // Rows longer than the model's context (512).
+  r = test::run_dms("data prepare --tokenizer " + q(asset("stories260K/tok512.model")) + " --input " +
+                    q(asset("tinystories/tinystories_val_prefix.txt")) + " --out " +
+                    q(tmp.file("long.h5")) + " --seq-len 600");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run(tmp.file("long.h5"));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("exceed the model's context of 512"), std::string::npos) << r.err;
+  // Not HDF5 at all, and an empty file.
+  test::write_bytes(tmp.file("junk.h5"), "not hdf5");
+  r = run(tmp.file("junk.h5"));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("junk.h5: not an HDF5 file"), std::string::npos) << r.err;
+  test::write_bytes(tmp.file("empty.txt"), "");
+  r = test::run_dms("data prepare --tokenizer " + q(asset("stories260K/tok512.model")) + " --input " +
+                    q(tmp.file("empty.txt")) + " --out " + q(tmp.file("e.h5")));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("fewer than one row"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(tmp.file("e.h5")));
+}
+
+}  // namespace
+}  // namespace dms
