@@ -349,6 +349,24 @@ TEST(DmsCache, GenerationEqualsTeacherForcedHardMaskForward) {
   }
 }
 
+TEST(DmsCache, BatchedRowsEvictIndependently) {
+  Model m = stories_half_evicting(16);
+  CacheOptions co;
+  co.policy = CachePolicy::dms;
+  at::Tensor tokens = golden_input().narrow(1, 0, 80);
+  at::Tensor two = at::cat({tokens, tokens.flip(1)}, 0);  // [2, 80], different decisions
+  KVCache cache = make_cache(m, 2, co);
+  at::Tensor got = forward_cached(m, two, cache);
+  ForwardResult want = forward_full(m, two, {}, ForwardOptions{});
+  EXPECT_LT(test::max_abs_diff(got, want.logits), 1e-9);
+  CompressionStats cs = compression_from_decisions(want.decisions, {}, 16);
+  for (int64_t l = 0; l < m.config.n_layers; ++l)
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t h = 0; h < m.config.n_kv_heads; ++h)
+        EXPECT_EQ(cache.live[size_t((l * 2 + b) * m.config.n_kv_heads + h)],
+                  cs.visible_keys[l][b][h][79].item<int64_t>());
+}
+
 // Direct, slow reference of the baseline rules: at every step, a full masked forward
 // over the prefix with per-(layer, head) visible sets, then the rule applied to the
 // attention weights of the newest query.

@@ -19,6 +19,7 @@ void add_retrofit_command(CLI::App& app) {
   cmd->add_option("--model", c->model, "Model: HF directory or llama2.c .bin")->required();
   cmd->add_option("--data", c->data, "Training tokens (.h5 from 'dms data prepare/sample')")->required();
   cmd->add_option("--val-data", c->val_data, "Held-out tokens (default: <data>.val.h5 if present)");
+  cmd->add_option("--seq-len", c->seq_len, "Row length for .bin token streams (nanoGPT/llm.c)");
   cmd->add_option("--out", c->out, "Run directory (must be empty unless --resume)")->required();
   cmd->add_flag("--resume", c->resume, "Continue the run in --out from its newest valid checkpoint");
   auto* g = "DMS";

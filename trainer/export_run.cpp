@@ -72,7 +72,7 @@ std::string export_run(const std::string& run_dir, int64_t step, const std::stri
   if (!last_val.empty()) report["last_validation"] = nlohmann::json::parse(last_val);
   const std::string val = cfg.val_data.empty() ? validation_path(cfg.data) : cfg.val_data;
   if (fs::exists(val)) {
-    TokenData v = open_tokens(val);
+    TokenData v = open_tokens(val, cfg.seq_len);
     std::vector<int64_t> idx;
     for (int64_t i = 0; i < std::min<int64_t>(v.n_rows, 16); ++i) idx.push_back(i);
     at::NoGradGuard ng;

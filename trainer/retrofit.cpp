@@ -29,6 +29,7 @@ nlohmann::json RetrofitConfig::to_json() const {
   return {{"model", model},
           {"data", data},
           {"val_data", val_data},
+          {"seq_len", seq_len},
           {"target_cr", target_cr},
           {"final_step", final_step},
           {"max_steps", max_steps},
@@ -64,7 +65,7 @@ RetrofitConfig RetrofitConfig::from_json(const nlohmann::json& j) {
   RetrofitConfig c;
 #define DMS_GET(field) \
   if (j.contains(#field)) j.at(#field).get_to(c.field)
-  DMS_GET(model); DMS_GET(data); DMS_GET(val_data); DMS_GET(target_cr); DMS_GET(final_step);
+  DMS_GET(model); DMS_GET(data); DMS_GET(val_data); DMS_GET(seq_len); DMS_GET(target_cr); DMS_GET(final_step);
   DMS_GET(max_steps); DMS_GET(window); DMS_GET(tau); DMS_GET(scale); DMS_GET(offset);
   DMS_GET(predictor); DMS_GET(alpha_per); DMS_GET(train_mode); DMS_GET(micro_batch);
   DMS_GET(grad_accum); DMS_GET(lr); DMS_GET(lr_schedule); DMS_GET(warmup_steps);
@@ -215,12 +216,12 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
   tr.student = load_model(cfg.model);
   require(!tr.student.dms.enabled, cfg.model, "already has DMS predictors (retrofit the original)");
   // Data, validated against the model before any work.
-  TokenData data = open_tokens(cfg.data);
+  TokenData data = open_tokens(cfg.data, cfg.seq_len);
   validate_tokens(data, tr.student.config.vocab_size, tr.student.config.max_position);
   std::string val_path = cfg.val_data.empty() ? validation_path(cfg.data) : cfg.val_data;
   std::unique_ptr<TokenData> val;
   if (fs::exists(val_path)) {
-    TokenData v = open_tokens(val_path);
+    TokenData v = open_tokens(val_path, cfg.seq_len);
     if (v.n_rows > 0) {
       validate_tokens(v, tr.student.config.vocab_size, tr.student.config.max_position);
       val = std::make_unique<TokenData>(std::move(v));

@@ -12,6 +12,7 @@ namespace dms {
 
 struct RetrofitConfig {
   std::string model, data, val_data, out;
+  int64_t seq_len = 0;  // rows of a .bin token stream (HDF5 files carry their own)
   bool resume = false;
   // DMS and its schedule
   double target_cr = 8.0;
