@@ -137,3 +137,45 @@ std::vector<BadFile> bad_safetensors_files() {
 }
 
 }  // namespace dms::test
+
+#include <signal.h>
+
+#include <chrono>
+#include <thread>
+
+namespace dms::test {
+
+Background spawn_dms(const std::string& args, const std::string& env, const std::string& dir,
+                     const std::string& name) {
+  Background b;
+  b.out_path = dir + "/" + name + ".out";
+  b.err_path = dir + "/" + name + ".err";
+  const std::string cmd = "exec env " + env + " " + std::string(DMS_BINARY) + " " + args + " > '" +
+                          b.out_path + "' 2> '" + b.err_path + "' < /dev/null";
+  pid_t pid = fork();
+  if (pid == 0) {
+    setpgid(0, 0);
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  setpgid(pid, pid);
+  b.pid = pid;
+  return b;
+}
+
+int Background::wait(double timeout_s) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (std::chrono::steady_clock::now() < end) {
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid)
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return -1;
+}
+
+std::string Background::err() const { return slurp(err_path); }
+
+void Background::kill_group(int sig) { ::kill(-pid, sig); }
+
+}  // namespace dms::test

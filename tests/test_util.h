@@ -55,3 +55,20 @@ struct BadFile {
 std::vector<BadFile> bad_safetensors_files();
 
 }  // namespace dms::test
+
+namespace dms::test {
+
+// A `dms` process running in the background (its own process group), output to files.
+struct Background {
+  int pid = -1;
+  std::string out_path, err_path;
+  // Waits up to timeout_s; returns the exit code (128+signal), or -1 on timeout.
+  int wait(double timeout_s);
+  std::string err() const;
+  void kill_group(int sig);  // the process and everything it spawned
+};
+// env: "NAME=value NAME2=value" prefix; dir: where the output files go.
+Background spawn_dms(const std::string& args, const std::string& env, const std::string& dir,
+                     const std::string& name);
+
+}  // namespace dms::test

@@ -4,6 +4,7 @@
 #include "model/error.h"
 #include "trainer/cli.h"
 #include "trainer/export_run.h"
+#include "trainer/launcher.h"
 #include "trainer/retrofit.h"
 
 namespace dms {
@@ -55,7 +56,22 @@ void add_retrofit_command(CLI::App& app) {
   cmd->add_option("--checkpoint-every", c->checkpoint_every, "Steps between checkpoints")->capture_default_str()->group(g);
   cmd->add_option("--keep-checkpoints", c->keep_checkpoints, "Checkpoints kept (0: all)")->capture_default_str()->group(g);
   cmd->add_option("--threads", c->threads, "CPU threads (0: LibTorch default)")->group(g);
-  cmd->callback([c] { run_retrofit(*c); });
+  cmd->add_option("--on-checkpoint-error", c->on_checkpoint_error, "stop | continue")->capture_default_str()->group(g);
+  g = "Distributed";
+  auto nproc = std::make_shared<int>(1);
+  cmd->add_option("--nproc", *nproc, "Spawn and supervise N local worker processes")->capture_default_str()->group(g);
+  cmd->add_option("--backend", c->backend, "gloo | nccl | auto")->capture_default_str()->group(g);
+  cmd->add_option("--dist-timeout", c->dist_timeout_s, "Seconds before a collective gives up on a lost rank")->capture_default_str()->group(g);
+  cmd->add_option("--checksum-every", c->checksum_every, "Steps between cross-rank parameter checks (0: off)")->capture_default_str()->group(g);
+  cmd->callback([c, nproc] {
+    if (*nproc > 1 && !std::getenv("RANK")) {
+      const int code = launch_local_workers(*nproc);
+      if (code != 0) std::exit(code);
+      return;
+    }
+    const int code = run_retrofit(*c);
+    if (code != 0) std::exit(code);
+  });
 
   struct ExportArgs {
     std::string run, out;

@@ -9,6 +9,8 @@
 
 #include "model/error.h"
 #include "trainer/cli.h"
+#include "trainer/distributed.h"
+#include "trainer/launcher.h"
 
 // Large activations (attention scores) would otherwise be mmap'd and unmapped on every
 // op, paying page faults each time; keeping them in the heap lets freed blocks be reused.
@@ -19,6 +21,7 @@ static void tune_allocator() {
 
 int main(int argc, char** argv) {
   tune_allocator();
+  dms::set_program_args(argc, argv);
   // Debian's OpenMP LibTorch may start with one thread; use the machine unless told.
   if (!std::getenv("OMP_NUM_THREADS"))
     at::set_num_threads(int(std::max(1u, std::thread::hardware_concurrency())));
@@ -37,6 +40,9 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);
     return code == 0 ? 0 : 2;
+  } catch (const dms::DistError& e) {
+    std::cerr << "dms: distributed failure: " << e.what() << "\n";
+    return 1;
   } catch (const dms::InputError& e) {
     std::cerr << "dms: error: " << e.what() << "\n";
     return 2;

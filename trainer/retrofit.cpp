@@ -2,7 +2,11 @@
 
 #include <ATen/Parallel.h>
 
+#include <signal.h>
+
+#include <atomic>
 #include <chrono>
+#include <fstream>
 #include <cmath>
 #include <filesystem>
 #include <iostream>
@@ -19,6 +23,7 @@
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
 #include "trainer/schedule.h"
+#include "trainer/distributed.h"
 #include "trainer/step.h"
 
 namespace fs = std::filesystem;
@@ -58,7 +63,11 @@ nlohmann::json RetrofitConfig::to_json() const {
           {"eval_every", eval_every},
           {"eval_batches", eval_batches},
           {"checkpoint_every", checkpoint_every},
-          {"keep_checkpoints", keep_checkpoints}};
+          {"keep_checkpoints", keep_checkpoints},
+          {"backend", backend},
+          {"dist_timeout_s", dist_timeout_s},
+          {"checksum_every", checksum_every},
+          {"on_checkpoint_error", on_checkpoint_error}};
 }
 
 RetrofitConfig RetrofitConfig::from_json(const nlohmann::json& j) {
@@ -72,7 +81,8 @@ RetrofitConfig RetrofitConfig::from_json(const nlohmann::json& j) {
   DMS_GET(min_lr_ratio); DMS_GET(beta1); DMS_GET(beta2); DMS_GET(weight_decay); DMS_GET(clip);
   DMS_GET(kd_direction); DMS_GET(dms_weight); DMS_GET(kd_chunk); DMS_GET(seed);
   DMS_GET(log_every); DMS_GET(eval_every); DMS_GET(eval_batches); DMS_GET(checkpoint_every);
-  DMS_GET(keep_checkpoints);
+  DMS_GET(keep_checkpoints); DMS_GET(backend); DMS_GET(dist_timeout_s); DMS_GET(checksum_every);
+  DMS_GET(on_checkpoint_error);
 #undef DMS_GET
   return c;
 }
@@ -152,10 +162,10 @@ EvalStats validate(Trainer& tr, const TokenData& val) {
   return e;
 }
 
-TrainState make_state(const Trainer& tr, int64_t step, const DataCursor& cur) {
+TrainState make_state(const Trainer& tr, int64_t step, const DataCursor& cur, int world) {
   TrainState s;
   s.step = step;
-  s.world_size = 1;
+  s.world_size = world;
   s.data_epoch = cur.epoch;
   s.data_offset = cur.offset;
   s.adam_steps = tr.opt->steps;
@@ -193,6 +203,39 @@ std::string fmt(double v, int prec = 4) {
 
 }  // namespace
 
+namespace {
+
+std::atomic<int> g_stop_signal{0};
+void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+// Keeps metrics.jsonl consistent with a resumed checkpoint: records after its step are
+// dropped (they would be written again), so a resumed run's file equals an uninterrupted one's.
+void truncate_metrics(const fs::path& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::ifstream in(path);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    try {
+      auto j = nlohmann::json::parse(line);
+      if (j.value("step", int64_t(0)) > step) continue;
+    } catch (const nlohmann::json::exception&) {
+      continue;  // a torn last line of a killed run
+    }
+    kept += line + "\n";
+  }
+  write_file_atomic(path.string(), kept);
+}
+
+// Sum of every trained value, for the cross-rank consistency check.
+double parameter_checksum(const NamedTensors& trained) {
+  double s = 0;
+  for (const auto& [n, t] : trained) s += t.detach().to(at::kDouble).sum().item<double>();
+  return s;
+}
+
+}  // namespace
+
 int run_retrofit(const RetrofitConfig& cfg_in) {
   RetrofitConfig cfg = cfg_in;
   if (cfg.threads > 0) at::set_num_threads(cfg.threads);
@@ -201,26 +244,35 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
   require(cfg.micro_batch > 0 && cfg.grad_accum > 0, "--micro-batch/--grad-accum", "must be positive");
   require(cfg.train_mode == "adapters" || cfg.train_mode == "all", "--train-mode",
           "must be 'adapters' or 'all'");
+  require(cfg.on_checkpoint_error == "stop" || cfg.on_checkpoint_error == "continue",
+          "--on-checkpoint-error", "must be 'stop' or 'continue'");
   if (cfg.final_step <= 0) cfg.final_step = std::max<int64_t>(1, cfg.max_steps * 9 / 10);
 
-  // Run directory: refuse to mix runs.
+  // Every rank checks the run directory itself (shared file system), so all agree.
   const fs::path run(cfg.out);
   const bool exists_nonempty = fs::exists(run) && !fs::is_empty(run);
   if (exists_nonempty && !cfg.resume)
     throw InputError(cfg.out + ": run directory is not empty (pass --resume to continue it)");
-  fs::create_directories(run);
+
+  const DistEnv env = detect_dist_env();
+  std::unique_ptr<Dist> dist =
+      Dist::join(env, cfg.backend, std::chrono::milliseconds(int64_t(cfg.dist_timeout_s * 1000)));
+  const bool lead = dist->rank() == 0;
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
 
   Trainer tr;
   tr.cfg = cfg;
   tr.kd_dir = parse_kd_direction(cfg.kd_direction);
   tr.student = load_model(cfg.model);
   require(!tr.student.dms.enabled, cfg.model, "already has DMS predictors (retrofit the original)");
-  // Data, validated against the model before any work.
   TokenData data = open_tokens(cfg.data, cfg.seq_len);
   validate_tokens(data, tr.student.config.vocab_size, tr.student.config.max_position);
   std::string val_path = cfg.val_data.empty() ? validation_path(cfg.data) : cfg.val_data;
   std::unique_ptr<TokenData> val;
-  if (fs::exists(val_path)) {
+  if (lead && fs::exists(val_path)) {
     TokenData v = open_tokens(val_path, cfg.seq_len);
     if (v.n_rows > 0) {
       validate_tokens(v, tr.student.config.vocab_size, tr.student.config.max_position);
@@ -228,7 +280,7 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
     }
   }
   const int64_t T = data.seq_len;
-  if (cfg.window >= T)
+  if (lead && cfg.window >= T)
     std::cerr << "warning: window " << cfg.window << " >= sequence length " << T
               << ": no token can be evicted within a training row\n";
 
@@ -254,91 +306,185 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
   tr.lr = LrSchedule{cfg.lr_schedule, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio};
   (void)tr.lr.at(0);  // validates the schedule name
 
-  const int64_t global_batch = cfg.micro_batch * cfg.grad_accum;
-  BatchLoader loader(data, global_batch, cfg.seed);
+  // The global batch defines the data order and the noise; ranks take equal slices.
+  const int64_t global_batch = cfg.micro_batch * cfg.grad_accum * dist->world();
+  BatchLoader loader(data, global_batch, cfg.seed, dist->rank(), dist->world());
   int64_t start = 0;
   if (cfg.resume) {
     auto ckpts = list_checkpoints(cfg.out);
     for (auto it = ckpts.rbegin(); it != ckpts.rend(); ++it) {
       try {
         TrainState s = read_train_state(*it);
+        const auto saved = RetrofitConfig::from_json(nlohmann::json::parse(s.config_json));
+        const int64_t saved_global = saved.micro_batch * saved.grad_accum * s.world_size;
+        require(saved_global == global_batch, *it,
+                "was written with a global batch of " + std::to_string(saved_global) + " (" +
+                    std::to_string(s.world_size) + " ranks); this run has " +
+                    std::to_string(global_batch) + ": keep micro-batch x accumulation x ranks equal");
         restore_state(tr, s, *it);
         start = s.step;
         loader.cursor = DataCursor{s.data_epoch, s.data_offset};
-        std::cerr << "resuming from " << *it << " (step " << s.step << ")\n";
+        if (lead)
+          std::cerr << "resuming from " << *it << " (step " << s.step << ", written by "
+                    << s.world_size << " rank" << (s.world_size > 1 ? "s" : "") << ")\n";
         break;
       } catch (const InputError& e) {
-        std::cerr << "warning: skipping unusable checkpoint: " << e.what() << "\n";
+        if (std::string(e.what()).find("global batch") != std::string::npos) throw;
+        if (lead) std::cerr << "warning: skipping unusable checkpoint: " << e.what() << "\n";
       }
     }
   }
-  write_file_atomic((run / "config.json").string(), cfg.to_json().dump(2) + "\n");
+  std::unique_ptr<MetricsLog> log;
+  if (lead) {
+    fs::create_directories(run);
+    write_file_atomic((run / "config.json").string(), cfg.to_json().dump(2) + "\n");
+    if (start > 0) truncate_metrics(run / "metrics.jsonl", start);
+    log = std::make_unique<MetricsLog>((run / "metrics.jsonl").string(), /*append=*/start > 0);
+    std::cerr << "retrofit: " << cfg.model << " -> " << cfg.out << "\n"
+              << "  data " << cfg.data << " (" << data.n_rows << " rows x " << T << " tokens)"
+              << (val ? ", validation " + val_path + " (" + std::to_string(val->n_rows) + " rows)" : "")
+              << "\n  target CR " << cfg.target_cr << " at step " << cfg.final_step << ", window "
+              << cfg.window << ", " << tr.trained.size() << " trained tensors ("
+              << cfg.train_mode << "), global batch " << global_batch << " = " << cfg.micro_batch
+              << " x " << cfg.grad_accum << " x " << dist->world() << " rank"
+              << (dist->world() > 1 ? "s (" + dist->backend() + ")" : "") << "\n";
+  }
+  dist->barrier();
 
-  MetricsLog log((run / "metrics.jsonl").string(), /*append=*/start > 0);
-  std::cerr << "retrofit: " << cfg.model << " -> " << cfg.out << "\n"
-            << "  data " << cfg.data << " (" << data.n_rows << " rows x " << T << " tokens)"
-            << (val ? ", validation " + val_path + " (" + std::to_string(val->n_rows) + " rows)" : "")
-            << "\n  target CR " << cfg.target_cr << " at step " << cfg.final_step << ", window "
-            << cfg.window << ", " << tr.trained.size() << " trained tensors ("
-            << cfg.train_mode << "), global batch " << global_batch << "\n";
+  // Checkpoint on rank 0 after a barrier; a failed write never replaces the last good file.
+  auto save = [&](int64_t step_done) {
+    dist->barrier();
+    bool ok = true;
+    if (lead) {
+      try {
+        if (const char* f = std::getenv("DMS_TEST_FAIL_CHECKPOINT_AT"); f && std::atoll(f) == step_done)
+          throw std::runtime_error("simulated write failure (DMS_TEST_FAIL_CHECKPOINT_AT)");
+        write_train_state(checkpoint_path(cfg.out, step_done), make_state(tr, step_done, loader.cursor, dist->world()));
+        prune_checkpoints(cfg.out, cfg.keep_checkpoints);
+      } catch (const std::exception& e) {
+        ok = false;
+        std::cerr << "\ncheckpoint at step " << step_done << " failed: " << e.what()
+                  << " (previous checkpoints are intact)\n";
+        log->write({{"step", step_done}, {"alert", "checkpoint_failed"}, {"message", e.what()}});
+      }
+    }
+    at::Tensor flag = at::full({1}, ok ? 0.0 : 1.0);
+    dist->all_reduce_sum({flag});
+    if (flag.item<double>() > 0 && cfg.on_checkpoint_error == "stop")
+      throw std::runtime_error("stopping: checkpoint at step " + std::to_string(step_done) +
+                               " could not be written");
+  };
 
-  Progress bar("retrofit", cfg.max_steps);
+  std::unique_ptr<Progress> bar;
+  if (lead) bar = std::make_unique<Progress>("retrofit", cfg.max_steps);
   const auto t0 = std::chrono::steady_clock::now();
   int64_t tokens_seen = start * global_batch * T;
+  double allreduce_total = 0, step_total = 0;
   for (int64_t step = start; step < cfg.max_steps; ++step) {
     const auto ts = std::chrono::steady_clock::now();
+    dist->heartbeat(2 * step);  // progress marks: a failure names the rank left behind
     LocalBatch batch = loader.next();
     StepStats st = accumulate_gradients(tr.step_inputs(), batch.tokens, step, batch.first_index,
                                         global_batch, tr.cr.target(step));
-    st.grad_norm = clip_grad_norm(params, cfg.clip);
+    // One bucket for the gradients, one small tensor for the statistics.
+    dist->heartbeat(2 * step + 1);
+    const auto ta = std::chrono::steady_clock::now();
+    std::vector<at::Tensor> grads;
+    for (auto& p : params) {
+      if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+      grads.push_back(p.grad());
+    }
+    at::Tensor stats = at::tensor({st.kd, st.dms, st.lm_nll, double(st.lm_count), double(st.tokens),
+                                   st.eviction * double(batch.tokens.size(0)), st.visible_sum,
+                                   st.full_sum, double(g_stop_signal.load() != 0)},
+                                  at::kDouble);
+    dist->all_reduce_sum(grads);
+    dist->all_reduce_sum({stats});
+    const double allreduce_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - ta).count();
+    const double kd_mean = stats[0].item<double>() / double(global_batch * T);
+    const double dms_mean = stats[1].item<double>() / double(global_batch);
+    const double lm = stats[3].item<double>() > 0 ? stats[2].item<double>() / stats[3].item<double>() : 0.0;
+    const int64_t step_tokens = int64_t(stats[4].item<double>());
+    const double eviction = stats[5].item<double>() / double(global_batch);
+    const double eff_cr = stats[6].item<double>() > 0 ? stats[7].item<double>() / stats[6].item<double>() : 1.0;
+    const bool stop_requested = stats[8].item<double>() > 0;
+
+    const double grad_norm = clip_grad_norm(params, cfg.clip);
     const double lr_now = tr.lr.at(step);
-    const double kd_mean = st.kd / double(global_batch * T);
-    if (!std::isfinite(kd_mean) || !std::isfinite(st.dms) || !std::isfinite(st.grad_norm)) {
-      bar.finish("stopped");
-      log.write({{"step", step + 1}, {"alert", "non-finite loss"}, {"kd_loss", kd_mean}});
-      throw std::runtime_error("non-finite loss at step " + std::to_string(step + 1) +
-                               " (kd " + fmt(kd_mean) + ", grad norm " + fmt(st.grad_norm) +
+    if (!std::isfinite(kd_mean) || !std::isfinite(dms_mean) || !std::isfinite(grad_norm)) {
+      if (lead) {
+        bar->finish("stopped");
+        log->write({{"step", step + 1}, {"alert", "non-finite loss"}, {"kd_loss", kd_mean}});
+      }
+      throw std::runtime_error("non-finite loss at step " + std::to_string(step + 1) + " (kd " +
+                               fmt(kd_mean) + ", grad norm " + fmt(grad_norm) +
                                "); the last checkpoint in " + cfg.out + " is intact");
     }
     tr.opt->step(lr_now);
     tr.opt->zero_grad();
-    tokens_seen += st.tokens;
+    tokens_seen += step_tokens;
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
+    allreduce_total += allreduce_s;
+    step_total += dt;
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const double decision_cr = 1.0 / std::max(1e-9, 1.0 - st.eviction);
-    if ((step + 1) % cfg.log_every == 0 || step + 1 == cfg.max_steps)
-      log.write({{"step", step + 1},
-                 {"tokens", tokens_seen},
-                 {"kd_loss", kd_mean},
-                 {"dms_loss", st.dms / double(global_batch)},
-                 {"lm_loss", st.lm_count ? st.lm_nll / double(st.lm_count) : 0.0},
-                 {"target_cr", tr.cr.cr(step)},
-                 {"decision_cr", decision_cr},
-                 {"effective_kv_cr", st.effective_cr},
-                 {"lr", lr_now},
-                 {"grad_norm", st.grad_norm},
-                 {"tokens_per_s", double(st.tokens) / dt},
-                 {"elapsed_s", elapsed}});
-    bar.update(step + 1, "kd " + fmt(kd_mean, 3) + "  cr " + fmt(decision_cr, 3) + "/" +
-                             fmt(tr.cr.cr(step), 3) + " (eff " + fmt(st.effective_cr, 3) + ")  " +
-                             fmt(double(st.tokens) / dt, 4) + " tok/s");
-    const bool last = step + 1 == cfg.max_steps;
-    if (val && (((step + 1) % cfg.eval_every == 0) || last)) {
-      EvalStats e = validate(tr, *val);
-      log.write({{"step", step + 1},
-                 {"val_kd_loss", e.kd},
-                 {"val_lm_loss", e.lm_nll},
-                 {"val_decision_cr", 1.0 / std::max(1e-9, 1.0 - e.eviction)},
-                 {"val_effective_kv_cr", e.effective_cr}});
+    const double decision_cr = 1.0 / std::max(1e-9, 1.0 - eviction);
+
+    if (cfg.checksum_every > 0 && dist->world() > 1 && (step + 1) % cfg.checksum_every == 0) {
+      at::Tensor mine = at::full({1}, parameter_checksum(tr.trained), at::kDouble);
+      at::Tensor root = mine.clone();
+      dist->broadcast(root, 0);
+      at::Tensor bad = at::full({1}, mine.item<double>() == root.item<double>() ? 0.0 : 1.0, at::kDouble);
+      dist->all_reduce_sum({bad});
+      if (bad.item<double>() > 0)
+        throw DistError("parameters differ across ranks after step " + std::to_string(step + 1) +
+                        " (checksum mismatch); stopping");
     }
-    if ((step + 1) % cfg.checkpoint_every == 0 || last) {
-      write_train_state(checkpoint_path(cfg.out, step + 1), make_state(tr, step + 1, loader.cursor));
-      prune_checkpoints(cfg.out, cfg.keep_checkpoints);
+    if (lead) {
+      if ((step + 1) % cfg.log_every == 0 || step + 1 == cfg.max_steps)
+        log->write({{"step", step + 1},
+                    {"tokens", tokens_seen},
+                    {"kd_loss", kd_mean},
+                    {"dms_loss", dms_mean},
+                    {"lm_loss", lm},
+                    {"target_cr", tr.cr.cr(step)},
+                    {"decision_cr", decision_cr},
+                    {"effective_kv_cr", eff_cr},
+                    {"lr", lr_now},
+                    {"grad_norm", grad_norm},
+                    {"tokens_per_s", double(step_tokens) / dt},
+                    {"allreduce_s", allreduce_s},
+                    {"elapsed_s", elapsed}});
+      bar->update(step + 1, "kd " + fmt(kd_mean, 3) + "  cr " + fmt(decision_cr, 3) + "/" +
+                                fmt(tr.cr.cr(step), 3) + " (eff " + fmt(eff_cr, 3) + ")  " +
+                                fmt(double(step_tokens) / dt, 4) + " tok/s");
+    }
+    const bool last = step + 1 == cfg.max_steps;
+    if (lead && val && (((step + 1) % cfg.eval_every == 0) || last)) {
+      EvalStats e = validate(tr, *val);
+      log->write({{"step", step + 1},
+                  {"val_kd_loss", e.kd},
+                  {"val_lm_loss", e.lm_nll},
+                  {"val_decision_cr", 1.0 / std::max(1e-9, 1.0 - e.eviction)},
+                  {"val_effective_kv_cr", e.effective_cr}});
+    }
+    if ((step + 1) % cfg.checkpoint_every == 0 || last || stop_requested) save(step + 1);
+    if (stop_requested) {
+      if (lead) {
+        bar->finish("interrupted");
+        std::cerr << "stopped by a signal after step " << step + 1 << "; resume with --resume\n";
+      }
+      return 128 + (g_stop_signal ? g_stop_signal.load() : SIGTERM);
     }
   }
-  bar.finish();
-  std::cerr << "retrofit finished: " << cfg.max_steps << " steps; checkpoints in " << cfg.out
-            << "/checkpoints\n  next: dms export --run " << cfg.out << " --out EXPORT_DIR\n";
+  if (lead) {
+    bar->finish();
+    std::cerr << "retrofit finished: " << cfg.max_steps << " steps; checkpoints in " << cfg.out
+              << "/checkpoints";
+    if (dist->world() > 1 && step_total > 0)
+      std::cerr << "; all-reduce took " << fmt(100.0 * allreduce_total / step_total, 3)
+                << "% of step time";
+    std::cerr << "\n  next: dms export --run " << cfg.out << " --out EXPORT_DIR\n";
+  }
   return 0;
 }
 

@@ -37,16 +37,23 @@ struct RetrofitConfig {
   // Monitoring
   int64_t log_every = 1, eval_every = 50, eval_batches = 8, checkpoint_every = 100;
   int64_t keep_checkpoints = 3;
+  std::string on_checkpoint_error = "stop";  // stop | continue
   int threads = 0;
+  // Distributed (DESIGN.md §5)
+  std::string backend = "auto";   // gloo | nccl | auto
+  double dist_timeout_s = 600;    // collective timeout: a lost rank stops the others
+  int64_t checksum_every = 50;    // steps between cross-rank parameter checks
 
   nlohmann::json to_json() const;
   static RetrofitConfig from_json(const nlohmann::json& j);
   DmsConfig dms() const;
 };
 
-// Runs (or resumes) a retrofit into cfg.out. Returns 0 when finished, throws on errors
-// (InputError for bad input); a NaN/inf loss stops the run with an error, keeping the
-// last checkpoint.
+// Runs (or resumes) a retrofit into cfg.out, joining a process group when the
+// environment describes one (torchrun, Slurm, or `--nproc`). Returns 0 when finished,
+// 128+signal after a SIGINT/SIGTERM (a checkpoint is written first); throws on errors
+// (InputError for bad input, DistError when a rank is lost); a NaN/inf loss stops the run
+// with an error, keeping the last checkpoint.
 int run_retrofit(const RetrofitConfig& cfg);
 
 }  // namespace dms

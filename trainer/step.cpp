@@ -44,6 +44,8 @@ StepStats accumulate_gradients(const StepInputs& in, const at::Tensor& tokens, i
   st.tokens = b * T;
   st.eviction = closed_sum / double(b);
   st.effective_cr = visible_sum > 0 ? full_sum / visible_sum : 1.0;
+  st.visible_sum = visible_sum;
+  st.full_sum = full_sum;
   return st;
 }
 

@@ -26,6 +26,7 @@ struct StepStats {
   int64_t lm_count = 0, tokens = 0;
   double eviction = 0;         // mean fraction closed over the slice's samples
   double effective_cr = 1;     // effective KV CR of the slice (hard decisions)
+  double visible_sum = 0, full_sum = 0;  // its parts, summed over queries (for reduction)
   double grad_norm = 0;        // filled by the caller after reduction/clipping
 };
 

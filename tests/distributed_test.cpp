@@ -1,0 +1,179 @@
+// Multi-process retrofit on c10d/Gloo through build/dms: equivalence with one process,
+// exact resume after SIGKILL, a lost rank, damaged and failed checkpoints.
+#include <signal.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "checkpoints/train_state.h"
+#include "tests/test_util.h"
+
+namespace fs = std::filesystem;
+
+namespace dms {
+namespace {
+
+using test::asset;
+
+std::string q(const std::string& s) { return "'" + s + "'"; }
+
+// Shared small data set (rows of 64 tokens), prepared once per test binary.
+const std::string& data_file() {
+  static test::TempDir dir;
+  static std::string path = [] {
+    const std::string p = dir.file("d.h5");
+    auto r = test::run_dms("data prepare --tokenizer " + q(asset("stories260K/tok512.model")) +
+                           " --input " + q(asset("tinystories/tinystories_val_prefix.txt")) +
+                           " --out " + q(p) + " --seq-len 64 --val-fraction 0.02");
+    if (r.exit_code != 0) throw std::runtime_error("data prepare failed: " + r.err);
+    return p;
+  }();
+  return path;
+}
+
+std::string retrofit_args(const std::string& out, int64_t steps) {
+  return "retrofit --model " + q(asset("stories260K/stories260K.bin")) + " --data " + q(data_file()) +
+         " --out " + q(out) + " --window 8 --target-cr 4 --max-steps " + std::to_string(steps) +
+         " --final-step " + std::to_string(steps * 3 / 4) +
+         " --lr 1e-2 --eval-every 1000 --checkpoint-every 2 --keep-checkpoints 0 --threads 1"
+         " --checksum-every 4";
+}
+
+std::vector<nlohmann::json> train_records(const std::string& run) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(run + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("kd_loss")) out.push_back(j);
+  }
+  return out;
+}
+
+// Deterministic fields of the metrics (timings excluded).
+const char* kDeterministic[] = {"step", "tokens", "kd_loss", "dms_loss", "lm_loss", "target_cr",
+                                "decision_cr", "effective_kv_cr", "lr", "grad_norm"};
+
+NamedTensors final_tensors(const std::string& run) {
+  auto all = list_checkpoints(run);
+  if (all.empty()) throw std::runtime_error("no checkpoints in " + run);
+  return read_train_state(all.back()).trained;
+}
+
+TEST(Distributed, TwoRanksEqualOneRankWithAccumulation) {
+  test::TempDir tmp;
+  const int64_t steps = 24;
+  auto one = test::run_dms(retrofit_args(tmp.file("one"), steps) + " --micro-batch 2 --grad-accum 2");
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  auto two = test::run_dms(retrofit_args(tmp.file("two"), steps) + " --micro-batch 2 --nproc 2");
+  ASSERT_EQ(two.exit_code, 0) << two.err;
+  EXPECT_NE(two.err.find("2 ranks (gloo)"), std::string::npos) << two.err;
+  EXPECT_NE(two.err.find("all-reduce took"), std::string::npos) << two.err;
+  auto a = train_records(tmp.file("one")), b = train_records(tmp.file("two"));
+  ASSERT_EQ(a.size(), size_t(steps));
+  ASSERT_EQ(b.size(), size_t(steps));
+  for (size_t i = 0; i < a.size(); ++i)
+    for (const char* k : {"kd_loss", "dms_loss", "grad_norm", "decision_cr", "effective_kv_cr"})
+      EXPECT_NEAR(a[i][k].get<double>(), b[i][k].get<double>(), 1e-5) << "step " << i + 1 << " " << k;
+  auto ta = final_tensors(tmp.file("one")), tb = final_tensors(tmp.file("two"));
+  ASSERT_EQ(ta.size(), tb.size());
+  for (size_t i = 0; i < ta.size(); ++i)
+    EXPECT_LT(test::max_abs_diff(ta[i].second, tb[i].second), 1e-5) << ta[i].first;
+  EXPECT_EQ(read_train_state(list_checkpoints(tmp.file("two")).back()).world_size, 2);
+}
+
+// Runs to the end, SIGKILLs a second run at a random step, resumes it, compares.
+void kill_and_resume(int nproc) {
+  test::TempDir tmp;
+  const int64_t steps = 16;
+  const std::string extra = nproc > 1 ? " --micro-batch 2 --nproc 2" : " --micro-batch 2 --grad-accum 2";
+  auto ref = test::run_dms(retrofit_args(tmp.file("ref"), steps) + extra);
+  ASSERT_EQ(ref.exit_code, 0) << ref.err;
+
+  std::mt19937 rng(std::random_device{}());
+  const int64_t kill_after = 3 + int64_t(rng() % 10);  // a step in 3..12
+  test::Background bg = test::spawn_dms(retrofit_args(tmp.file("cut"), steps) + extra, "", tmp.path, "cut");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (train_records(tmp.file("cut")).size() >= size_t(kill_after)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  bg.kill_group(SIGKILL);
+  EXPECT_EQ(bg.wait(30), 128 + SIGKILL);
+  ASSERT_LT(train_records(tmp.file("cut")).size(), size_t(steps)) << "killed too late to test";
+
+  auto resumed = test::run_dms(retrofit_args(tmp.file("cut"), steps) + extra + " --resume");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_NE(resumed.err.find("resuming from"), std::string::npos) << resumed.err;
+  auto a = train_records(tmp.file("ref")), b = train_records(tmp.file("cut"));
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i)
+    for (const char* k : kDeterministic) EXPECT_EQ(a[i][k], b[i][k]) << "step " << i + 1 << " " << k;
+  auto ta = final_tensors(tmp.file("ref")), tb = final_tensors(tmp.file("cut"));
+  for (size_t i = 0; i < ta.size(); ++i) EXPECT_TRUE(at::equal(ta[i].second, tb[i].second)) << ta[i].first;
+}
+
+TEST(Distributed, KilledAndResumedRunIsBitwiseIdenticalOneProcess) { kill_and_resume(1); }
+TEST(Distributed, KilledAndResumedRunIsBitwiseIdenticalTwoProcesses) { kill_and_resume(2); }
+
+TEST(Distributed, LosingARankStopsTheOtherWithinTheTimeoutNamingIt) {
+  test::TempDir tmp;
+  const int port = 20000 + int(std::random_device{}() % 20000);
+  const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port);
+  const std::string args = retrofit_args(tmp.file("run"), 400) + " --micro-batch 2 --dist-timeout 15";
+  test::Background r0 = test::spawn_dms(args, env + " RANK=0 LOCAL_RANK=0", tmp.path, "r0");
+  test::Background r1 = test::spawn_dms(args, env + " RANK=1 LOCAL_RANK=1", tmp.path, "r1");
+  // Let it train a few steps, then kill rank 1 outright.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline && train_records(tmp.file("run")).size() < 3)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_GE(train_records(tmp.file("run")).size(), 3u) << r0.err();
+  r1.kill_group(SIGKILL);
+  const auto t0 = std::chrono::steady_clock::now();
+  const int code = r0.wait(15 + 30);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r1.wait(5);
+  ASSERT_NE(code, -1) << "rank 0 hung after losing rank 1";
+  EXPECT_NE(code, 0);
+  EXPECT_LT(took, 15 + 10);
+  EXPECT_NE(r0.err().find("lost rank 1"), std::string::npos) << r0.err();
+}
+
+TEST(Distributed, DamagedLatestCheckpointFallsBackAndFailedWritesKeepThePrevious) {
+  test::TempDir tmp;
+  auto r = test::run_dms(retrofit_args(tmp.file("run"), 6) + " --micro-batch 2");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto ck = list_checkpoints(tmp.file("run"));
+  ASSERT_EQ(ck.size(), 3u);  // steps 2, 4, 6
+  // Truncate the newest: resume must say so and continue from step 4.
+  std::string bytes = test::read_bytes(ck.back());
+  test::write_bytes(ck.back(), bytes.substr(0, bytes.size() / 2));
+  r = test::run_dms(retrofit_args(tmp.file("run"), 8) + " --micro-batch 2 --resume");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("skipping unusable checkpoint"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("step-000006.h5"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("resuming from"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("(step 4"), std::string::npos) << r.err;
+
+  // A write that fails at step 4: the run stops, step 2's checkpoint is intact, no debris.
+  auto f = test::spawn_dms(retrofit_args(tmp.file("fail2"), 8) + " --micro-batch 2",
+                           "DMS_TEST_FAIL_CHECKPOINT_AT=4", tmp.path, "fail2");
+  EXPECT_EQ(f.wait(120), 1) << f.err();
+  EXPECT_NE(f.err().find("checkpoint at step 4 failed"), std::string::npos) << f.err();
+  auto left = list_checkpoints(tmp.file("fail2"));
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(read_train_state(left[0]).step, 2);
+  for (const auto& e : fs::directory_iterator(tmp.file("fail2/checkpoints")))
+    EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << e.path();
+  // With --on-checkpoint-error continue the run goes on and later checkpoints succeed.
+  auto c = test::spawn_dms(retrofit_args(tmp.file("cont"), 8) + " --micro-batch 2 --on-checkpoint-error continue",
+                           "DMS_TEST_FAIL_CHECKPOINT_AT=4", tmp.path, "cont");
+  EXPECT_EQ(c.wait(120), 0) << c.err();
+  EXPECT_EQ(list_checkpoints(tmp.file("cont")).size(), 3u);  // 2, 6, 8
+}
+
+}  // namespace
+}  // namespace dms

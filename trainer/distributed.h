@@ -1,0 +1,62 @@
+// Data-parallel plumbing on PyTorch's own engine (c10d): rendezvous through a TCPStore,
+// ProcessGroupGloo on CPU (ProcessGroupNCCL on CUDA builds), bucketed gradient all-reduce,
+// and naming the rank that was lost when a collective fails.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace dms {
+
+// Where this process sits, from the launcher's environment: torchrun (RANK, WORLD_SIZE,
+// LOCAL_RANK, MASTER_ADDR, MASTER_PORT), Slurm (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID,
+// first host of SLURM_JOB_NODELIST / MASTER_ADDR), or a single process.
+struct DistEnv {
+  int rank = 0, world = 1, local_rank = 0;
+  std::string addr = "127.0.0.1";
+  int port = 29500;
+  std::string launcher = "single";  // torchrun | slurm | single
+};
+DistEnv detect_dist_env();
+
+// A collective failed: a peer died, hung past the timeout, or disagreed.
+struct DistError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+class Dist {
+ public:
+  // Joins the group described by env (world 1: no group, every call is local).
+  // backend: "gloo" | "nccl" | "auto" (nccl on CUDA builds with a GPU, else gloo).
+  static std::unique_ptr<Dist> join(const DistEnv& env, const std::string& backend,
+                                    std::chrono::milliseconds timeout);
+  ~Dist();
+  int rank() const { return env_.rank; }
+  int world() const { return env_.world; }
+  const std::string& backend() const { return backend_; }
+
+  // Sums tensors across ranks in place, packed into one buffer per dtype (one collective
+  // for all gradients, not one per tensor).
+  void all_reduce_sum(const std::vector<at::Tensor>& tensors);
+  void broadcast(at::Tensor& t, int root);
+  void barrier();
+  // Records this rank's progress in the store, so a failure can name who stopped.
+  void heartbeat(int64_t step);
+
+ private:
+  Dist() = default;
+  [[noreturn]] void fail(const std::string& what, const std::exception& e);
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  DistEnv env_;
+  std::string backend_ = "none";
+};
+
+// A free TCP port on the loopback interface (for the local launcher).
+int free_local_port();
+
+}  // namespace dms
