@@ -128,9 +128,9 @@ DmsLayerTerms dms_layer_terms(const at::Tensor& z, const at::Tensor& valid, cons
 CompressionStats compression_from_decisions(const at::Tensor& decisions, const at::Tensor& valid,
                                             int64_t window) {
   at::NoGradGuard no_grad;
-  at::Tensor e = decisions.detach().to(at::kDouble);  // [L, B, K, T]
+  at::Tensor e = decisions.detach().cpu().to(at::kDouble);  // [L, B, K, T]: small, on CPU
   const int64_t L = e.size(0), B = e.size(1), K = e.size(2), T = e.size(3);
-  at::Tensor v = valid.defined() ? valid.to(at::kDouble) : at::ones({B, T}, at::kDouble);
+  at::Tensor v = valid.defined() ? valid.cpu().to(at::kDouble) : at::ones({B, T}, at::kDouble);
   at::Tensor vq = v.view({1, B, 1, T});
   // Decisions about real tokens: positions 1..T-1 whose position and previous token are real.
   at::Tensor dmask = at::zeros({1, B, 1, T}, at::kDouble);

@@ -80,6 +80,11 @@ std::vector<std::pair<std::string, at::Tensor*>> named_weights(Model& m) {
   return out;
 }
 
+void move_to(Model& m, const at::Device& device) {
+  for (auto& [name, t] : named_weights(m)) *t = t->to(device);
+  if (m.config.tied_embeddings) m.lm_head = m.embed;
+}
+
 std::vector<std::pair<std::string, at::Tensor>> weight_list(const Model& m) {
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (auto& [name, t] : named_weights(const_cast<Model&>(m))) out.emplace_back(name, *t);
@@ -156,7 +161,8 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
   const int64_t half = x.size(-1) / 2;
   at::Tensor x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
   at::Tensor rotated = at::cat({-x2, x1}, -1);
-  return x * cos.to(x.scalar_type()) + rotated * sin.to(x.scalar_type());
+  const auto o = x.options().requires_grad(false);
+  return x * cos.to(o) + rotated * sin.to(o);
 }
 
 at::Tensor attention_bias(const at::Tensor& q_pos, int64_t S, const at::Tensor& key_valid,
@@ -235,7 +241,9 @@ ForwardResult forward_full(const Model& m, const at::Tensor& tokens, const at::T
   const AttentionMode mode = m.dms.enabled ? opts.mode : AttentionMode::teacher;
   at::Tensor q_pos = at::arange(T, at::kLong);                          // [T]
   auto [cos, sin] = rope_tables(c, q_pos);                              // [T, d]
-  at::Tensor base = attention_bias(q_pos, T, valid, c.sliding_window);  // [B|1, 1, T, T]
+  const at::Device dev = m.embed.device();
+  at::Tensor base = attention_bias(q_pos, T, valid.defined() ? valid.cpu() : valid, c.sliding_window)
+                        .to(dev);  // [B|1, 1, T, T]
 
   ForwardResult r;
   std::vector<at::Tensor> zs, decisions;
@@ -245,14 +253,14 @@ ForwardResult forward_full(const Model& m, const at::Tensor& tokens, const at::T
     QKV qkv = project_qkv(w, m, x, cos, sin, mode);
     at::Tensor bias = base;
     if (qkv.z.defined()) {
-      at::Tensor noise = opts.noise.defined() ? opts.noise[l] : at::Tensor();  // [B, K, T]
+      at::Tensor noise = opts.noise.defined() ? opts.noise[l].to(dev) : at::Tensor();  // [B, K, T]
       DmsLayerTerms terms = dms_layer_terms(qkv.z, valid, noise, mode, m.dms);
       bias = dms_bias(terms.key_term, base, q_pos, m.dms.window);  // [B, K, T, T]
       zs.push_back(qkv.z);
       decisions.push_back(terms.decisions);
     }
     if (opts.key_mask.defined()) {
-      at::Tensor hide = opts.key_mask[l].logical_not();  // [B, K, T, T]
+      at::Tensor hide = opts.key_mask[l].to(dev).logical_not();  // [B, K, T, T]
       bias = (bias + at::zeros(hide.sizes(), bias.options()))
                  .masked_fill(hide, -std::numeric_limits<double>::infinity());
     }

@@ -48,6 +48,9 @@ void init_random(Model& m, uint64_t seed, double std = 0.02);
 // DMS adapters under the official names (...self_attn.dms_proj_alpha.weight,
 // ...self_attn.dms_proj_alpha_norm.weight). A tied lm_head is not listed separately.
 std::vector<std::pair<std::string, at::Tensor*>> named_weights(Model& m);
+// Moves every weight (and the DMS adapters) to `device`, keeping a tied head tied.
+void move_to(Model& m, const at::Device& device);
+
 // The same list as handles (tensors share storage with the model) for read-only use.
 std::vector<std::pair<std::string, at::Tensor>> weight_list(const Model& m);
 // Only the DMS adapter tensors (what trains in adapter mode).

@@ -61,6 +61,7 @@ void add_retrofit_command(CLI::App& app) {
   auto nproc = std::make_shared<int>(1);
   cmd->add_option("--nproc", *nproc, "Spawn and supervise N local worker processes")->capture_default_str()->group(g);
   cmd->add_option("--backend", c->backend, "gloo | nccl | auto")->capture_default_str()->group(g);
+  cmd->add_option("--device", c->device, "cpu | cuda | auto (cuda:LOCAL_RANK when present)")->capture_default_str()->group(g);
   cmd->add_option("--dist-timeout", c->dist_timeout_s, "Seconds before a collective gives up on a lost rank")->capture_default_str()->group(g);
   cmd->add_option("--checksum-every", c->checksum_every, "Steps between cross-rank parameter checks (0: off)")->capture_default_str()->group(g);
   cmd->callback([c, nproc] {

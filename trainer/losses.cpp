@@ -83,7 +83,7 @@ at::Tensor fraction_closed(const at::Tensor& decisions, const at::Tensor& valid)
   at::Tensor mask = at::zeros({B, T}, decisions.options().requires_grad(false));
   if (T > 1) {
     if (valid.defined())
-      mask.narrow(1, 1, T - 1).copy_(valid.narrow(1, 1, T - 1));
+      mask.narrow(1, 1, T - 1).copy_(valid.narrow(1, 1, T - 1).to(mask.device()));
     else
       mask.narrow(1, 1, T - 1).fill_(1.0);
   }

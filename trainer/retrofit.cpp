@@ -65,6 +65,7 @@ nlohmann::json RetrofitConfig::to_json() const {
           {"checkpoint_every", checkpoint_every},
           {"keep_checkpoints", keep_checkpoints},
           {"backend", backend},
+          {"device", device},
           {"dist_timeout_s", dist_timeout_s},
           {"checksum_every", checksum_every},
           {"on_checkpoint_error", on_checkpoint_error}};
@@ -81,7 +82,7 @@ RetrofitConfig RetrofitConfig::from_json(const nlohmann::json& j) {
   DMS_GET(min_lr_ratio); DMS_GET(beta1); DMS_GET(beta2); DMS_GET(weight_decay); DMS_GET(clip);
   DMS_GET(kd_direction); DMS_GET(dms_weight); DMS_GET(kd_chunk); DMS_GET(seed);
   DMS_GET(log_every); DMS_GET(eval_every); DMS_GET(eval_batches); DMS_GET(checkpoint_every);
-  DMS_GET(keep_checkpoints); DMS_GET(backend); DMS_GET(dist_timeout_s); DMS_GET(checksum_every);
+  DMS_GET(keep_checkpoints); DMS_GET(backend); DMS_GET(device); DMS_GET(dist_timeout_s); DMS_GET(checksum_every);
   DMS_GET(on_checkpoint_error);
 #undef DMS_GET
   return c;
@@ -134,13 +135,14 @@ EvalStats validate(Trainer& tr, const TokenData& val) {
   for (int64_t r0 = 0; r0 < n; r0 += tr.cfg.micro_batch) {
     std::vector<int64_t> idx;
     for (int64_t i = r0; i < std::min(n, r0 + tr.cfg.micro_batch); ++i) idx.push_back(i);
-    at::Tensor x = val.rows(idx);
+    at::Tensor x = val.rows(idx).to(tr.student.embed.device());
     ForwardOptions to;
     to.mode = AttentionMode::teacher;
     at::Tensor tl = forward_full(*tr.teacher, x, {}, to).logits;
     ForwardResult r = forward_full(tr.student, x, {}, ForwardOptions{});
     const int64_t T = x.size(1);
-    e.kd += kd_loss_sum(r.logits.reshape({-1, V}), tl.reshape({-1, V}), at::ones({x.size(0) * T}),
+    e.kd += kd_loss_sum(r.logits.reshape({-1, V}), tl.reshape({-1, V}),
+                        at::ones({x.size(0) * T}, r.logits.options().dtype(at::kFloat)),
                         tr.kd_dir, tr.cfg.kd_chunk)
                 .item<double>();
     e.positions += x.size(0) * T;
@@ -205,6 +207,15 @@ std::string fmt(double v, int prec = 4) {
 
 namespace {
 
+// cpu | cuda | auto (cuda:LOCAL_RANK when this LibTorch has CUDA and a device is present).
+at::Device pick_device(const std::string& name, int local_rank) {
+  if (name == "cpu") return at::Device(at::kCPU);
+  const bool cuda = at::hasCUDA();
+  if (name == "cuda") require(cuda, "--device", "this build or machine has no CUDA device");
+  else require(name == "auto", "--device", "'" + name + "' (cpu, cuda or auto)");
+  return cuda ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank)) : at::Device(at::kCPU);
+}
+
 std::atomic<int> g_stop_signal{0};
 void on_stop_signal(int sig) { g_stop_signal = sig; }
 
@@ -267,6 +278,7 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
   tr.cfg = cfg;
   tr.kd_dir = parse_kd_direction(cfg.kd_direction);
   tr.student = load_model(cfg.model);
+  const at::Device device = pick_device(cfg.device, env.local_rank);
   require(!tr.student.dms.enabled, cfg.model, "already has DMS predictors (retrofit the original)");
   TokenData data = open_tokens(cfg.data, cfg.seq_len);
   validate_tokens(data, tr.student.config.vocab_size, tr.student.config.max_position);
@@ -284,6 +296,7 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
     std::cerr << "warning: window " << cfg.window << " >= sequence length " << T
               << ": no token can be evicted within a training row\n";
 
+  move_to(tr.student, device);
   attach_dms(tr.student, cfg.dms());
   tr.adapters_only = cfg.train_mode == "adapters";
   if (tr.adapters_only) {
@@ -291,6 +304,7 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
     for (auto& [n, t] : named_dms_weights(tr.student)) tr.trained.emplace_back(n, *t);
   } else {
     tr.teacher_copy = load_model(cfg.model);
+    move_to(tr.teacher_copy, device);
     tr.teacher = &tr.teacher_copy;
     for (auto& [n, t] : named_weights(tr.student)) tr.trained.emplace_back(n, *t);
   }
@@ -384,7 +398,7 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
     const auto ts = std::chrono::steady_clock::now();
     dist->heartbeat(2 * step);  // progress marks: a failure names the rank left behind
     LocalBatch batch = loader.next();
-    StepStats st = accumulate_gradients(tr.step_inputs(), batch.tokens, step, batch.first_index,
+    StepStats st = accumulate_gradients(tr.step_inputs(), batch.tokens.to(device), step, batch.first_index,
                                         global_batch, tr.cr.target(step));
     // One bucket for the gradients, one small tensor for the statistics.
     dist->heartbeat(2 * step + 1);
@@ -397,9 +411,10 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
     at::Tensor stats = at::tensor({st.kd, st.dms, st.lm_nll, double(st.lm_count), double(st.tokens),
                                    st.eviction * double(batch.tokens.size(0)), st.visible_sum,
                                    st.full_sum, double(g_stop_signal.load() != 0)},
-                                  at::kDouble);
+                                  at::TensorOptions(at::kDouble).device(device));
     dist->all_reduce_sum(grads);
     dist->all_reduce_sum({stats});
+    stats = stats.cpu();
     const double allreduce_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - ta).count();
     const double kd_mean = stats[0].item<double>() / double(global_batch * T);
     const double dms_mean = stats[1].item<double>() / double(global_batch);

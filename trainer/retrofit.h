@@ -41,6 +41,7 @@ struct RetrofitConfig {
   int threads = 0;
   // Distributed (DESIGN.md §5)
   std::string backend = "auto";   // gloo | nccl | auto
+  std::string device = "auto";    // cpu | cuda | auto (cuda:LOCAL_RANK when available)
   double dist_timeout_s = 600;    // collective timeout: a lost rank stops the others
   int64_t checksum_every = 50;    // steps between cross-rank parameter checks
 
