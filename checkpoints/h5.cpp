@@ -20,7 +20,9 @@ Handle::~Handle() {
   if (id_ >= 0 && close_) close_(id_);
 }
 
-void quiet() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+void quiet() {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+}
 
 static void check(herr_t r, const std::string& what) {
   if (r < 0) throw std::runtime_error("HDF5: " + what);
@@ -69,7 +71,9 @@ void set_attr(hid_t obj, const std::string& name, double value) {
   set_scalar(obj, name, H5T_NATIVE_DOUBLE, value);
 }
 
-bool has_attr(hid_t obj, const std::string& name) { return H5Aexists(obj, name.c_str()) > 0; }
+bool has_attr(hid_t obj, const std::string& name) {
+  return H5Aexists(obj, name.c_str()) > 0;
+}
 
 static Handle open_attr(hid_t obj, const std::string& name, const std::string& file) {
   require(has_attr(obj, name), file, "missing attribute '" + name + "'");
@@ -94,23 +98,25 @@ std::string get_string_attr(hid_t obj, const std::string& name, const std::strin
 int64_t get_int_attr(hid_t obj, const std::string& name, const std::string& file) {
   Handle a = open_attr(obj, name, file);
   int64_t v = 0;
-  require(H5Aread(a.get(), H5T_NATIVE_INT64, &v) >= 0, file, "attribute '" + name + "' is not an integer");
+  require(H5Aread(a.get(), H5T_NATIVE_INT64, &v) >= 0, file,
+          "attribute '" + name + "' is not an integer");
   return v;
 }
 
 double get_double_attr(hid_t obj, const std::string& name, const std::string& file) {
   Handle a = open_attr(obj, name, file);
   double v = 0;
-  require(H5Aread(a.get(), H5T_NATIVE_DOUBLE, &v) >= 0, file, "attribute '" + name + "' is not a number");
+  require(H5Aread(a.get(), H5T_NATIVE_DOUBLE, &v) >= 0, file,
+          "attribute '" + name + "' is not a number");
   return v;
 }
 
 void write_array(hid_t file, const std::string& name, const void* data, hid_t mem_type,
                  const std::vector<hsize_t>& dims) {
   Handle space(H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose);
-  Handle d(H5Dcreate2(file, name.c_str(), mem_type, space.get(), H5P_DEFAULT, H5P_DEFAULT,
-                      H5P_DEFAULT),
-           H5Dclose);
+  Handle d(
+      H5Dcreate2(file, name.c_str(), mem_type, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+      H5Dclose);
   check(d.get(), "create dataset " + name);
   check(H5Dwrite(d.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), "write dataset " + name);
 }

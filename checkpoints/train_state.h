@@ -13,8 +13,8 @@ namespace dms {
 using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
 struct TrainState {
-  int64_t step = 0;        // optimizer steps completed
-  int64_t world_size = 1;  // ranks that wrote it
+  int64_t step = 0;                         // optimizer steps completed
+  int64_t world_size = 1;                   // ranks that wrote it
   int64_t data_epoch = 0, data_offset = 0;  // cursor of the global sample order
   int64_t adam_steps = 0;
   std::string config_json;   // resolved run configuration

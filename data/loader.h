@@ -19,9 +19,9 @@ struct DataCursor {
 };
 
 struct LocalBatch {
-  at::Tensor tokens;               // [b, T] int64: this rank's rows
-  int64_t first_index = 0;         // index of row 0 within the global batch (noise key)
-  std::vector<int64_t> rows;       // dataset row ids
+  at::Tensor tokens;          // [b, T] int64: this rank's rows
+  int64_t first_index = 0;    // index of row 0 within the global batch (noise key)
+  std::vector<int64_t> rows;  // dataset row ids
 };
 
 class BatchLoader {

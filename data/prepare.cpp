@@ -69,7 +69,8 @@ PrepareResult prepare_data(const PrepareOptions& o,
   info.tokenizer_hash = sha256_file(o.tokenizer);
   info.bos_id = tok.bos_id();
   info.eos_id = o.add_eos ? tok.eos_id() : -1;
-  for (const auto& f : o.inputs) info.source += (info.source.empty() ? "" : ", ") + fs::path(f).filename().string();
+  for (const auto& f : o.inputs)
+    info.source += (info.source.empty() ? "" : ", ") + fs::path(f).filename().string();
 
   PrepareResult r;
   r.train_path = o.out;

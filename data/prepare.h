@@ -14,11 +14,11 @@ struct PrepareOptions {
   std::vector<std::string> inputs;  // .txt / .jsonl files
   std::string out;                  // train file; validation goes to <out stem>.val.h5
   int64_t seq_len = 512;
-  double val_fraction = 0.05;       // share of documents held out
-  std::string doc_sep = "blank";    // .txt documents: "blank" (blank lines) or "line"
+  double val_fraction = 0.05;     // share of documents held out
+  std::string doc_sep = "blank";  // .txt documents: "blank" (blank lines) or "line"
   std::string jsonl_field = "text";
-  bool add_eos = true;              // append EOS to each document when the tokenizer has one
-  uint64_t seed = 0;                // which documents go to validation
+  bool add_eos = true;  // append EOS to each document when the tokenizer has one
+  uint64_t seed = 0;    // which documents go to validation
 };
 
 struct PrepareResult {

@@ -8,8 +8,8 @@
 #include <filesystem>
 #include <fstream>
 
-#include "checkpoints/mapped_file.h"
 #include "checkpoints/h5.h"
+#include "checkpoints/mapped_file.h"
 #include "model/error.h"
 
 namespace fs = std::filesystem;
@@ -109,13 +109,15 @@ TokenData open_tokens(const std::string& path, int64_t bin_seq_len, const std::s
     auto& s = *d.src;
     s.map = map_file(path);
     s.bin_width = bin_dtype == "uint32" ? 4 : 2;
-    require(bin_dtype == "uint16" || bin_dtype == "uint32", path, "bin dtype must be uint16 or uint32");
+    require(bin_dtype == "uint16" || bin_dtype == "uint32", path,
+            "bin dtype must be uint16 or uint32");
     uint64_t n = s.map->size / uint64_t(s.bin_width);
     if (s.map->size >= 1024) {
       int32_t h[3];
       std::memcpy(h, s.map->data, sizeof(h));
       if (h[0] == 20240520) {  // llm.c: 256 int32 header, version 1 = uint16, 2 = uint32
-        require(h[1] == 1 || h[1] == 2, path, "unknown llm.c token file version " + std::to_string(h[1]));
+        require(h[1] == 1 || h[1] == 2, path,
+                "unknown llm.c token file version " + std::to_string(h[1]));
         s.bin_width = h[1] == 1 ? 2 : 4;
         s.bin_offset = 1024;
         n = uint64_t(h[2]);
@@ -129,8 +131,9 @@ TokenData open_tokens(const std::string& path, int64_t bin_seq_len, const std::s
     d.n_rows = int64_t(n / uint64_t(bin_seq_len));
     d.info.tokens = int64_t(n);
     d.info.source = path;
-    require(d.n_rows > 0, path, "fewer tokens (" + std::to_string(n) + ") than one row of " +
-                                    std::to_string(bin_seq_len));
+    require(
+        d.n_rows > 0, path,
+        "fewer tokens (" + std::to_string(n) + ") than one row of " + std::to_string(bin_seq_len));
     return d;
   }
   d.src->file = h5::open_file(path);
@@ -164,7 +167,8 @@ at::Tensor TokenData::rows(const std::vector<int64_t>& index) const {
     const int64_t i = index[size_t(r)];
     if (i < 0 || i >= n_rows) throw std::out_of_range(path + ": row " + std::to_string(i));
     if (src->map) {
-      const uint8_t* p = src->map->data + src->bin_offset + uint64_t(i * seq_len) * uint64_t(src->bin_width);
+      const uint8_t* p =
+          src->map->data + src->bin_offset + uint64_t(i * seq_len) * uint64_t(src->bin_width);
       for (int64_t t = 0; t < seq_len; ++t) {
         if (src->bin_width == 2) {
           uint16_t v;

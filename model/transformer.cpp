@@ -190,9 +190,8 @@ at::Tensor grouped_attention(const at::Tensor& q, const at::Tensor& k, const at:
   const int64_t S = k.size(2);
   // Batched GEMMs over (batch, KV head): the G query heads of a group share one K/V.
   at::Tensor qg = (q * (1.0 / std::sqrt(double(d)))).reshape({B * K, G * T, d});
-  at::Tensor scores = at::bmm(qg, k.reshape({B * K, S, d}).transpose(1, 2))
-                          .to(ct)
-                          .view({B, K, G, T, S});
+  at::Tensor scores =
+      at::bmm(qg, k.reshape({B * K, S, d}).transpose(1, 2)).to(ct).view({B, K, G, T, S});
   scores.add_(bias.to(ct).unsqueeze(2));  // in place: bmm's backward does not need its output
   at::Tensor p = at::softmax(scores, -1);
   if (probs) *probs = p;
@@ -239,11 +238,12 @@ ForwardResult forward_full(const Model& m, const at::Tensor& tokens, const at::T
   const ModelConfig& c = m.config;
   const int64_t B = tokens.size(0), T = tokens.size(1);
   const AttentionMode mode = m.dms.enabled ? opts.mode : AttentionMode::teacher;
-  at::Tensor q_pos = at::arange(T, at::kLong);                          // [T]
-  auto [cos, sin] = rope_tables(c, q_pos);                              // [T, d]
+  at::Tensor q_pos = at::arange(T, at::kLong);  // [T]
+  auto [cos, sin] = rope_tables(c, q_pos);      // [T, d]
   const at::Device dev = m.embed.device();
-  at::Tensor base = attention_bias(q_pos, T, valid.defined() ? valid.cpu() : valid, c.sliding_window)
-                        .to(dev);  // [B|1, 1, T, T]
+  at::Tensor base =
+      attention_bias(q_pos, T, valid.defined() ? valid.cpu() : valid, c.sliding_window)
+          .to(dev);  // [B|1, 1, T, T]
 
   ForwardResult r;
   std::vector<at::Tensor> zs, decisions;

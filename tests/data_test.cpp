@@ -84,7 +84,8 @@ TEST(Prepare, TextRowsDecodeBackToTheDocumentsInOrder) {
   std::string text;
   std::vector<std::string> docs;
   for (int i = 0; i < 40; ++i) {
-    docs.push_back("Tom had " + std::to_string(i) + " red balls. He gave one to Sue and she smiled.");
+    docs.push_back("Tom had " + std::to_string(i) +
+                   " red balls. He gave one to Sue and she smiled.");
     text += docs.back() + "\n\n";
   }
   test::write_bytes(tmp.file("c.txt"), text);
@@ -100,7 +101,8 @@ TEST(Prepare, TextRowsDecodeBackToTheDocumentsInOrder) {
   EXPECT_EQ(train.seq_len, 32);
   EXPECT_GT(val.n_rows, 0);
   EXPECT_EQ(train.info.vocab_size, 512);
-  EXPECT_EQ(train.info.tokenizer_hash, "fec6aa960a1fb3ebf71d26f9b0e486afcbd76c34cf0fbfb93e21126ca9f778d3");
+  EXPECT_EQ(train.info.tokenizer_hash,
+            "fec6aa960a1fb3ebf71d26f9b0e486afcbd76c34cf0fbfb93e21126ca9f778d3");
   // The packed stream of both files is each split's documents, each as BOS + ids + EOS.
   Tokenizer tok = load_tokenizer(o.tokenizer);
   std::vector<int64_t> stream;
@@ -125,8 +127,9 @@ TEST(Prepare, TextRowsDecodeBackToTheDocumentsInOrder) {
 
 TEST(Prepare, JsonlFieldAndBadLines) {
   test::TempDir tmp;
-  test::write_bytes(tmp.file("a.jsonl"),
-                    "{\"text\": \"Once upon a time there was a cat.\"}\n{\"text\": \"The cat was happy.\"}\n");
+  test::write_bytes(
+      tmp.file("a.jsonl"),
+      "{\"text\": \"Once upon a time there was a cat.\"}\n{\"text\": \"The cat was happy.\"}\n");
   PrepareOptions o;
   o.tokenizer = asset("stories260K/tok512.model");
   o.inputs = {tmp.file("a.jsonl")};
@@ -191,7 +194,8 @@ TEST(TokenFiles, TeacherSamplesRoundTrip) {
   sample_teacher_data(m, o);
   auto ref = test::read_json(asset("stories260K/reference/greedy256_from_bos.json"));
   at::Tensor g = open_tokens(o.out).rows({0})[0];
-  for (int64_t t = 0; t < 20; ++t) EXPECT_EQ(g[t].item<int64_t>(), ref["ids"][size_t(t)].get<int64_t>());
+  for (int64_t t = 0; t < 20; ++t)
+    EXPECT_EQ(g[t].item<int64_t>(), ref["ids"][size_t(t)].get<int64_t>());
 }
 
 TEST(Order, DeterministicShufflingResumableCursorAndRankSlices) {
@@ -205,7 +209,8 @@ TEST(Order, DeterministicShufflingResumableCursorAndRankSlices) {
   test::TempDir tmp;
   std::vector<uint16_t> ids(10 * 8);
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = uint16_t(i);
-  test::write_bytes(tmp.file("t.bin"), std::string(reinterpret_cast<const char*>(ids.data()), ids.size() * 2));
+  test::write_bytes(tmp.file("t.bin"),
+                    std::string(reinterpret_cast<const char*>(ids.data()), ids.size() * 2));
   TokenData d = open_tokens(tmp.file("t.bin"), 8);  // 10 rows
   BatchLoader a(d, 4, 9);
   std::vector<int64_t> seen;

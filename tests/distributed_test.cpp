@@ -18,7 +18,9 @@ namespace {
 
 using test::asset;
 
-std::string q(const std::string& s) { return "'" + s + "'"; }
+std::string q(const std::string& s) {
+  return "'" + s + "'";
+}
 
 // Shared small data set (rows of 64 tokens), prepared once per test binary.
 const std::string& data_file() {
@@ -35,9 +37,9 @@ const std::string& data_file() {
 }
 
 std::string retrofit_args(const std::string& out, int64_t steps) {
-  return "retrofit --model " + q(asset("stories260K/stories260K.bin")) + " --data " + q(data_file()) +
-         " --out " + q(out) + " --window 8 --target-cr 4 --max-steps " + std::to_string(steps) +
-         " --final-step " + std::to_string(steps * 3 / 4) +
+  return "retrofit --model " + q(asset("stories260K/stories260K.bin")) + " --data " +
+         q(data_file()) + " --out " + q(out) + " --window 8 --target-cr 4 --max-steps " +
+         std::to_string(steps) + " --final-step " + std::to_string(steps * 3 / 4) +
          " --lr 1e-2 --eval-every 1000 --checkpoint-every 2 --keep-checkpoints 0 --threads 1"
          " --checksum-every 4";
 }
@@ -54,8 +56,9 @@ std::vector<nlohmann::json> train_records(const std::string& run) {
 }
 
 // Deterministic fields of the metrics (timings excluded).
-const char* kDeterministic[] = {"step", "tokens", "kd_loss", "dms_loss", "lm_loss", "target_cr",
-                                "decision_cr", "effective_kv_cr", "lr", "grad_norm"};
+const char* kDeterministic[] = {"step",    "tokens",    "kd_loss",     "dms_loss",
+                                "lm_loss", "target_cr", "decision_cr", "effective_kv_cr",
+                                "lr",      "grad_norm"};
 
 NamedTensors final_tensors(const std::string& run) {
   auto all = list_checkpoints(run);
@@ -66,7 +69,8 @@ NamedTensors final_tensors(const std::string& run) {
 TEST(Distributed, TwoRanksEqualOneRankWithAccumulation) {
   test::TempDir tmp;
   const int64_t steps = 24;
-  auto one = test::run_dms(retrofit_args(tmp.file("one"), steps) + " --micro-batch 2 --grad-accum 2");
+  auto one =
+      test::run_dms(retrofit_args(tmp.file("one"), steps) + " --micro-batch 2 --grad-accum 2");
   ASSERT_EQ(one.exit_code, 0) << one.err;
   auto two = test::run_dms(retrofit_args(tmp.file("two"), steps) + " --micro-batch 2 --nproc 2");
   ASSERT_EQ(two.exit_code, 0) << two.err;
@@ -77,7 +81,8 @@ TEST(Distributed, TwoRanksEqualOneRankWithAccumulation) {
   ASSERT_EQ(b.size(), size_t(steps));
   for (size_t i = 0; i < a.size(); ++i)
     for (const char* k : {"kd_loss", "dms_loss", "grad_norm", "decision_cr", "effective_kv_cr"})
-      EXPECT_NEAR(a[i][k].get<double>(), b[i][k].get<double>(), 1e-5) << "step " << i + 1 << " " << k;
+      EXPECT_NEAR(a[i][k].get<double>(), b[i][k].get<double>(), 1e-5)
+          << "step " << i + 1 << " " << k;
   auto ta = final_tensors(tmp.file("one")), tb = final_tensors(tmp.file("two"));
   ASSERT_EQ(ta.size(), tb.size());
   for (size_t i = 0; i < ta.size(); ++i)
@@ -89,13 +94,15 @@ TEST(Distributed, TwoRanksEqualOneRankWithAccumulation) {
 void kill_and_resume(int nproc) {
   test::TempDir tmp;
   const int64_t steps = 16;
-  const std::string extra = nproc > 1 ? " --micro-batch 2 --nproc 2" : " --micro-batch 2 --grad-accum 2";
+  const std::string extra =
+      nproc > 1 ? " --micro-batch 2 --nproc 2" : " --micro-batch 2 --grad-accum 2";
   auto ref = test::run_dms(retrofit_args(tmp.file("ref"), steps) + extra);
   ASSERT_EQ(ref.exit_code, 0) << ref.err;
 
   std::mt19937 rng(std::random_device{}());
   const int64_t kill_after = 3 + int64_t(rng() % 10);  // a step in 3..12
-  test::Background bg = test::spawn_dms(retrofit_args(tmp.file("cut"), steps) + extra, "", tmp.path, "cut");
+  test::Background bg =
+      test::spawn_dms(retrofit_args(tmp.file("cut"), steps) + extra, "", tmp.path, "cut");
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   while (std::chrono::steady_clock::now() < deadline) {
     if (train_records(tmp.file("cut")).size() >= size_t(kill_after)) break;
@@ -111,19 +118,26 @@ void kill_and_resume(int nproc) {
   auto a = train_records(tmp.file("ref")), b = train_records(tmp.file("cut"));
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i)
-    for (const char* k : kDeterministic) EXPECT_EQ(a[i][k], b[i][k]) << "step " << i + 1 << " " << k;
+    for (const char* k : kDeterministic)
+      EXPECT_EQ(a[i][k], b[i][k]) << "step " << i + 1 << " " << k;
   auto ta = final_tensors(tmp.file("ref")), tb = final_tensors(tmp.file("cut"));
-  for (size_t i = 0; i < ta.size(); ++i) EXPECT_TRUE(at::equal(ta[i].second, tb[i].second)) << ta[i].first;
+  for (size_t i = 0; i < ta.size(); ++i)
+    EXPECT_TRUE(at::equal(ta[i].second, tb[i].second)) << ta[i].first;
 }
 
-TEST(Distributed, KilledAndResumedRunIsBitwiseIdenticalOneProcess) { kill_and_resume(1); }
-TEST(Distributed, KilledAndResumedRunIsBitwiseIdenticalTwoProcesses) { kill_and_resume(2); }
+TEST(Distributed, KilledAndResumedRunIsBitwiseIdenticalOneProcess) {
+  kill_and_resume(1);
+}
+TEST(Distributed, KilledAndResumedRunIsBitwiseIdenticalTwoProcesses) {
+  kill_and_resume(2);
+}
 
 TEST(Distributed, LosingARankStopsTheOtherWithinTheTimeoutNamingIt) {
   test::TempDir tmp;
   const int port = 20000 + int(std::random_device{}() % 20000);
   const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port);
-  const std::string args = retrofit_args(tmp.file("run"), 400) + " --micro-batch 2 --dist-timeout 15";
+  const std::string args =
+      retrofit_args(tmp.file("run"), 400) + " --micro-batch 2 --dist-timeout 15";
   test::Background r0 = test::spawn_dms(args, env + " RANK=0 LOCAL_RANK=0", tmp.path, "r0");
   test::Background r1 = test::spawn_dms(args, env + " RANK=1 LOCAL_RANK=1", tmp.path, "r1");
   // Let it train a few steps, then kill rank 1 outright.
@@ -169,8 +183,9 @@ TEST(Distributed, DamagedLatestCheckpointFallsBackAndFailedWritesKeepThePrevious
   for (const auto& e : fs::directory_iterator(tmp.file("fail2/checkpoints")))
     EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << e.path();
   // With --on-checkpoint-error continue the run goes on and later checkpoints succeed.
-  auto c = test::spawn_dms(retrofit_args(tmp.file("cont"), 8) + " --micro-batch 2 --on-checkpoint-error continue",
-                           "DMS_TEST_FAIL_CHECKPOINT_AT=4", tmp.path, "cont");
+  auto c = test::spawn_dms(
+      retrofit_args(tmp.file("cont"), 8) + " --micro-batch 2 --on-checkpoint-error continue",
+      "DMS_TEST_FAIL_CHECKPOINT_AT=4", tmp.path, "cont");
   EXPECT_EQ(c.wait(120), 0) << c.err();
   EXPECT_EQ(list_checkpoints(tmp.file("cont")).size(), 3u);  // 2, 6, 8
 }

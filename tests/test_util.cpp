@@ -174,8 +174,12 @@ int Background::wait(double timeout_s) {
   return -1;
 }
 
-std::string Background::err() const { return slurp(err_path); }
+std::string Background::err() const {
+  return slurp(err_path);
+}
 
-void Background::kill_group(int sig) { ::kill(-pid, sig); }
+void Background::kill_group(int sig) {
+  ::kill(-pid, sig);
+}
 
 }  // namespace dms::test

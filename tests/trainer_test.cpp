@@ -6,11 +6,11 @@
 #include "checkpoints/load_model.h"
 #include "checkpoints/safetensors.h"
 #include "checkpoints/train_state.h"
+#include "tests/test_util.h"
 #include "trainer/losses.h"
 #include "trainer/optimizer.h"
 #include "trainer/schedule.h"
 #include "trainer/step.h"
-#include "tests/test_util.h"
 
 namespace fs = std::filesystem;
 
@@ -21,7 +21,8 @@ using test::asset;
 
 // Direct KL per row from full log-softmax in fp64.
 at::Tensor direct_kl(const at::Tensor& s, const at::Tensor& t, KdDirection dir) {
-  at::Tensor ls = at::log_softmax(s.to(at::kDouble), -1), lt = at::log_softmax(t.to(at::kDouble), -1);
+  at::Tensor ls = at::log_softmax(s.to(at::kDouble), -1),
+             lt = at::log_softmax(t.to(at::kDouble), -1);
   return dir == KdDirection::student_teacher ? (ls.exp() * (ls - lt)).sum(-1)
                                              : (lt.exp() * (lt - ls)).sum(-1);
 }
@@ -44,10 +45,12 @@ TEST(KdLoss, MatchesDirectLogSoftmaxBothDirectionsAnyChunk) {
     }
   }
   // KL is zero against itself and positive otherwise.
-  EXPECT_NEAR(kd_loss_sum(s, s, at::ones({7}), KdDirection::student_teacher).item<double>(), 0, 1e-12);
+  EXPECT_NEAR(kd_loss_sum(s, s, at::ones({7}), KdDirection::student_teacher).item<double>(), 0,
+              1e-12);
   // fp32 logits are accumulated in fp32 (bf16 likewise upcast): close to the fp64 value.
   EXPECT_NEAR(kd_loss_sum(s.to(at::kFloat), t.to(at::kFloat), w.to(at::kFloat),
-                          KdDirection::student_teacher, 16).item<double>(),
+                          KdDirection::student_teacher, 16)
+                  .item<double>(),
               (direct_kl(s, t, KdDirection::student_teacher) * w).sum().item<double>(), 1e-3);
 }
 
@@ -58,7 +61,8 @@ TEST(DmsLoss, HingeOnTheFractionOfClosedDecisions) {
   EXPECT_NEAR(frac[0].item<double>(), 0.25, 1e-9);
   EXPECT_NEAR(frac[1].item<double>(), 1.0, 1e-9);
   EXPECT_NEAR(dms_loss_sum(frac, 0.5).item<double>(), 0.25, 1e-9);  // only sample 0 is short
-  at::Tensor valid = at::tensor({1, 1, 1, 0, 0, 1, 1, 1, 1, 1}, at::kInt).to(at::kBool).view({2, 5});
+  at::Tensor valid =
+      at::tensor({1, 1, 1, 0, 0, 1, 1, 1, 1, 1}, at::kInt).to(at::kBool).view({2, 5});
   EXPECT_NEAR(fraction_closed(e, valid)[0].item<double>(), 0.5, 1e-9);
 }
 
@@ -100,7 +104,8 @@ TEST(Optimizer, AdamWFollowsPyTorchsRuleAndClippingScalesToTheNorm) {
       EXPECT_NEAR(p[i].item<double>(), x[i], 1e-15);
     }
   }
-  at::Tensor a = at::zeros({2}, at::kDouble).requires_grad_(true), b = at::zeros({1}, at::kDouble).requires_grad_(true);
+  at::Tensor a = at::zeros({2}, at::kDouble).requires_grad_(true),
+             b = at::zeros({1}, at::kDouble).requires_grad_(true);
   a.mutable_grad() = at::tensor({3.0, 0.0}, at::kDouble);
   b.mutable_grad() = at::tensor({4.0}, at::kDouble);
   EXPECT_DOUBLE_EQ(clip_grad_norm({a, b}, 1.0), 5.0);
@@ -145,7 +150,9 @@ TEST(Accumulation, MicroBatchesOfOneEqualOneBatch) {
 
 // ---- whole runs through the CLI -------------------------------------------------------
 
-std::string q(const std::string& s) { return "'" + s + "'"; }
+std::string q(const std::string& s) {
+  return "'" + s + "'";
+}
 
 // A small prepared dataset (rows of 64 tokens) in dir.
 void prepare_small(const test::TempDir& tmp) {
@@ -159,10 +166,11 @@ TEST(RetrofitRun, AdapterModeTrainsOnlyAdaptersAndExportsTheMeasuredReport) {
   test::TempDir tmp;
   prepare_small(tmp);
   const std::string model = asset("stories260K/stories260K.bin");
-  auto r = test::run_dms("retrofit --model " + q(model) + " --data " + q(tmp.file("d.h5")) +
-                         " --out " + q(tmp.file("run")) +
-                         " --window 8 --target-cr 4 --max-steps 6 --final-step 4 --micro-batch 2"
-                         " --grad-accum 2 --lr 1e-2 --eval-every 3 --eval-batches 2 --checkpoint-every 3");
+  auto r = test::run_dms(
+      "retrofit --model " + q(model) + " --data " + q(tmp.file("d.h5")) + " --out " +
+      q(tmp.file("run")) +
+      " --window 8 --target-cr 4 --max-steps 6 --final-step 4 --micro-batch 2"
+      " --grad-accum 2 --lr 1e-2 --eval-every 3 --eval-batches 2 --checkpoint-every 3");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("ETA"), std::string::npos);
   // metrics.jsonl: one record per step with the documented fields, plus validations.
@@ -173,9 +181,9 @@ TEST(RetrofitRun, AdapterModeTrainsOnlyAdaptersAndExportsTheMeasuredReport) {
     auto j = nlohmann::json::parse(line);
     if (j.contains("kd_loss")) {
       ++train;
-      for (const char* k : {"step", "tokens", "kd_loss", "dms_loss", "lm_loss", "target_cr",
-                            "decision_cr", "effective_kv_cr", "lr", "grad_norm", "tokens_per_s",
-                            "elapsed_s"})
+      for (const char* k :
+           {"step", "tokens", "kd_loss", "dms_loss", "lm_loss", "target_cr", "decision_cr",
+            "effective_kv_cr", "lr", "grad_norm", "tokens_per_s", "elapsed_s"})
         EXPECT_TRUE(j.contains(k)) << k;
     }
     if (j.contains("val_kd_loss")) ++val;
@@ -192,9 +200,9 @@ TEST(RetrofitRun, AdapterModeTrainsOnlyAdaptersAndExportsTheMeasuredReport) {
   // Base weights are bit-identical to the source model; adapters moved off zero.
   Model orig = load_model(model);
   SafetensorsFile f = open_safetensors(tmp.file("exp/model.safetensors"));
-  for (auto& [name, t] : named_weights(orig))
-    EXPECT_TRUE(at::equal(f.tensor(name), *t)) << name;
-  EXPECT_GT(f.tensor("model.layers.0.self_attn.dms_proj_alpha.weight").abs().sum().item<double>(), 0.0);
+  for (auto& [name, t] : named_weights(orig)) EXPECT_TRUE(at::equal(f.tensor(name), *t)) << name;
+  EXPECT_GT(f.tensor("model.layers.0.self_attn.dms_proj_alpha.weight").abs().sum().item<double>(),
+            0.0);
 
   // The run directory is not reused by accident.
   r = test::run_dms("retrofit --model " + q(model) + " --data " + q(tmp.file("d.h5")) + " --out " +
@@ -203,7 +211,8 @@ TEST(RetrofitRun, AdapterModeTrainsOnlyAdaptersAndExportsTheMeasuredReport) {
   EXPECT_NE(r.err.find("not empty"), std::string::npos) << r.err;
 
   r = test::run_dms("eval --model " + q(tmp.file("exp")) + " --data " + q(tmp.file("d.val.h5")) +
-                    " --compare --rows 2 --gen-rows 1 --gen-tokens 8 --json " + q(tmp.file("eval.json")));
+                    " --compare --rows 2 --gen-rows 1 --gen-tokens 8 --json " +
+                    q(tmp.file("eval.json")));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto table = test::read_json(tmp.file("eval.json"));
   ASSERT_EQ(table["rows"].size(), 5u);
@@ -229,17 +238,18 @@ TEST(RetrofitRun, BadDataFilesExitWith2) {
   };
   // Token ids beyond the model's vocabulary (data sampled from a 256-token model is fine,
   // so write ids of the Llama 2 tokenizer instead).
-  auto r = test::run_dms("data prepare --tokenizer " + q(asset("llama2-tokenizer/tokenizer.model")) +
-                         " --input " + q(asset("tinystories/tinystories_val_prefix.txt")) +
-                         " --out " + q(tmp.file("big.h5")) + " --seq-len 64");
+  auto r =
+      test::run_dms("data prepare --tokenizer " + q(asset("llama2-tokenizer/tokenizer.model")) +
+                    " --input " + q(asset("tinystories/tinystories_val_prefix.txt")) + " --out " +
+                    q(tmp.file("big.h5")) + " --seq-len 64");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   r = run(tmp.file("big.h5"));
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("big.h5"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("vocabulary"), std::string::npos) << r.err;
   // Rows longer than the model's context (512).
-  r = test::run_dms("data prepare --tokenizer " + q(asset("stories260K/tok512.model")) + " --input " +
-                    q(asset("tinystories/tinystories_val_prefix.txt")) + " --out " +
+  r = test::run_dms("data prepare --tokenizer " + q(asset("stories260K/tok512.model")) +
+                    " --input " + q(asset("tinystories/tinystories_val_prefix.txt")) + " --out " +
                     q(tmp.file("long.h5")) + " --seq-len 600");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   r = run(tmp.file("long.h5"));
@@ -251,8 +261,8 @@ TEST(RetrofitRun, BadDataFilesExitWith2) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("junk.h5: not an HDF5 file"), std::string::npos) << r.err;
   test::write_bytes(tmp.file("empty.txt"), "");
-  r = test::run_dms("data prepare --tokenizer " + q(asset("stories260K/tok512.model")) + " --input " +
-                    q(tmp.file("empty.txt")) + " --out " + q(tmp.file("e.h5")));
+  r = test::run_dms("data prepare --tokenizer " + q(asset("stories260K/tok512.model")) +
+                    " --input " + q(tmp.file("empty.txt")) + " --out " + q(tmp.file("e.h5")));
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("fewer than one row"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(tmp.file("e.h5")));

@@ -11,7 +11,8 @@
 namespace dms {
 
 void add_data_command(CLI::App& app) {
-  CLI::App* data = app.add_subcommand("data", "Make token files: 'prepare' from text, 'sample' from the model itself");
+  CLI::App* data = app.add_subcommand(
+      "data", "Make token files: 'prepare' from text, 'sample' from the model itself");
   data->require_subcommand(1);
 
   auto p = std::make_shared<PrepareOptions>();
@@ -23,9 +24,12 @@ void add_data_command(CLI::App& app) {
   prep->add_option("--input", p->inputs, "Input files (.txt or .jsonl)")->required();
   prep->add_option("--out", p->out, "Output .h5")->required();
   prep->add_option("--seq-len", p->seq_len, "Tokens per row")->capture_default_str();
-  prep->add_option("--val-fraction", p->val_fraction, "Share of documents held out")->capture_default_str();
-  prep->add_option("--doc-sep", p->doc_sep, ".txt documents split at 'blank' lines or each 'line'")->capture_default_str();
-  prep->add_option("--field", p->jsonl_field, "JSONL field holding the text")->capture_default_str();
+  prep->add_option("--val-fraction", p->val_fraction, "Share of documents held out")
+      ->capture_default_str();
+  prep->add_option("--doc-sep", p->doc_sep, ".txt documents split at 'blank' lines or each 'line'")
+      ->capture_default_str();
+  prep->add_option("--field", p->jsonl_field, "JSONL field holding the text")
+      ->capture_default_str();
   prep->add_option("--seed", p->seed, "Seed of the train/validation split")->capture_default_str();
   prep->callback([p] {
     Progress bar("prepare", 1000);

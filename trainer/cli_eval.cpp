@@ -57,16 +57,20 @@ void run_eval(const EvalArgs& a) {
     int64_t budget = a.budget;
     if (a.match_budget && p != CachePolicy::dms && p != CachePolicy::full) {
       require(m.dms.enabled, a.model, "--match-budget needs a DMS model to match");
-      EvalRow d = evaluate(m, orig, data, CachePolicy::dms, 0, EvalOptions{a.opts.rows, a.opts.batch, 0, 0, 0});
+      EvalRow d = evaluate(m, orig, data, CachePolicy::dms, 0,
+                           EvalOptions{a.opts.rows, a.opts.batch, 0, 0, 0});
       budget = budget_for_cr(d.effective_kv_cr, T);
     }
     run(p == CachePolicy::dms ? m : orig, policy_name(p), p, budget);
   }
   std::cout << format_table(rows);
   if (!a.json.empty()) {
-    nlohmann::json j = {{"model", a.model}, {"data", a.data}, {"seq_len", T},
-                        {"rows_evaluated", std::min(a.opts.rows > 0 ? a.opts.rows : data.n_rows, data.n_rows)},
-                        {"rows", nlohmann::json::array()}};
+    nlohmann::json j = {
+        {"model", a.model},
+        {"data", a.data},
+        {"seq_len", T},
+        {"rows_evaluated", std::min(a.opts.rows > 0 ? a.opts.rows : data.n_rows, data.n_rows)},
+        {"rows", nlohmann::json::array()}};
     for (const auto& r : rows) j["rows"].push_back(r.to_json());
     if (fs::path(a.json).has_parent_path()) fs::create_directories(fs::path(a.json).parent_path());
     write_file_atomic(a.json, j.dump(2) + "\n");
@@ -84,18 +88,23 @@ void add_eval_command(CLI::App& app) {
       "original model, decision and effective KV compression, greedy agreement. --compare "
       "prints original, DMS and window/H2O/TOVA at the DMS model's effective KV CR.");
   cmd->add_option("--model", a->model, "Model (a DMS export for dms/--compare)")->required();
-  cmd->add_option("--original", a->original, "The unchanged model (default: --model with eviction off)");
+  cmd->add_option("--original", a->original,
+                  "The unchanged model (default: --model with eviction off)");
   cmd->add_option("--data", a->data, "Held-out tokens (.h5)")->required();
   cmd->add_option("--policy", a->policy, "dms | window | h2o | tova | none")->capture_default_str();
   cmd->add_option("--budget", a->budget, "Tokens per KV head for window/h2o/tova");
   cmd->add_flag("--match-budget", a->match_budget, "Budget giving the DMS model's effective KV CR");
   cmd->add_flag("--compare", a->compare, "Original, DMS and all baselines in one table");
   cmd->add_option("--json", a->json, "Also write the table as JSON");
-  cmd->add_option("--rows", a->opts.rows, "Held-out rows to evaluate (0: all)")->capture_default_str();
+  cmd->add_option("--rows", a->opts.rows, "Held-out rows to evaluate (0: all)")
+      ->capture_default_str();
   cmd->add_option("--batch", a->opts.batch, "Rows per forward")->capture_default_str();
-  cmd->add_option("--gen-rows", a->opts.gen_rows, "Prompts for the greedy-agreement check")->capture_default_str();
-  cmd->add_option("--gen-tokens", a->opts.gen_tokens, "Greedy tokens per prompt")->capture_default_str();
-  cmd->add_option("--prompt-len", a->opts.prompt_len, "Prompt tokens taken from each row")->capture_default_str();
+  cmd->add_option("--gen-rows", a->opts.gen_rows, "Prompts for the greedy-agreement check")
+      ->capture_default_str();
+  cmd->add_option("--gen-tokens", a->opts.gen_tokens, "Greedy tokens per prompt")
+      ->capture_default_str();
+  cmd->add_option("--prompt-len", a->opts.prompt_len, "Prompt tokens taken from each row")
+      ->capture_default_str();
   cmd->add_option("--threads", a->threads, "CPU threads (0: LibTorch default)");
   cmd->callback([a] { run_eval(*a); });
 }

@@ -69,10 +69,11 @@ void inspect_h5(const std::string& path) {
               << "rows:            " << d.n_rows << " x " << d.seq_len << " tokens\n"
               << "vocab:           " << d.info.vocab_size << " (bos " << d.info.bos_id << ", eos "
               << d.info.eos_id << ")\n"
-              << "tokenizer sha256: " << (d.info.tokenizer_hash.empty() ? "-" : d.info.tokenizer_hash)
-              << "\n"
+              << "tokenizer sha256: "
+              << (d.info.tokenizer_hash.empty() ? "-" : d.info.tokenizer_hash) << "\n"
               << "source:          " << d.info.source << "\n"
-              << "documents:       " << d.info.documents << ", real tokens " << d.info.tokens << "\n"
+              << "documents:       " << d.info.documents << ", real tokens " << d.info.tokens
+              << "\n"
               << "largest id:      " << d.max_id() << "\n";
     return;
   }

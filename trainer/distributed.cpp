@@ -102,7 +102,8 @@ std::unique_ptr<Dist> Dist::join(const DistEnv& env, const std::string& backend,
   if (backend == "nccl" || backend == "auto") {
     auto opts = c10d::ProcessGroupNCCL::Options::create();
     opts->timeout = timeout;
-    d->impl_->pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(d->impl_->store, env.rank, env.world, opts);
+    d->impl_->pg =
+        c10::make_intrusive<c10d::ProcessGroupNCCL>(d->impl_->store, env.rank, env.world, opts);
     d->backend_ = "nccl";
     return d;
   }
@@ -114,7 +115,8 @@ std::unique_ptr<Dist> Dist::join(const DistEnv& env, const std::string& backend,
   const bool loopback = env.addr == "127.0.0.1" || env.addr == "localhost";
   opts->devices.push_back(loopback ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
                                    : c10d::ProcessGroupGloo::createDefaultDevice());
-  d->impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(d->impl_->store, env.rank, env.world, opts);
+  d->impl_->pg =
+      c10::make_intrusive<c10d::ProcessGroupGloo>(d->impl_->store, env.rank, env.world, opts);
   d->backend_ = "gloo";
   return d;
 }
@@ -135,8 +137,10 @@ void Dist::fail(const std::string& what, const std::exception& e) {
       newest = std::max(newest, steps[size_t(r)]);
     }
     for (int r = 0; r < env_.world; ++r)
-      if (r != env_.rank && steps[size_t(r)] < newest) lost += (lost.empty() ? "" : ", ") + std::to_string(r);
-    if (lost.empty()) lost = "unknown (every rank reached the same step; one hung or died inside it)";
+      if (r != env_.rank && steps[size_t(r)] < newest)
+        lost += (lost.empty() ? "" : ", ") + std::to_string(r);
+    if (lost.empty())
+      lost = "unknown (every rank reached the same step; one hung or died inside it)";
   } catch (const std::exception&) {
     lost = "0 (the rendezvous store host is gone)";
   }

@@ -67,7 +67,8 @@ EvalRow evaluate(const Model& model, const Model& original, const TokenData& dat
         decisions += double(b * (T - 1));
         row.peak_tokens = std::max<int64_t>(row.peak_tokens, cs.visible_keys.max().item<int64_t>());
       } else {
-        used += double(model.config.n_layers * model.config.n_kv_heads * b) * double(T * (T + 1) / 2);
+        used +=
+            double(model.config.n_layers * model.config.n_kv_heads * b) * double(T * (T + 1) / 2);
         row.peak_tokens = T;
       }
     } else {
@@ -95,8 +96,10 @@ EvalRow evaluate(const Model& model, const Model& original, const TokenData& dat
   row.kl_to_original = kl / double(std::max<int64_t>(1, n));
   row.effective_kv_cr = used > 0 ? full / used : 1.0;
   // Only DMS makes per-token decisions; baselines report 0 ("-" in the table).
-  row.decision_cr = policy == CachePolicy::dms ? 1.0 / std::max(1e-9, 1.0 - closed / std::max(1.0, decisions))
-                    : policy == CachePolicy::full ? 1.0 : 0.0;
+  row.decision_cr = policy == CachePolicy::dms
+                        ? 1.0 / std::max(1e-9, 1.0 - closed / std::max(1.0, decisions))
+                    : policy == CachePolicy::full ? 1.0
+                                                  : 0.0;
 
   // Greedy continuations from held-out prompts, compared with the original model's.
   if (o.gen_rows > 0 && o.gen_tokens > 0) {
@@ -126,16 +129,16 @@ static std::string cell(double v) {
 std::string format_table(const std::vector<EvalRow>& rows) {
   std::ostringstream o;
   o << std::left << std::setw(10) << "model" << std::setw(8) << "policy" << std::right
-    << std::setw(8) << "budget" << std::setw(13) << "decision CR" << std::setw(14)
-    << "effective CR" << std::setw(10) << "ppl" << std::setw(14) << "KL to orig" << std::setw(12)
-    << "greedy ==" << "\n";
+    << std::setw(8) << "budget" << std::setw(13) << "decision CR" << std::setw(14) << "effective CR"
+    << std::setw(10) << "ppl" << std::setw(14) << "KL to orig" << std::setw(12) << "greedy =="
+    << "\n";
   for (const auto& r : rows) {
     o << std::left << std::setw(10) << r.model << std::setw(8) << r.policy << std::right
-      << std::setw(8) << (r.budget > 0 ? std::to_string(r.budget) : std::string("-"))
-      << std::fixed << std::setprecision(2) << std::setw(13) << cell(r.decision_cr) << std::setw(14)
-      << r.effective_kv_cr << std::setprecision(3) << std::setw(10) << r.ppl
-      << std::setprecision(4) << std::setw(14) << r.kl_to_original << std::setprecision(3)
-      << std::setw(12) << r.greedy_agreement << "\n";
+      << std::setw(8) << (r.budget > 0 ? std::to_string(r.budget) : std::string("-")) << std::fixed
+      << std::setprecision(2) << std::setw(13) << cell(r.decision_cr) << std::setw(14)
+      << r.effective_kv_cr << std::setprecision(3) << std::setw(10) << r.ppl << std::setprecision(4)
+      << std::setw(14) << r.kl_to_original << std::setprecision(3) << std::setw(12)
+      << r.greedy_agreement << "\n";
   }
   return o.str();
 }

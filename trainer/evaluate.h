@@ -24,10 +24,10 @@ struct EvalRow {
 };
 
 struct EvalOptions {
-  int64_t rows = 16;           // held-out rows to use (0 = all)
+  int64_t rows = 16;  // held-out rows to use (0 = all)
   int64_t batch = 8;
-  int64_t prompt_len = 64;     // generation check: prompt tokens from each row
-  int64_t gen_tokens = 64;     // ... and greedy tokens generated
+  int64_t prompt_len = 64;  // generation check: prompt tokens from each row
+  int64_t gen_tokens = 64;  // ... and greedy tokens generated
   int64_t gen_rows = 4;
 };
 

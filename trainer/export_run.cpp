@@ -49,7 +49,8 @@ std::string export_run(const std::string& run_dir, int64_t step, const std::stri
     x.base_config = read_json_file((fs::path(cfg.model) / "config.json").string());
     for (const char* f : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
                           "special_tokens_map.json", "generation_config.json"})
-      if (fs::exists(fs::path(cfg.model) / f)) x.copy_files.push_back((fs::path(cfg.model) / f).string());
+      if (fs::exists(fs::path(cfg.model) / f))
+        x.copy_files.push_back((fs::path(cfg.model) / f).string());
   } else {
     const std::string tok = find_tokenizer(cfg.model, m.config.vocab_size);
     if (!tok.empty()) x.copy_files.push_back(tok);

@@ -20,7 +20,9 @@ namespace {
 std::vector<std::string> g_args;
 std::atomic<int> g_signal{0};
 
-void on_signal(int sig) { g_signal = sig; }
+void on_signal(int sig) {
+  g_signal = sig;
+}
 
 int exit_code(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
@@ -30,7 +32,9 @@ int exit_code(int status) {
 
 }  // namespace
 
-void set_program_args(int argc, char** argv) { g_args.assign(argv, argv + argc); }
+void set_program_args(int argc, char** argv) {
+  g_args.assign(argv, argv + argc);
+}
 
 int launch_local_workers(int nproc, double grace_s) {
   // The worker command: ours without --nproc.
@@ -82,7 +86,9 @@ int launch_local_workers(int nproc, double grace_s) {
       for (size_t i = 0; i < pids.size(); ++i)
         if (!done[i]) kill(pids[i], SIGTERM);
       stopping = true;
-      stop_deadline = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(grace_s));
+      stop_deadline = std::chrono::steady_clock::now() +
+                      std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                          std::chrono::duration<double>(grace_s));
       result = 128 + g_signal;
     }
     int status = 0;
@@ -95,13 +101,16 @@ int launch_local_workers(int nproc, double grace_s) {
           const int code = exit_code(status);
           if (code != 0 && result == 0) {
             result = code;
-            std::cerr << "launcher: worker " << i << " exited with " << code << "; stopping the others\n";
+            std::cerr << "launcher: worker " << i << " exited with " << code
+                      << "; stopping the others\n";
           }
           if (code != 0 && !stopping) {
             for (size_t j = 0; j < pids.size(); ++j)
               if (!done[j]) kill(pids[j], SIGTERM);
             stopping = true;
-            stop_deadline = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(grace_s));
+            stop_deadline = std::chrono::steady_clock::now() +
+                            std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                std::chrono::duration<double>(grace_s));
           }
         }
       continue;

@@ -15,7 +15,9 @@ KdDirection parse_kd_direction(const std::string& s) {
 namespace {
 
 // fp32 for half types and fp32 itself; fp64 stays fp64 (tests).
-at::ScalarType kd_type(const at::Tensor& x) { return at::promote_types(x.scalar_type(), at::kFloat); }
+at::ScalarType kd_type(const at::Tensor& x) {
+  return at::promote_types(x.scalar_type(), at::kFloat);
+}
 
 // Row-wise log-sum-exp over vocab chunks. x [N, V] -> [N] (kd_type)
 at::Tensor chunked_lse(const at::Tensor& x, int64_t chunk) {
@@ -88,7 +90,7 @@ at::Tensor fraction_closed(const at::Tensor& decisions, const at::Tensor& valid)
       mask.narrow(1, 1, T - 1).fill_(1.0);
   }
   at::Tensor m = mask.view({1, B, 1, T});
-  at::Tensor count = mask.sum(1) * double(L * K);                    // [B]
+  at::Tensor count = mask.sum(1) * double(L * K);                     // [B]
   return (decisions * m).sum({0, 2, 3}) / at::clamp_min(count, 1.0);  // [B]
 }
 

@@ -23,14 +23,16 @@ std::string Progress::format_duration(double s) {
   const int64_t t = int64_t(s + 0.5);
   char buf[32];
   if (t >= 3600)
-    std::snprintf(buf, sizeof(buf), "%lld:%02lld:%02lld", (long long)(t / 3600), (long long)(t / 60 % 60), (long long)(t % 60));
+    std::snprintf(buf, sizeof(buf), "%lld:%02lld:%02lld", (long long)(t / 3600),
+                  (long long)(t / 60 % 60), (long long)(t % 60));
   else
     std::snprintf(buf, sizeof(buf), "%02lld:%02lld", (long long)(t / 60), (long long)(t % 60));
   return buf;
 }
 
 void Progress::draw(const std::string& status, bool final) {
-  const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  const double el =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const double frac = double(done_) / double(total_);
   const double eta = done_ > 0 ? el / frac - el : -1;
   std::ostringstream o;

@@ -6,9 +6,9 @@
 
 #include <atomic>
 #include <chrono>
-#include <fstream>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <sstream>
 
@@ -19,11 +19,11 @@
 #include "data/prepare.h"
 #include "data/token_file.h"
 #include "model/error.h"
+#include "trainer/distributed.h"
 #include "trainer/losses.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
 #include "trainer/schedule.h"
-#include "trainer/distributed.h"
 #include "trainer/step.h"
 
 namespace fs = std::filesystem;
@@ -75,14 +75,43 @@ RetrofitConfig RetrofitConfig::from_json(const nlohmann::json& j) {
   RetrofitConfig c;
 #define DMS_GET(field) \
   if (j.contains(#field)) j.at(#field).get_to(c.field)
-  DMS_GET(model); DMS_GET(data); DMS_GET(val_data); DMS_GET(seq_len); DMS_GET(target_cr); DMS_GET(final_step);
-  DMS_GET(max_steps); DMS_GET(window); DMS_GET(tau); DMS_GET(scale); DMS_GET(offset);
-  DMS_GET(predictor); DMS_GET(alpha_per); DMS_GET(train_mode); DMS_GET(micro_batch);
-  DMS_GET(grad_accum); DMS_GET(lr); DMS_GET(lr_schedule); DMS_GET(warmup_steps);
-  DMS_GET(min_lr_ratio); DMS_GET(beta1); DMS_GET(beta2); DMS_GET(weight_decay); DMS_GET(clip);
-  DMS_GET(kd_direction); DMS_GET(dms_weight); DMS_GET(kd_chunk); DMS_GET(seed);
-  DMS_GET(log_every); DMS_GET(eval_every); DMS_GET(eval_batches); DMS_GET(checkpoint_every);
-  DMS_GET(keep_checkpoints); DMS_GET(backend); DMS_GET(device); DMS_GET(dist_timeout_s); DMS_GET(checksum_every);
+  DMS_GET(model);
+  DMS_GET(data);
+  DMS_GET(val_data);
+  DMS_GET(seq_len);
+  DMS_GET(target_cr);
+  DMS_GET(final_step);
+  DMS_GET(max_steps);
+  DMS_GET(window);
+  DMS_GET(tau);
+  DMS_GET(scale);
+  DMS_GET(offset);
+  DMS_GET(predictor);
+  DMS_GET(alpha_per);
+  DMS_GET(train_mode);
+  DMS_GET(micro_batch);
+  DMS_GET(grad_accum);
+  DMS_GET(lr);
+  DMS_GET(lr_schedule);
+  DMS_GET(warmup_steps);
+  DMS_GET(min_lr_ratio);
+  DMS_GET(beta1);
+  DMS_GET(beta2);
+  DMS_GET(weight_decay);
+  DMS_GET(clip);
+  DMS_GET(kd_direction);
+  DMS_GET(dms_weight);
+  DMS_GET(kd_chunk);
+  DMS_GET(seed);
+  DMS_GET(log_every);
+  DMS_GET(eval_every);
+  DMS_GET(eval_batches);
+  DMS_GET(checkpoint_every);
+  DMS_GET(keep_checkpoints);
+  DMS_GET(backend);
+  DMS_GET(device);
+  DMS_GET(dist_timeout_s);
+  DMS_GET(checksum_every);
   DMS_GET(on_checkpoint_error);
 #undef DMS_GET
   return c;
@@ -115,8 +144,8 @@ struct Trainer {
   KdDirection kd_dir = KdDirection::student_teacher;
 
   StepInputs step_inputs() {
-    return StepInputs{&student, teacher, kd_dir, cfg.micro_batch, cfg.kd_chunk, cfg.dms_weight,
-                      cfg.window, cfg.seed};
+    return StepInputs{&student,     teacher,        kd_dir,     cfg.micro_batch,
+                      cfg.kd_chunk, cfg.dms_weight, cfg.window, cfg.seed};
   }
 };
 
@@ -142,8 +171,8 @@ EvalStats validate(Trainer& tr, const TokenData& val) {
     ForwardResult r = forward_full(tr.student, x, {}, ForwardOptions{});
     const int64_t T = x.size(1);
     e.kd += kd_loss_sum(r.logits.reshape({-1, V}), tl.reshape({-1, V}),
-                        at::ones({x.size(0) * T}, r.logits.options().dtype(at::kFloat)),
-                        tr.kd_dir, tr.cfg.kd_chunk)
+                        at::ones({x.size(0) * T}, r.logits.options().dtype(at::kFloat)), tr.kd_dir,
+                        tr.cfg.kd_chunk)
                 .item<double>();
     e.positions += x.size(0) * T;
     auto [nll, cnt] = next_token_nll(r.logits, x);
@@ -153,8 +182,8 @@ EvalStats validate(Trainer& tr, const TokenData& val) {
     closed += cs.eviction_rate * ndec;
     dec += ndec;
     visible += cs.visible_keys.sum().item<double>();
-    full += double(tr.student.config.n_layers * tr.student.config.n_kv_heads) *
-            double(x.size(0)) * double(T * (T + 1) / 2);
+    full += double(tr.student.config.n_layers * tr.student.config.n_kv_heads) * double(x.size(0)) *
+            double(T * (T + 1) / 2);
     (void)cnt;
   }
   e.kd /= double(std::max<int64_t>(1, e.positions));
@@ -211,13 +240,18 @@ namespace {
 at::Device pick_device(const std::string& name, int local_rank) {
   if (name == "cpu") return at::Device(at::kCPU);
   const bool cuda = at::hasCUDA();
-  if (name == "cuda") require(cuda, "--device", "this build or machine has no CUDA device");
-  else require(name == "auto", "--device", "'" + name + "' (cpu, cuda or auto)");
-  return cuda ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank)) : at::Device(at::kCPU);
+  if (name == "cuda")
+    require(cuda, "--device", "this build or machine has no CUDA device");
+  else
+    require(name == "auto", "--device", "'" + name + "' (cpu, cuda or auto)");
+  return cuda ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank))
+              : at::Device(at::kCPU);
 }
 
 std::atomic<int> g_stop_signal{0};
-void on_stop_signal(int sig) { g_stop_signal = sig; }
+void on_stop_signal(int sig) {
+  g_stop_signal = sig;
+}
 
 // Keeps metrics.jsonl consistent with a resumed checkpoint: records after its step are
 // dropped (they would be written again), so a resumed run's file equals an uninterrupted one's.
@@ -252,7 +286,8 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
   if (cfg.threads > 0) at::set_num_threads(cfg.threads);
   require(cfg.max_steps > 0, "--max-steps", "must be positive");
   require(cfg.target_cr >= 1.0, "--target-cr", "must be at least 1");
-  require(cfg.micro_batch > 0 && cfg.grad_accum > 0, "--micro-batch/--grad-accum", "must be positive");
+  require(cfg.micro_batch > 0 && cfg.grad_accum > 0, "--micro-batch/--grad-accum",
+          "must be positive");
   require(cfg.train_mode == "adapters" || cfg.train_mode == "all", "--train-mode",
           "must be 'adapters' or 'all'");
   require(cfg.on_checkpoint_error == "stop" || cfg.on_checkpoint_error == "continue",
@@ -315,7 +350,8 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
     t.requires_grad_(true);
     params.push_back(t);
   }
-  tr.opt = std::make_unique<AdamW>(params, AdamWOptions{cfg.beta1, cfg.beta2, 1e-8, cfg.weight_decay});
+  tr.opt =
+      std::make_unique<AdamW>(params, AdamWOptions{cfg.beta1, cfg.beta2, 1e-8, cfg.weight_decay});
   tr.cr = CrSchedule{1.0, cfg.target_cr, cfg.final_step};
   tr.lr = LrSchedule{cfg.lr_schedule, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio};
   (void)tr.lr.at(0);  // validates the schedule name
@@ -334,7 +370,8 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
         require(saved_global == global_batch, *it,
                 "was written with a global batch of " + std::to_string(saved_global) + " (" +
                     std::to_string(s.world_size) + " ranks); this run has " +
-                    std::to_string(global_batch) + ": keep micro-batch x accumulation x ranks equal");
+                    std::to_string(global_batch) +
+                    ": keep micro-batch x accumulation x ranks equal");
         restore_state(tr, s, *it);
         start = s.step;
         loader.cursor = DataCursor{s.data_epoch, s.data_offset};
@@ -356,11 +393,12 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
     log = std::make_unique<MetricsLog>((run / "metrics.jsonl").string(), /*append=*/start > 0);
     std::cerr << "retrofit: " << cfg.model << " -> " << cfg.out << "\n"
               << "  data " << cfg.data << " (" << data.n_rows << " rows x " << T << " tokens)"
-              << (val ? ", validation " + val_path + " (" + std::to_string(val->n_rows) + " rows)" : "")
+              << (val ? ", validation " + val_path + " (" + std::to_string(val->n_rows) + " rows)"
+                      : "")
               << "\n  target CR " << cfg.target_cr << " at step " << cfg.final_step << ", window "
-              << cfg.window << ", " << tr.trained.size() << " trained tensors ("
-              << cfg.train_mode << "), global batch " << global_batch << " = " << cfg.micro_batch
-              << " x " << cfg.grad_accum << " x " << dist->world() << " rank"
+              << cfg.window << ", " << tr.trained.size() << " trained tensors (" << cfg.train_mode
+              << "), global batch " << global_batch << " = " << cfg.micro_batch << " x "
+              << cfg.grad_accum << " x " << dist->world() << " rank"
               << (dist->world() > 1 ? "s (" + dist->backend() + ")" : "") << "\n";
   }
   dist->barrier();
@@ -371,9 +409,11 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
     bool ok = true;
     if (lead) {
       try {
-        if (const char* f = std::getenv("DMS_TEST_FAIL_CHECKPOINT_AT"); f && std::atoll(f) == step_done)
+        if (const char* f = std::getenv("DMS_TEST_FAIL_CHECKPOINT_AT");
+            f && std::atoll(f) == step_done)
           throw std::runtime_error("simulated write failure (DMS_TEST_FAIL_CHECKPOINT_AT)");
-        write_train_state(checkpoint_path(cfg.out, step_done), make_state(tr, step_done, loader.cursor, dist->world()));
+        write_train_state(checkpoint_path(cfg.out, step_done),
+                          make_state(tr, step_done, loader.cursor, dist->world()));
         prune_checkpoints(cfg.out, cfg.keep_checkpoints);
       } catch (const std::exception& e) {
         ok = false;
@@ -398,8 +438,8 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
     const auto ts = std::chrono::steady_clock::now();
     dist->heartbeat(2 * step);  // progress marks: a failure names the rank left behind
     LocalBatch batch = loader.next();
-    StepStats st = accumulate_gradients(tr.step_inputs(), batch.tokens.to(device), step, batch.first_index,
-                                        global_batch, tr.cr.target(step));
+    StepStats st = accumulate_gradients(tr.step_inputs(), batch.tokens.to(device), step,
+                                        batch.first_index, global_batch, tr.cr.target(step));
     // One bucket for the gradients, one small tensor for the statistics.
     dist->heartbeat(2 * step + 1);
     const auto ta = std::chrono::steady_clock::now();
@@ -415,13 +455,16 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
     dist->all_reduce_sum(grads);
     dist->all_reduce_sum({stats});
     stats = stats.cpu();
-    const double allreduce_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - ta).count();
+    const double allreduce_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - ta).count();
     const double kd_mean = stats[0].item<double>() / double(global_batch * T);
     const double dms_mean = stats[1].item<double>() / double(global_batch);
-    const double lm = stats[3].item<double>() > 0 ? stats[2].item<double>() / stats[3].item<double>() : 0.0;
+    const double lm =
+        stats[3].item<double>() > 0 ? stats[2].item<double>() / stats[3].item<double>() : 0.0;
     const int64_t step_tokens = int64_t(stats[4].item<double>());
     const double eviction = stats[5].item<double>() / double(global_batch);
-    const double eff_cr = stats[6].item<double>() > 0 ? stats[7].item<double>() / stats[6].item<double>() : 1.0;
+    const double eff_cr =
+        stats[6].item<double>() > 0 ? stats[7].item<double>() / stats[6].item<double>() : 1.0;
     const bool stop_requested = stats[8].item<double>() > 0;
 
     const double grad_norm = clip_grad_norm(params, cfg.clip);
@@ -441,14 +484,16 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
     allreduce_total += allreduce_s;
     step_total += dt;
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double decision_cr = 1.0 / std::max(1e-9, 1.0 - eviction);
 
     if (cfg.checksum_every > 0 && dist->world() > 1 && (step + 1) % cfg.checksum_every == 0) {
       at::Tensor mine = at::full({1}, parameter_checksum(tr.trained), at::kDouble);
       at::Tensor root = mine.clone();
       dist->broadcast(root, 0);
-      at::Tensor bad = at::full({1}, mine.item<double>() == root.item<double>() ? 0.0 : 1.0, at::kDouble);
+      at::Tensor bad =
+          at::full({1}, mine.item<double>() == root.item<double>() ? 0.0 : 1.0, at::kDouble);
       dist->all_reduce_sum({bad});
       if (bad.item<double>() > 0)
         throw DistError("parameters differ across ranks after step " + std::to_string(step + 1) +

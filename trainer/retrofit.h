@@ -20,8 +20,8 @@ struct RetrofitConfig {
   int64_t max_steps = 500;
   int64_t window = 512;
   double tau = 0.1, scale = 100.0, offset = 5.0;
-  std::string predictor = "adapter";  // adapter | query_neuron
-  std::string alpha_per = "head";     // head | layer
+  std::string predictor = "adapter";    // adapter | query_neuron
+  std::string alpha_per = "head";       // head | layer
   std::string train_mode = "adapters";  // adapters (frozen shared base) | all
   // Optimisation
   int64_t micro_batch = 4, grad_accum = 1;
@@ -40,10 +40,10 @@ struct RetrofitConfig {
   std::string on_checkpoint_error = "stop";  // stop | continue
   int threads = 0;
   // Distributed (DESIGN.md §5)
-  std::string backend = "auto";   // gloo | nccl | auto
-  std::string device = "auto";    // cpu | cuda | auto (cuda:LOCAL_RANK when available)
-  double dist_timeout_s = 600;    // collective timeout: a lost rank stops the others
-  int64_t checksum_every = 50;    // steps between cross-rank parameter checks
+  std::string backend = "auto";  // gloo | nccl | auto
+  std::string device = "auto";   // cpu | cuda | auto (cuda:LOCAL_RANK when available)
+  double dist_timeout_s = 600;   // collective timeout: a lost rank stops the others
+  int64_t checksum_every = 50;   // steps between cross-rank parameter checks
 
   nlohmann::json to_json() const;
   static RetrofitConfig from_json(const nlohmann::json& j);

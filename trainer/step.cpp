@@ -25,8 +25,8 @@ StepStats accumulate_gradients(const StepInputs& in, const at::Tensor& tokens, i
     so.noise = dms_batch_noise(in.seed, step, first_index + m0, mb, L, K, T);  // [L, mb, K, T]
     ForwardResult r = forward_full(student, x, {}, so);
     at::Tensor kd = kd_loss_sum(r.logits.reshape({-1, V}), teacher_logits.reshape({-1, V}),
-                                at::ones({mb * T}, r.logits.options().dtype(at::kFloat)),
-                                in.kd_dir, in.kd_chunk);
+                                at::ones({mb * T}, r.logits.options().dtype(at::kFloat)), in.kd_dir,
+                                in.kd_chunk);
     at::Tensor frac = fraction_closed(r.decisions, {});  // [mb]
     at::Tensor dms = dms_loss_sum(frac, target);
     at::Tensor loss = kd / positions_global + in.dms_weight * dms / double(global_batch);

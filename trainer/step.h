@@ -21,13 +21,13 @@ struct StepInputs {
 };
 
 struct StepStats {
-  double kd = 0, dms = 0;      // sums (KD over positions, DMS over samples) of this slice
-  double lm_nll = 0;           // student next-token NLL sum
+  double kd = 0, dms = 0;  // sums (KD over positions, DMS over samples) of this slice
+  double lm_nll = 0;       // student next-token NLL sum
   int64_t lm_count = 0, tokens = 0;
-  double eviction = 0;         // mean fraction closed over the slice's samples
-  double effective_cr = 1;     // effective KV CR of the slice (hard decisions)
+  double eviction = 0;                   // mean fraction closed over the slice's samples
+  double effective_cr = 1;               // effective KV CR of the slice (hard decisions)
   double visible_sum = 0, full_sum = 0;  // its parts, summed over queries (for reduction)
-  double grad_norm = 0;        // filled by the caller after reduction/clipping
+  double grad_norm = 0;                  // filled by the caller after reduction/clipping
 };
 
 // tokens [b, T]: this rank's rows of the global batch, first_index = position of row 0
