@@ -12,9 +12,19 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <torch/version.h>
+
 #include "model/error.h"
 
 namespace dms {
+
+// LibTorch 2.x split process groups into ProcessGroup (a dispatcher) and Backend (Gloo,
+// NCCL, ...); the collectives we call exist on both with the same signatures.
+#if TORCH_VERSION_MAJOR >= 2
+using GroupPtr = c10::intrusive_ptr<c10d::Backend>;
+#else
+using GroupPtr = c10::intrusive_ptr<c10d::ProcessGroup>;
+#endif
 
 namespace {
 
@@ -71,7 +81,7 @@ DistEnv detect_dist_env() {
 
 struct Dist::Impl {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  GroupPtr pg;
   std::chrono::milliseconds timeout{600000};
 };
 
