@@ -67,8 +67,11 @@ if [ -f "$RUN/data/train.val.h5" ]; then
     --json "$RUN/eval_text.json" | tee "$RUN/eval_text.txt"
 fi
 
+$DMS report --run "$RUN/run" --out "$RUN/report.html"
+
 echo
-echo "run:     $RUN/run   (metrics.jsonl, checkpoints/, config.json)"
+echo "run:     $RUN/run   (metrics.jsonl, TensorBoard events, checkpoints/, config.json)"
+echo "report:  $RUN/report.html   (tensorboard --logdir $RUN/run works too)"
 echo "export:  $RUN/export   (try: $DMS generate --model $RUN/export --prompt 'Once upon a time')"
 echo "table:   $RUN/eval.json"
 echo

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(g++ make cmake pkg-config ccache libopenblas0-openmp
+PACKAGES=(g++ make cmake pkg-config ccache libopenblas0-openmp protobuf-compiler libprotobuf-dev chromium librsvg2-bin
   libtorch-dev libgloo-dev
   libsentencepiece-dev sentencepiece
   libhdf5-dev libssl-dev libcli11-dev nlohmann-json3-dev libgtest-dev)

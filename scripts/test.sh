@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 BUILD_DIR=${BUILD_DIR:-build}
 cd "$BUILD_DIR"
-ctest --output-on-failure -j "${JOBS:-2}" --timeout 900
+ctest --output-on-failure -j "${JOBS:-2}" --timeout 300

@@ -10,6 +10,7 @@
 
 #include "checkpoints/train_state.h"
 #include "tests/test_util.h"
+#include "trainer/distributed.h"
 
 namespace fs = std::filesystem;
 
@@ -36,12 +37,13 @@ const std::string& data_file() {
   return path;
 }
 
-std::string retrofit_args(const std::string& out, int64_t steps) {
+std::string retrofit_args(const std::string& out, int64_t steps, int timeout_s = 60) {
   return "retrofit --model " + q(asset("stories260K/stories260K.bin")) + " --data " +
          q(data_file()) + " --out " + q(out) + " --window 8 --target-cr 4 --max-steps " +
          std::to_string(steps) + " --final-step " + std::to_string(steps * 3 / 4) +
          " --lr 1e-2 --eval-every 1000 --checkpoint-every 2 --keep-checkpoints 0 --threads 1"
-         " --checksum-every 4";
+         " --checksum-every 4 --dist-timeout " +
+         std::to_string(timeout_s);
 }
 
 std::vector<nlohmann::json> train_records(const std::string& run) {
@@ -134,17 +136,25 @@ TEST(Distributed, KilledAndResumedRunIsBitwiseIdenticalTwoProcesses) {
 
 TEST(Distributed, LosingARankStopsTheOtherWithinTheTimeoutNamingIt) {
   test::TempDir tmp;
-  const int port = 20000 + int(std::random_device{}() % 20000);
+  const int port = free_local_port();  // ask the kernel for an unused one
   const std::string env = "WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port);
-  const std::string args =
-      retrofit_args(tmp.file("run"), 400) + " --micro-batch 2 --dist-timeout 15";
+  const std::string args = retrofit_args(tmp.file("run"), 400, 15) + " --micro-batch 2";
   test::Background r0 = test::spawn_dms(args, env + " RANK=0 LOCAL_RANK=0", tmp.path, "r0");
   test::Background r1 = test::spawn_dms(args, env + " RANK=1 LOCAL_RANK=1", tmp.path, "r1");
+  struct Reaper {  // never leave workers behind, whatever the assertions do
+    test::Background &a, &b;
+    ~Reaper() {
+      a.kill_group(SIGKILL);
+      b.kill_group(SIGKILL);
+      a.wait(5);
+      b.wait(5);
+    }
+  } reaper{r0, r1};
   // Let it train a few steps, then kill rank 1 outright.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   while (std::chrono::steady_clock::now() < deadline && train_records(tmp.file("run")).size() < 3)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  ASSERT_GE(train_records(tmp.file("run")).size(), 3u) << r0.err();
+  ASSERT_GE(train_records(tmp.file("run")).size(), 3u) << r0.err() << r1.err();
   r1.kill_group(SIGKILL);
   const auto t0 = std::chrono::steady_clock::now();
   const int code = r0.wait(15 + 30);

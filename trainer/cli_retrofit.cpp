@@ -5,6 +5,7 @@
 #include "trainer/cli.h"
 #include "trainer/export_run.h"
 #include "trainer/launcher.h"
+#include "trainer/report.h"
 #include "trainer/retrofit.h"
 
 namespace dms {
@@ -112,6 +113,29 @@ void add_retrofit_command(CLI::App& app) {
   cmd->add_option("--on-checkpoint-error", c->on_checkpoint_error, "stop | continue")
       ->capture_default_str()
       ->group(g);
+  cmd->add_flag("--tensorboard,!--no-tensorboard", c->tensorboard,
+                "Write TensorBoard event files into the run directory")
+      ->group(g);
+  cmd->add_option("--alert-kd-spike", c->alert_kd_spike,
+                  "Alert when KD loss exceeds this x its running median")
+      ->capture_default_str()
+      ->group(g);
+  cmd->add_option("--alert-grad", c->alert_grad,
+                  "Alert when the gradient norm exceeds this x its running median")
+      ->capture_default_str()
+      ->group(g);
+  cmd->add_option("--alert-cr-margin", c->alert_cr_margin,
+                  "Alert when validation CR < target x (1 - margin) ...")
+      ->capture_default_str()
+      ->group(g);
+  cmd->add_option("--alert-cr-evals", c->alert_cr_evals, "... for this many validations in a row")
+      ->capture_default_str()
+      ->group(g);
+  cmd->add_option("--stop-on-alert", c->stop_on_alert,
+                  "Alert kinds that stop the run: comma list of nan,kd_spike,grad_explosion,cr_lag "
+                  "| all | none")
+      ->capture_default_str()
+      ->group(g);
   g = "Distributed";
   auto nproc = std::make_shared<int>(1);
   cmd->add_option("--nproc", *nproc, "Spawn and supervise N local worker processes")
@@ -154,6 +178,20 @@ void add_retrofit_command(CLI::App& app) {
   ex->add_option("--step", e->step, "Checkpoint step (default: the newest)");
   ex->add_option("--out", e->out, "Export directory")->required();
   ex->add_flag("--force", e->force, "Replace an existing export directory");
+  auto ro = std::make_shared<ReportOptions>();
+  CLI::App* rep = app.add_subcommand(
+      "report",
+      "One self-contained HTML page about a run (works while it runs): loss and compression "
+      "curves, eviction heat map per layer and head, cache sizes, throughput, config, eval table. "
+      "--format png writes the charts as PNG files into --out instead.");
+  rep->add_option("--run", ro->run, "Run directory")->required();
+  rep->add_option("--out", ro->out, "report.html (or a directory with --format png)")->required();
+  rep->add_option("--format", ro->format, "html | png")->capture_default_str();
+  rep->callback([ro] {
+    const int n = write_report(*ro);
+    std::cout << "wrote " << ro->out << " (" << n << " charts)\n";
+  });
+
   ex->callback([e] {
     const std::string ck = export_run(e->run, e->step, e->out, e->force);
     std::cout << "exported " << ck << " -> " << e->out << "\n";

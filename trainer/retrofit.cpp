@@ -19,12 +19,14 @@
 #include "data/prepare.h"
 #include "data/token_file.h"
 #include "model/error.h"
+#include "trainer/alerts.h"
 #include "trainer/distributed.h"
 #include "trainer/losses.h"
 #include "trainer/metrics.h"
 #include "trainer/optimizer.h"
 #include "trainer/schedule.h"
 #include "trainer/step.h"
+#include "trainer/tensorboard.h"
 
 namespace fs = std::filesystem;
 
@@ -68,7 +70,13 @@ nlohmann::json RetrofitConfig::to_json() const {
           {"device", device},
           {"dist_timeout_s", dist_timeout_s},
           {"checksum_every", checksum_every},
-          {"on_checkpoint_error", on_checkpoint_error}};
+          {"on_checkpoint_error", on_checkpoint_error},
+          {"tensorboard", tensorboard},
+          {"alert_kd_spike", alert_kd_spike},
+          {"alert_grad", alert_grad},
+          {"alert_cr_margin", alert_cr_margin},
+          {"alert_cr_evals", alert_cr_evals},
+          {"stop_on_alert", stop_on_alert}};
 }
 
 RetrofitConfig RetrofitConfig::from_json(const nlohmann::json& j) {
@@ -113,6 +121,12 @@ RetrofitConfig RetrofitConfig::from_json(const nlohmann::json& j) {
   DMS_GET(dist_timeout_s);
   DMS_GET(checksum_every);
   DMS_GET(on_checkpoint_error);
+  DMS_GET(tensorboard);
+  DMS_GET(alert_kd_spike);
+  DMS_GET(alert_grad);
+  DMS_GET(alert_cr_margin);
+  DMS_GET(alert_cr_evals);
+  DMS_GET(stop_on_alert);
 #undef DMS_GET
   return c;
 }
@@ -152,7 +166,20 @@ struct Trainer {
 struct EvalStats {
   double kd = 0, eviction = 0, effective_cr = 1, lm_nll = 0;
   int64_t positions = 0;
+  at::Tensor eviction_lh;  // [L, K] eviction rate
+  at::Tensor cache_lh;     // [L, K] mean tokens held (keys visible per query)
 };
+
+nlohmann::json matrix_json(const at::Tensor& t) {
+  nlohmann::json rows = nlohmann::json::array();
+  at::Tensor d = t.to(at::kDouble).contiguous();
+  for (int64_t l = 0; l < d.size(0); ++l) {
+    std::vector<double> row(d.data_ptr<double>() + l * d.size(1),
+                            d.data_ptr<double>() + (l + 1) * d.size(1));
+    rows.push_back(row);
+  }
+  return rows;
+}
 
 // Held-out KD and compression under hard eviction (eval mode, no noise).
 EvalStats validate(Trainer& tr, const TokenData& val) {
@@ -178,6 +205,10 @@ EvalStats validate(Trainer& tr, const TokenData& val) {
     auto [nll, cnt] = next_token_nll(r.logits, x);
     e.lm_nll += nll;
     CompressionStats cs = compression_from_decisions(r.decisions, {}, tr.cfg.window);
+    at::Tensor lh = cs.eviction_rate_lh.to(at::kDouble) * double(x.size(0));
+    at::Tensor held = cs.visible_keys.to(at::kDouble).sum({1, 3});  // [L, K]
+    e.eviction_lh = e.eviction_lh.defined() ? e.eviction_lh + lh : lh;
+    e.cache_lh = e.cache_lh.defined() ? e.cache_lh + held : held;
     const double ndec = double(x.size(0) * (T - 1));
     closed += cs.eviction_rate * ndec;
     dec += ndec;
@@ -185,6 +216,10 @@ EvalStats validate(Trainer& tr, const TokenData& val) {
     full += double(tr.student.config.n_layers * tr.student.config.n_kv_heads) * double(x.size(0)) *
             double(T * (T + 1) / 2);
     (void)cnt;
+  }
+  if (e.eviction_lh.defined()) {
+    e.eviction_lh /= double(n);
+    e.cache_lh /= double(std::max<int64_t>(1, e.positions));
   }
   e.kd /= double(std::max<int64_t>(1, e.positions));
   e.lm_nll /= double(std::max<int64_t>(1, e.positions - n));
@@ -319,7 +354,7 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
   validate_tokens(data, tr.student.config.vocab_size, tr.student.config.max_position);
   std::string val_path = cfg.val_data.empty() ? validation_path(cfg.data) : cfg.val_data;
   std::unique_ptr<TokenData> val;
-  if (lead && fs::exists(val_path)) {
+  if (fs::exists(val_path)) {  // every rank: whether to validate must agree across ranks
     TokenData v = open_tokens(val_path, cfg.seq_len);
     if (v.n_rows > 0) {
       validate_tokens(v, tr.student.config.vocab_size, tr.student.config.max_position);
@@ -386,11 +421,30 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
     }
   }
   std::unique_ptr<MetricsLog> log;
+  std::unique_ptr<EventWriter> events;
+  AlertMonitor alerts(AlertConfig{cfg.alert_kd_spike, cfg.alert_grad, 50, 10, cfg.alert_cr_margin,
+                                  cfg.alert_cr_evals, cfg.stop_on_alert});
+  // Every rank sees the same reduced figures, so every rank takes the same decisions.
+  auto raise = [&](int64_t step_done, const std::vector<Alert>& found) {
+    bool stop = false;
+    for (const auto& a : found) {
+      if (lead) {
+        std::cerr << "\nALERT " << a.kind << ": " << a.message << "\n";
+        log->write({{"step", step_done}, {"alert", a.kind}, {"message", a.message}});
+      }
+      stop = stop || alerts.stops(a);
+    }
+    if (stop)
+      throw AlertStop("stopped by alert '" + found.front().kind + "' at step " +
+                      std::to_string(step_done) + "; the last checkpoint in " + cfg.out +
+                      " is intact (resume with --resume)");
+  };
   if (lead) {
     fs::create_directories(run);
     write_file_atomic((run / "config.json").string(), cfg.to_json().dump(2) + "\n");
     if (start > 0) truncate_metrics(run / "metrics.jsonl", start);
     log = std::make_unique<MetricsLog>((run / "metrics.jsonl").string(), /*append=*/start > 0);
+    if (cfg.tensorboard) events = std::make_unique<EventWriter>(run.string());
     std::cerr << "retrofit: " << cfg.model << " -> " << cfg.out << "\n"
               << "  data " << cfg.data << " (" << data.n_rows << " rows x " << T << " tokens)"
               << (val ? ", validation " + val_path + " (" + std::to_string(val->n_rows) + " rows)"
@@ -469,17 +523,18 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
 
     const double grad_norm = clip_grad_norm(params, cfg.clip);
     const double lr_now = tr.lr.at(step);
-    if (!std::isfinite(kd_mean) || !std::isfinite(dms_mean) || !std::isfinite(grad_norm)) {
-      if (lead) {
-        bar->finish("stopped");
-        log->write({{"step", step + 1}, {"alert", "non-finite loss"}, {"kd_loss", kd_mean}});
-      }
-      throw std::runtime_error("non-finite loss at step " + std::to_string(step + 1) + " (kd " +
-                               fmt(kd_mean) + ", grad norm " + fmt(grad_norm) +
-                               "); the last checkpoint in " + cfg.out + " is intact");
+    double kd_seen = kd_mean;  // what the monitor sees (test hook: DMS_TEST_INJECT=nan@S,spike@S)
+    if (const char* inj = std::getenv("DMS_TEST_INJECT")) {
+      const std::string spec = inj;
+      if (spec.find("nan@" + std::to_string(step + 1)) != std::string::npos) kd_seen = std::nan("");
+      if (spec.find("spike@" + std::to_string(step + 1)) != std::string::npos) kd_seen *= 1000;
     }
-    tr.opt->step(lr_now);
+    std::vector<Alert> found = alerts.on_step(step + 1, kd_seen, dms_mean, grad_norm);
+    const bool finite =
+        std::isfinite(kd_seen) && std::isfinite(dms_mean) && std::isfinite(grad_norm);
+    if (finite) tr.opt->step(lr_now);
     tr.opt->zero_grad();
+    if (!found.empty()) raise(step + 1, found);
     tokens_seen += step_tokens;
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
     allreduce_total += allreduce_s;
@@ -514,18 +569,60 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
                     {"tokens_per_s", double(step_tokens) / dt},
                     {"allreduce_s", allreduce_s},
                     {"elapsed_s", elapsed}});
+      if (events)
+        events->scalars(step + 1, {{"train/kd_loss", float(kd_mean)},
+                                   {"train/dms_loss", float(dms_mean)},
+                                   {"train/lm_loss", float(lm)},
+                                   {"compression/target_cr", float(tr.cr.cr(step))},
+                                   {"compression/decision_cr", float(decision_cr)},
+                                   {"compression/effective_kv_cr", float(eff_cr)},
+                                   {"train/lr", float(lr_now)},
+                                   {"train/grad_norm", float(grad_norm)},
+                                   {"perf/tokens_per_s", float(double(step_tokens) / dt)}});
       bar->update(step + 1, "kd " + fmt(kd_mean, 3) + "  cr " + fmt(decision_cr, 3) + "/" +
                                 fmt(tr.cr.cr(step), 3) + " (eff " + fmt(eff_cr, 3) + ")  " +
                                 fmt(double(step_tokens) / dt, 4) + " tok/s");
     }
     const bool last = step + 1 == cfg.max_steps;
-    if (lead && val && (((step + 1) % cfg.eval_every == 0) || last)) {
-      EvalStats e = validate(tr, *val);
-      log->write({{"step", step + 1},
-                  {"val_kd_loss", e.kd},
-                  {"val_lm_loss", e.lm_nll},
-                  {"val_decision_cr", 1.0 / std::max(1e-9, 1.0 - e.eviction)},
-                  {"val_effective_kv_cr", e.effective_cr}});
+    if (val && (((step + 1) % cfg.eval_every == 0) || last)) {
+      // Rank 0 validates; the verdict travels to every rank so all stop together.
+      at::Tensor verdict = at::zeros({1}, at::kDouble);
+      if (lead) {
+        EvalStats e = validate(tr, *val);
+        const double vcr = 1.0 / std::max(1e-9, 1.0 - e.eviction);
+        log->write({{"step", step + 1},
+                    {"val_kd_loss", e.kd},
+                    {"val_lm_loss", e.lm_nll},
+                    {"val_decision_cr", vcr},
+                    {"val_effective_kv_cr", e.effective_cr},
+                    {"val_eviction_rate_lh", matrix_json(e.eviction_lh)},
+                    {"val_cache_size_lh", matrix_json(e.cache_lh)}});
+        if (events) {
+          std::vector<std::pair<std::string, float>> v = {
+              {"val/kd_loss", float(e.kd)},
+              {"val/lm_loss", float(e.lm_nll)},
+              {"val/decision_cr", float(vcr)},
+              {"val/effective_kv_cr", float(e.effective_cr)}};
+          at::Tensor per_layer = e.eviction_lh.mean(1);
+          for (int64_t l = 0; l < per_layer.size(0); ++l)
+            v.emplace_back("val_layer_decision_cr/layer_" + std::to_string(l),
+                           float(1.0 / std::max(1e-9, 1.0 - per_layer[l].item<double>())));
+          events->scalars(step + 1, v);
+        }
+        auto lag = alerts.on_validation(step + 1, vcr, tr.cr.cr(step));
+        if (!lag.empty()) {
+          bar->finish("alert");
+          for (const auto& a : lag) {
+            std::cerr << "\nALERT " << a.kind << ": " << a.message << "\n";
+            log->write({{"step", step + 1}, {"alert", a.kind}, {"message", a.message}});
+            if (alerts.stops(a)) verdict.fill_(1.0);
+          }
+        }
+      }
+      if (dist->world() > 1) dist->broadcast(verdict, 0);
+      if (verdict.item<double>() > 0)
+        throw AlertStop("stopped by alert 'cr_lag' at step " + std::to_string(step + 1) +
+                        "; the last checkpoint in " + cfg.out + " is intact");
     }
     if ((step + 1) % cfg.checkpoint_every == 0 || last || stop_requested) save(step + 1);
     if (stop_requested) {

@@ -4,6 +4,7 @@
 // optimizer (AdamW, clipping, LR schedule), checkpoints (HDF5 train state), metrics.
 #pragma once
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 #include <string>
 
 #include "model/dms.h"
@@ -38,6 +39,11 @@ struct RetrofitConfig {
   int64_t log_every = 1, eval_every = 50, eval_batches = 8, checkpoint_every = 100;
   int64_t keep_checkpoints = 3;
   std::string on_checkpoint_error = "stop";  // stop | continue
+  bool tensorboard = true;                   // events.out.tfevents.* in the run directory
+  // Alerts (trainer/alerts.h)
+  double alert_kd_spike = 10.0, alert_grad = 50.0, alert_cr_margin = 0.25;
+  int64_t alert_cr_evals = 3;
+  std::string stop_on_alert = "nan";
   int threads = 0;
   // Distributed (DESIGN.md §5)
   std::string backend = "auto";  // gloo | nccl | auto
@@ -48,6 +54,11 @@ struct RetrofitConfig {
   nlohmann::json to_json() const;
   static RetrofitConfig from_json(const nlohmann::json& j);
   DmsConfig dms() const;
+};
+
+// A run ended by an alert configured to stop it (--stop-on-alert).
+struct AlertStop : std::runtime_error {
+  using std::runtime_error::runtime_error;
 };
 
 // Runs (or resumes) a retrofit into cfg.out, joining a process group when the
