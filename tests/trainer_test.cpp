@@ -229,6 +229,22 @@ TEST(RetrofitRun, AdapterModeTrainsOnlyAdaptersAndExportsTheMeasuredReport) {
   EXPECT_NE(r.out.find("checksum ok"), std::string::npos);
 }
 
+TEST(RetrofitRun, OptionsFromTomlWithCommandLineOverrides) {
+  test::TempDir tmp;
+  prepare_small(tmp);
+  test::write_bytes(tmp.file("run.toml"),
+                    "[retrofit]\nmodel = \"" + asset("stories260K/stories260K.bin") +
+                        "\"\ndata = \"" + tmp.file("d.h5") + "\"\nout = \"" + tmp.file("run") +
+                        "\"\nmax-steps = 3\nwindow = 6\nmicro-batch = 2\ntarget-cr = 3.5\n");
+  auto r = test::run_dms("--config " + q(tmp.file("run.toml")) + " retrofit --max-steps 2");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto cfg = test::read_json(tmp.file("run/config.json"));
+  EXPECT_EQ(cfg["window"], 6);
+  EXPECT_EQ(cfg["target_cr"], 3.5);
+  EXPECT_EQ(cfg["max_steps"], 2);  // the command line wins over the file
+  EXPECT_EQ(list_checkpoints(tmp.file("run")).back(), checkpoint_path(tmp.file("run"), 2));
+}
+
 TEST(RetrofitRun, BadDataFilesExitWith2) {
   test::TempDir tmp;
   const std::string model = asset("stories260K/stories260K.bin");

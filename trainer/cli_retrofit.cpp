@@ -16,8 +16,8 @@ void add_retrofit_command(CLI::App& app) {
       "retrofit",
       "Teach a model DMS: distil from the unchanged model while the target compression ratio "
       "is annealed from 1 to --target-cr; checkpoints, metrics.jsonl and config.json go to "
-      "--out. Every option can also come from a TOML file (--config run.toml).");
-  cmd->set_config("--config", "", "Read options from a TOML file");
+      "--out. Options can also come from a TOML file: dms --config run.toml retrofit (keys under "
+      "[retrofit]).");
   cmd->add_option("--model", c->model, "Model: HF directory or llama2.c .bin")->required();
   cmd->add_option("--data", c->data, "Training tokens (.h5 from 'dms data prepare/sample')")
       ->required();

@@ -30,6 +30,10 @@ int main(int argc, char** argv) {
       "(learned KV-cache eviction) by distillation, then export and evaluate it."};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for every subcommand");
+  // Options of any command from a TOML file: `dms --config run.toml retrofit ...` with the
+  // command's options under [retrofit] (key = option name without dashes: max-steps = 500).
+  app.set_config("--config", "",
+                 "Read command options from a TOML file (sections named by command)");
   dms::add_data_command(app);
   dms::add_retrofit_command(app);
   dms::add_eval_command(app);
