@@ -11,10 +11,7 @@ namespace dms {
 namespace {
 
 using test::asset;
-
-std::string q(const std::string& s) {
-  return "'" + s + "'";
-}
+using test::quote;
 
 TEST(Cli, InspectReportsFamilyAndParameterCountOfRealConfigs) {
   const std::vector<std::tuple<std::string, std::string, std::string>> cases = {
@@ -24,7 +21,7 @@ TEST(Cli, InspectReportsFamilyAndParameterCountOfRealConfigs) {
       {"TinyLlama-1.1B-Chat-v1.0", "llama", "1,100,048,384"},
   };
   for (const auto& [dir, family, params] : cases) {
-    auto r = test::run_dms("inspect " + q(asset("hf-configs/" + dir + "/config.json")));
+    auto r = test::run_dms("inspect " + quote(asset("hf-configs/" + dir + "/config.json")));
     EXPECT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.out.find("family:          " + family), std::string::npos) << r.out;
     EXPECT_NE(r.out.find("parameters:      " + params), std::string::npos) << r.out;
@@ -32,13 +29,13 @@ TEST(Cli, InspectReportsFamilyAndParameterCountOfRealConfigs) {
 }
 
 TEST(Cli, InspectModelsAndTokenizers) {
-  auto r = test::run_dms("inspect " + q(asset("hf-tiny/llama_bf16")));
+  auto r = test::run_dms("inspect " + quote(asset("hf-tiny/llama_bf16")));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("BF16"), std::string::npos) << r.out;
-  r = test::run_dms("inspect " + q(asset("stories260K/stories260K.bin")));
+  r = test::run_dms("inspect " + quote(asset("stories260K/stories260K.bin")));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("parameters:      260,032"), std::string::npos) << r.out;
-  r = test::run_dms("inspect " + q(asset("llama2-tokenizer/tokenizer.model")));
+  r = test::run_dms("inspect " + quote(asset("llama2-tokenizer/tokenizer.model")));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("vocab:           32000"), std::string::npos) << r.out;
 }
@@ -47,7 +44,7 @@ TEST(Cli, BadFilesExitWithCode2AndOneLineNamingTheFile) {
   test::TempDir tmp;
   for (const auto& bad : test::bad_safetensors_files()) {
     test::write_bytes(tmp.file(bad.name), bad.bytes);
-    auto r = test::run_dms("inspect " + q(tmp.file(bad.name)));
+    auto r = test::run_dms("inspect " + quote(tmp.file(bad.name)));
     EXPECT_EQ(r.exit_code, 2) << bad.name << ": " << r.err;
     EXPECT_NE(r.err.find(bad.name), std::string::npos) << r.err;
     EXPECT_NE(r.err.find(bad.error), std::string::npos) << r.err;
@@ -55,7 +52,7 @@ TEST(Cli, BadFilesExitWithCode2AndOneLineNamingTheFile) {
   }
   std::string bytes = test::read_bytes(asset("stories260K/stories260K.bin"));
   test::write_bytes(tmp.file("cut.bin"), bytes.substr(0, 5000));
-  auto r = test::run_dms("generate --model " + q(tmp.file("cut.bin")) + " --steps 4");
+  auto r = test::run_dms("generate --model " + quote(tmp.file("cut.bin")) + " --steps 4");
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("cut.bin"), std::string::npos) << r.err;
 
@@ -63,23 +60,23 @@ TEST(Cli, BadFilesExitWithCode2AndOneLineNamingTheFile) {
   cfg["architectures"] = {"FalconForCausalLM"};
   fs::create_directories(tmp.file("falcon"));
   test::write_bytes(tmp.file("falcon/config.json"), cfg.dump());
-  r = test::run_dms("inspect " + q(tmp.file("falcon")));
+  r = test::run_dms("inspect " + quote(tmp.file("falcon")));
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("unknown architecture 'FalconForCausalLM'"), std::string::npos) << r.err;
 
-  r = test::run_dms("generate --model " + q(asset("stories260K/stories260K.bin")) +
-                    " --tokenizer " + q(asset("llama2-tokenizer/tokenizer.model")));
+  r = test::run_dms("generate --model " + quote(asset("stories260K/stories260K.bin")) +
+                    " --tokenizer " + quote(asset("llama2-tokenizer/tokenizer.model")));
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("tokenizer has 32000 pieces"), std::string::npos) << r.err;
 
   r = test::run_dms("generate --steps 3");
   EXPECT_EQ(r.exit_code, 2) << r.err;  // --model is required
-  r = test::run_dms("inspect " + q(tmp.file("does-not-exist")));
+  r = test::run_dms("inspect " + quote(tmp.file("does-not-exist")));
   EXPECT_EQ(r.exit_code, 2) << r.err;
 }
 
 TEST(Cli, GenerateGreedyStoryFromStories260K) {
-  auto r = test::run_dms("generate --model " + q(asset("stories260K/stories260K.bin")) +
+  auto r = test::run_dms("generate --model " + quote(asset("stories260K/stories260K.bin")) +
                          " --steps 256 --temperature 0");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, test::read_bytes(asset("stories260K/reference/greedy256_from_bos.txt")));
@@ -91,8 +88,8 @@ TEST(Cli, GenerateFromIdsWithoutTokenizer) {
   const auto row = ref["input_ids"][0].get<std::vector<int64_t>>();
   std::string ids;
   for (size_t i = 0; i < row.size(); ++i) ids += (i ? "," : "") + std::to_string(row[i]);
-  auto r = test::run_dms("generate --model " + q(asset("hf-tiny/qwen3")) + " --prompt-ids " + ids +
-                         " --steps 16");
+  auto r = test::run_dms("generate --model " + quote(asset("hf-tiny/qwen3")) + " --prompt-ids " +
+                         ids + " --steps 16");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::string want;
   for (const auto& id : ref["greedy"]["sequences"][0])
@@ -113,13 +110,13 @@ TEST(Cli, GenerateReportsCompressionForDmsAndBaselines) {
   x.copy_files = {asset("stories260K/tok512.model")};
   write_hf_model(m, tmp.file("dms"), x);
 
-  auto r = test::run_dms("inspect " + q(tmp.file("dms")));
+  auto r = test::run_dms("inspect " + quote(tmp.file("dms")));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("dms:             adapter predictor, per KV head, window 16"),
             std::string::npos)
       << r.out;
 
-  r = test::run_dms("generate --model " + q(tmp.file("dms")) +
+  r = test::run_dms("generate --model " + quote(tmp.file("dms")) +
                     " --prompt 'Once upon a time' --steps 120");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out.rfind("Once upon a time", 0), 0u) << r.out;
@@ -128,17 +125,17 @@ TEST(Cli, GenerateReportsCompressionForDmsAndBaselines) {
   EXPECT_GT(cr, 1.3) << r.err;
   EXPECT_NE(r.err.find("peak "), std::string::npos) << r.err;
 
-  r = test::run_dms("generate --model " + q(asset("stories260K/stories260K.bin")) +
+  r = test::run_dms("generate --model " + quote(asset("stories260K/stories260K.bin")) +
                     " --policy h2o --budget 24 --steps 100");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("policy h2o (budget 24)"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("peak 25 tokens per head"), std::string::npos) << r.err;
 
-  r = test::run_dms("generate --model " + q(asset("stories260K/stories260K.bin")) +
+  r = test::run_dms("generate --model " + quote(asset("stories260K/stories260K.bin")) +
                     " --policy dms");
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("no DMS predictors"), std::string::npos) << r.err;
-  r = test::run_dms("generate --model " + q(asset("stories260K/stories260K.bin")) +
+  r = test::run_dms("generate --model " + quote(asset("stories260K/stories260K.bin")) +
                     " --policy lru");
   EXPECT_EQ(r.exit_code, 2) << r.err;
 }

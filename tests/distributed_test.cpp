@@ -18,29 +18,13 @@ namespace dms {
 namespace {
 
 using test::asset;
-
-std::string q(const std::string& s) {
-  return "'" + s + "'";
-}
-
-// Shared small data set (rows of 64 tokens), prepared once per test binary.
-const std::string& data_file() {
-  static test::TempDir dir;
-  static std::string path = [] {
-    const std::string p = dir.file("d.h5");
-    auto r = test::run_dms("data prepare --tokenizer " + q(asset("stories260K/tok512.model")) +
-                           " --input " + q(asset("tinystories/tinystories_val_prefix.txt")) +
-                           " --out " + q(p) + " --seq-len 64 --val-fraction 0.02");
-    if (r.exit_code != 0) throw std::runtime_error("data prepare failed: " + r.err);
-    return p;
-  }();
-  return path;
-}
+using test::quote;
 
 std::string retrofit_args(const std::string& out, int64_t steps, int timeout_s = 60) {
-  return "retrofit --model " + q(asset("stories260K/stories260K.bin")) + " --data " +
-         q(data_file()) + " --out " + q(out) + " --window 8 --target-cr 4 --max-steps " +
-         std::to_string(steps) + " --final-step " + std::to_string(steps * 3 / 4) +
+  return "retrofit --model " + quote(asset("stories260K/stories260K.bin")) + " --data " +
+         quote(test::small_token_file()) + " --out " + quote(out) +
+         " --window 8 --target-cr 4 --max-steps " + std::to_string(steps) + " --final-step " +
+         std::to_string(steps * 3 / 4) +
          " --lr 1e-2 --eval-every 1000 --checkpoint-every 2 --keep-checkpoints 0 --threads 1"
          " --checksum-every 4 --dist-timeout " +
          std::to_string(timeout_s);

@@ -19,10 +19,7 @@ namespace dms {
 namespace {
 
 using test::asset;
-
-std::string q(const std::string& s) {
-  return "'" + s + "'";
-}
+using test::quote;
 
 TEST(TensorBoard, Crc32cMatchesTheSpecVectors) {
   // RFC 3720 (iSCSI) appendix B.4 and the common check value.
@@ -105,25 +102,12 @@ std::vector<nlohmann::json> records(const std::string& run) {
   return out;
 }
 
-const std::string& small_data() {
-  static test::TempDir dir;
-  static std::string path = [] {
-    const std::string p = dir.file("d.h5");
-    auto r = test::run_dms("data prepare --tokenizer " + q(asset("stories260K/tok512.model")) +
-                           " --input " + q(asset("tinystories/tinystories_val_prefix.txt")) +
-                           " --out " + q(p) + " --seq-len 64 --val-fraction 0.03");
-    if (r.exit_code != 0) throw std::runtime_error(r.err);
-    return p;
-  }();
-  return path;
-}
-
 std::string run_args(const std::string& out, int steps, const std::string& target = "4",
                      const std::string& lr = "1e-2") {
-  return "retrofit --model " + q(asset("stories260K/stories260K.bin")) + " --data " +
-         q(small_data()) + " --out " + q(out) + " --window 8 --target-cr " + target +
-         " --micro-batch 2 --lr " + lr + " --threads 1 --max-steps " + std::to_string(steps) +
-         " --eval-every 5 --eval-batches 2 --checkpoint-every 2";
+  return "retrofit --model " + quote(asset("stories260K/stories260K.bin")) + " --data " +
+         quote(test::small_token_file()) + " --out " + quote(out) + " --window 8 --target-cr " +
+         target + " --micro-batch 2 --lr " + lr + " --threads 1 --max-steps " +
+         std::to_string(steps) + " --eval-every 5 --eval-batches 2 --checkpoint-every 2";
 }
 
 TEST(TensorBoard, KilledRunLeavesEveryCompleteRecordReadable) {
@@ -208,7 +192,8 @@ TEST(Report, RendersInHeadlessChromiumWithEveryChartAndNoConsoleErrors) {
                             {"kl_to_original", 0.04},
                             {"greedy_agreement", 0.5}}}}};
   test::write_bytes(tmp.file("run/eval.json"), eval.dump());
-  r = test::run_dms("report --run " + q(tmp.file("run")) + " --out " + q(tmp.file("report.html")));
+  r = test::run_dms("report --run " + quote(tmp.file("run")) + " --out " +
+                    quote(tmp.file("report.html")));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const std::string html = test::read_bytes(tmp.file("report.html"));
   EXPECT_EQ(html.find("http://"), html.find("http://www.w3.org/2000/svg"));  // no network fetches
@@ -219,8 +204,8 @@ TEST(Report, RendersInHeadlessChromiumWithEveryChartAndNoConsoleErrors) {
   const std::string chrome =
       "chromium --headless --no-sandbox --disable-gpu --enable-logging=stderr --v=0 ";
   const std::string url = "file://" + tmp.file("report.html");
-  const std::string dom_cmd = chrome + "--dump-dom " + q(url) + " > " + q(tmp.file("dom.html")) +
-                              " 2> " + q(tmp.file("console.txt"));
+  const std::string dom_cmd = chrome + "--dump-dom " + quote(url) + " > " +
+                              quote(tmp.file("dom.html")) + " 2> " + quote(tmp.file("console.txt"));
   ASSERT_EQ(std::system(dom_cmd.c_str()), 0) << test::read_bytes(tmp.file("console.txt"));
   const std::string dom = test::read_bytes(tmp.file("dom.html"));
   for (const char* id : {"chart-loss", "chart-loss-log", "chart-lm", "chart-cr", "chart-throughput",
@@ -240,15 +225,15 @@ TEST(Report, RendersInHeadlessChromiumWithEveryChartAndNoConsoleErrors) {
   EXPECT_FALSE(std::regex_search(console, std::regex("CONSOLE.*(error|Error)"))) << console;
 
   const std::string shot = fs::temp_directory_path().string() + "/dms_report_screenshot.png";
-  const std::string shot_cmd = chrome + "--window-size=1400,2400 --screenshot=" + q(shot) + " " +
-                               q(url) + " > /dev/null 2>&1";
+  const std::string shot_cmd = chrome + "--window-size=1400,2400 --screenshot=" + quote(shot) +
+                               " " + quote(url) + " > /dev/null 2>&1";
   ASSERT_EQ(std::system(shot_cmd.c_str()), 0);
   const std::string png = test::read_bytes(shot);
   EXPECT_GT(png.size(), 20000u);
   EXPECT_EQ(png.substr(1, 3), "PNG");
 
   // The same charts as PNG files.
-  r = test::run_dms("report --run " + q(tmp.file("run")) + " --out " + q(tmp.file("png")) +
+  r = test::run_dms("report --run " + quote(tmp.file("run")) + " --out " + quote(tmp.file("png")) +
                     " --format png");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   for (const char* id : {"chart-loss", "chart-cr", "chart-heat", "chart-cache"})

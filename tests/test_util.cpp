@@ -183,3 +183,24 @@ void Background::kill_group(int sig) {
 }
 
 }  // namespace dms::test
+
+namespace dms::test {
+
+std::string quote(const std::string& s) {
+  return "'" + s + "'";
+}
+
+const std::string& small_token_file() {
+  static TempDir dir;
+  static std::string path = [] {
+    const std::string p = dir.file("d.h5");
+    auto r = run_dms("data prepare --tokenizer " + quote(asset("stories260K/tok512.model")) +
+                     " --input " + quote(asset("tinystories/tinystories_val_prefix.txt")) +
+                     " --out " + quote(p) + " --seq-len 64 --val-fraction 0.03");
+    if (r.exit_code != 0) throw std::runtime_error("data prepare failed: " + r.err);
+    return p;
+  }();
+  return path;
+}
+
+}  // namespace dms::test

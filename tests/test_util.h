@@ -19,6 +19,13 @@ nlohmann::json read_json(const std::string& path);
 at::Tensor json_tensor(const nlohmann::json& j);
 std::vector<int64_t> json_ids(const nlohmann::json& j);
 
+// s in single quotes, for command lines handed to the shell.
+std::string quote(const std::string& s);
+
+// TinyStories as rows of 64 tokens (+ a .val.h5 beside it), made once per test binary
+// through `build/dms data prepare`.
+const std::string& small_token_file();
+
 // A fresh empty directory under the system temp dir, removed at destruction.
 struct TempDir {
   std::string path;

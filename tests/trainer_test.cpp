@@ -18,6 +18,7 @@ namespace dms {
 namespace {
 
 using test::asset;
+using test::quote;
 
 // Direct KL per row from full log-softmax in fp64.
 at::Tensor direct_kl(const at::Tensor& s, const at::Tensor& t, KdDirection dir) {
@@ -150,15 +151,11 @@ TEST(Accumulation, MicroBatchesOfOneEqualOneBatch) {
 
 // ---- whole runs through the CLI -------------------------------------------------------
 
-std::string q(const std::string& s) {
-  return "'" + s + "'";
-}
-
 // A small prepared dataset (rows of 64 tokens) in dir.
 void prepare_small(const test::TempDir& tmp) {
-  auto r = test::run_dms("data prepare --tokenizer " + q(asset("stories260K/tok512.model")) +
-                         " --input " + q(asset("tinystories/tinystories_val_prefix.txt")) +
-                         " --out " + q(tmp.file("d.h5")) + " --seq-len 64 --val-fraction 0.05");
+  auto r = test::run_dms("data prepare --tokenizer " + quote(asset("stories260K/tok512.model")) +
+                         " --input " + quote(asset("tinystories/tinystories_val_prefix.txt")) +
+                         " --out " + quote(tmp.file("d.h5")) + " --seq-len 64 --val-fraction 0.05");
   ASSERT_EQ(r.exit_code, 0) << r.err;
 }
 
@@ -167,8 +164,8 @@ TEST(RetrofitRun, AdapterModeTrainsOnlyAdaptersAndExportsTheMeasuredReport) {
   prepare_small(tmp);
   const std::string model = asset("stories260K/stories260K.bin");
   auto r = test::run_dms(
-      "retrofit --model " + q(model) + " --data " + q(tmp.file("d.h5")) + " --out " +
-      q(tmp.file("run")) +
+      "retrofit --model " + quote(model) + " --data " + quote(tmp.file("d.h5")) + " --out " +
+      quote(tmp.file("run")) +
       " --window 8 --target-cr 4 --max-steps 6 --final-step 4 --micro-batch 2"
       " --grad-accum 2 --lr 1e-2 --eval-every 3 --eval-batches 2 --checkpoint-every 3");
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -192,7 +189,7 @@ TEST(RetrofitRun, AdapterModeTrainsOnlyAdaptersAndExportsTheMeasuredReport) {
   EXPECT_EQ(val, 2);
   EXPECT_EQ(list_checkpoints(tmp.file("run")).size(), 2u);
 
-  r = test::run_dms("export --run " + q(tmp.file("run")) + " --out " + q(tmp.file("exp")));
+  r = test::run_dms("export --run " + quote(tmp.file("run")) + " --out " + quote(tmp.file("exp")));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto report = test::read_json(tmp.file("exp/dms_report.json"));
   EXPECT_EQ(report["steps"], 6);
@@ -205,14 +202,14 @@ TEST(RetrofitRun, AdapterModeTrainsOnlyAdaptersAndExportsTheMeasuredReport) {
             0.0);
 
   // The run directory is not reused by accident.
-  r = test::run_dms("retrofit --model " + q(model) + " --data " + q(tmp.file("d.h5")) + " --out " +
-                    q(tmp.file("run")) + " --max-steps 2");
+  r = test::run_dms("retrofit --model " + quote(model) + " --data " + quote(tmp.file("d.h5")) +
+                    " --out " + quote(tmp.file("run")) + " --max-steps 2");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("not empty"), std::string::npos) << r.err;
 
-  r = test::run_dms("eval --model " + q(tmp.file("exp")) + " --data " + q(tmp.file("d.val.h5")) +
-                    " --compare --rows 2 --gen-rows 1 --gen-tokens 8 --json " +
-                    q(tmp.file("eval.json")));
+  r = test::run_dms(
+      "eval --model " + quote(tmp.file("exp")) + " --data " + quote(tmp.file("d.val.h5")) +
+      " --compare --rows 2 --gen-rows 1 --gen-tokens 8 --json " + quote(tmp.file("eval.json")));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto table = test::read_json(tmp.file("eval.json"));
   ASSERT_EQ(table["rows"].size(), 5u);
@@ -224,7 +221,7 @@ TEST(RetrofitRun, AdapterModeTrainsOnlyAdaptersAndExportsTheMeasuredReport) {
                 table["rows"][1]["effective_kv_cr"].get<double>(), 0.35);
     EXPECT_GT(table["rows"][i]["budget"].get<int64_t>(), 0);
   }
-  r = test::run_dms("inspect " + q(list_checkpoints(tmp.file("run")).back()));
+  r = test::run_dms("inspect " + quote(list_checkpoints(tmp.file("run")).back()));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("checksum ok"), std::string::npos);
 }
@@ -236,7 +233,7 @@ TEST(RetrofitRun, OptionsFromTomlWithCommandLineOverrides) {
                     "[retrofit]\nmodel = \"" + asset("stories260K/stories260K.bin") +
                         "\"\ndata = \"" + tmp.file("d.h5") + "\"\nout = \"" + tmp.file("run") +
                         "\"\nmax-steps = 3\nwindow = 6\nmicro-batch = 2\ntarget-cr = 3.5\n");
-  auto r = test::run_dms("--config " + q(tmp.file("run.toml")) + " retrofit --max-steps 2");
+  auto r = test::run_dms("--config " + quote(tmp.file("run.toml")) + " retrofit --max-steps 2");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto cfg = test::read_json(tmp.file("run/config.json"));
   EXPECT_EQ(cfg["window"], 6);
@@ -249,24 +246,25 @@ TEST(RetrofitRun, BadDataFilesExitWith2) {
   test::TempDir tmp;
   const std::string model = asset("stories260K/stories260K.bin");
   auto run = [&](const std::string& data) {
-    return test::run_dms("retrofit --model " + q(model) + " --data " + q(data) + " --out " +
-                         q(tmp.file("run-" + fs::path(data).stem().string())) + " --max-steps 1");
+    return test::run_dms("retrofit --model " + quote(model) + " --data " + quote(data) + " --out " +
+                         quote(tmp.file("run-" + fs::path(data).stem().string())) +
+                         " --max-steps 1");
   };
   // Token ids beyond the model's vocabulary (data sampled from a 256-token model is fine,
   // so write ids of the Llama 2 tokenizer instead).
   auto r =
-      test::run_dms("data prepare --tokenizer " + q(asset("llama2-tokenizer/tokenizer.model")) +
-                    " --input " + q(asset("tinystories/tinystories_val_prefix.txt")) + " --out " +
-                    q(tmp.file("big.h5")) + " --seq-len 64");
+      test::run_dms("data prepare --tokenizer " + quote(asset("llama2-tokenizer/tokenizer.model")) +
+                    " --input " + quote(asset("tinystories/tinystories_val_prefix.txt")) +
+                    " --out " + quote(tmp.file("big.h5")) + " --seq-len 64");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   r = run(tmp.file("big.h5"));
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("big.h5"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("vocabulary"), std::string::npos) << r.err;
   // Rows longer than the model's context (512).
-  r = test::run_dms("data prepare --tokenizer " + q(asset("stories260K/tok512.model")) +
-                    " --input " + q(asset("tinystories/tinystories_val_prefix.txt")) + " --out " +
-                    q(tmp.file("long.h5")) + " --seq-len 600");
+  r = test::run_dms("data prepare --tokenizer " + quote(asset("stories260K/tok512.model")) +
+                    " --input " + quote(asset("tinystories/tinystories_val_prefix.txt")) +
+                    " --out " + quote(tmp.file("long.h5")) + " --seq-len 600");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   r = run(tmp.file("long.h5"));
   EXPECT_EQ(r.exit_code, 2);
@@ -277,8 +275,9 @@ TEST(RetrofitRun, BadDataFilesExitWith2) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("junk.h5: not an HDF5 file"), std::string::npos) << r.err;
   test::write_bytes(tmp.file("empty.txt"), "");
-  r = test::run_dms("data prepare --tokenizer " + q(asset("stories260K/tok512.model")) +
-                    " --input " + q(tmp.file("empty.txt")) + " --out " + q(tmp.file("e.h5")));
+  r = test::run_dms("data prepare --tokenizer " + quote(asset("stories260K/tok512.model")) +
+                    " --input " + quote(tmp.file("empty.txt")) + " --out " +
+                    quote(tmp.file("e.h5")));
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("fewer than one row"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(tmp.file("e.h5")));
