@@ -241,9 +241,12 @@ ForwardResult forward_full(const Model& m, const at::Tensor& tokens, const at::T
   at::Tensor q_pos = at::arange(T, at::kLong);  // [T]
   auto [cos, sin] = rope_tables(c, q_pos);      // [T, d]
   const at::Device dev = m.embed.device();
-  at::Tensor base =
-      attention_bias(q_pos, T, valid.defined() ? valid.cpu() : valid, c.sliding_window)
-          .to(dev);  // [B|1, 1, T, T]
+  const bool dense =
+      opts.attention == AttentionImpl::dense || opts.keep_attention || opts.key_mask.defined();
+  at::Tensor base;  // [B|1, 1, T, T]: only the dense reference materialises it
+  if (dense)
+    base =
+        attention_bias(q_pos, T, valid.defined() ? valid.cpu() : valid, c.sliding_window).to(dev);
 
   ForwardResult r;
   std::vector<at::Tensor> zs, decisions;
@@ -251,23 +254,32 @@ ForwardResult forward_full(const Model& m, const at::Tensor& tokens, const at::T
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const LayerWeights& w = m.layers[size_t(l)];
     QKV qkv = project_qkv(w, m, x, cos, sin, mode);
-    at::Tensor bias = base;
+    AttentionMask am;
+    am.key_valid = valid;
+    am.sliding_window = c.sliding_window;
     if (qkv.z.defined()) {
       at::Tensor noise = opts.noise.defined() ? opts.noise[l].to(dev) : at::Tensor();  // [B, K, T]
       DmsLayerTerms terms = dms_layer_terms(qkv.z, valid, noise, mode, m.dms);
-      bias = dms_bias(terms.key_term, base, q_pos, m.dms.window);  // [B, K, T, T]
+      am.key_term = terms.key_term;  // [B, K, T]
+      am.window = m.dms.window;
       zs.push_back(qkv.z);
       decisions.push_back(terms.decisions);
     }
-    if (opts.key_mask.defined()) {
-      at::Tensor hide = opts.key_mask[l].to(dev).logical_not();  // [B, K, T, T]
-      bias = (bias + at::zeros(hide.sizes(), bias.options()))
-                 .masked_fill(hide, -std::numeric_limits<double>::infinity());
+    at::Tensor att;  // [B, H, T, d]
+    if (!dense) {
+      att = blockwise_attention(qkv.q, qkv.k, qkv.v, am, opts.blocks);
+    } else {
+      at::Tensor bias = base;
+      if (am.key_term.defined()) bias = dms_bias(am.key_term, base, q_pos, am.window);
+      if (opts.key_mask.defined()) {
+        at::Tensor hide = opts.key_mask[l].to(dev).logical_not();  // [B, K, T, T]
+        bias = (bias + at::zeros(hide.sizes(), bias.options()))
+                   .masked_fill(hide, -std::numeric_limits<double>::infinity());
+      }
+      at::Tensor probs;
+      att = grouped_attention(qkv.q, qkv.k, qkv.v, bias, opts.keep_attention ? &probs : nullptr);
+      if (opts.keep_attention) r.attention.push_back(probs);
     }
-    at::Tensor probs;
-    at::Tensor att = grouped_attention(qkv.q, qkv.k, qkv.v, bias,
-                                       opts.keep_attention ? &probs : nullptr);  // [B, H, T, d]
-    if (opts.keep_attention) r.attention.push_back(probs);
     att = att.transpose(1, 2).reshape({B, T, c.n_heads * c.head_dim});
     x = x + at::linear(att, w.wo, w.bo);
     x = x + mlp(w, rms_norm(x, w.mlp_norm, c.rms_eps));

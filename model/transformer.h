@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "model/attention.h"
 #include "model/config.h"
 #include "model/dms.h"
 
@@ -97,6 +98,10 @@ struct ForwardOptions {
   at::Tensor noise;     // train: [L, B, K, T] logistic noise (undefined: none)
   at::Tensor key_mask;  // optional extra visibility [L, B, K, T, T] bool (reference runs)
   bool keep_attention = false;
+  // Blockwise (memory O(T)) unless a run needs the [T, T] matrices: key_mask and
+  // keep_attention always use the dense reference.
+  AttentionImpl attention = AttentionImpl::blockwise;
+  AttentionBlocks blocks;
 };
 
 struct ForwardResult {

@@ -158,13 +158,17 @@ TEST(DmsInit, QueryNeuronChangesTheModelOnlyThroughItsCoordinate) {
   d.window = 64;  // longer than the input: decisions cannot evict anything yet
   attach_dms(m, d);
   EXPECT_TRUE(named_dms_weights(m).empty());
-  ForwardResult r = forward_full(m, tokens, {}, ForwardOptions{});
+  // The reference is built on the dense attention: compare like with like (blockwise ==
+  // dense is its own test).
+  ForwardOptions dense;
+  dense.attention = AttentionImpl::dense;
+  ForwardResult r = forward_full(m, tokens, {}, dense);
   EXPECT_LT(test::max_abs_diff(r.logits, forward_without_query_neuron(m, tokens)), 1e-6);
   EXPECT_GT(test::max_abs_diff(r.logits, original), 1e-3);  // it does change the model
   // z reads q[..., d-1] of head 0, G, ...: scaling that weight row scales z + o.
   const int64_t d_head = m.config.head_dim;
   m.layers[0].wq[d_head - 1].mul_(2.0);
-  ForwardResult r2 = forward_full(m, tokens, {}, ForwardOptions{});
+  ForwardResult r2 = forward_full(m, tokens, {}, dense);
   EXPECT_LT(test::max_abs_diff(r2.z[0][0][0] + d.offset, (r.z[0][0][0] + d.offset) * 2), 1e-3);
   EXPECT_LT(test::max_abs_diff(r2.logits, r.logits), 1e-6);  // and nothing else
 }
