@@ -42,7 +42,7 @@ void init(int argc, char** argv) {
   } else {
     // The trainer's settings (trainer/main.cpp): freed blocks stay in the heap.
     mallopt(M_MMAP_MAX, 0);
-    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, -1);
   }
   if (!std::getenv("OMP_NUM_THREADS"))
     at::set_num_threads(int(std::max(1u, std::thread::hardware_concurrency())));

@@ -290,8 +290,10 @@ at::Tensor blockwise_attention(const at::Tensor& q, const at::Tensor& k, const a
   at::Tensor term = mask.key_term.defined() ? mask.key_term : none(q.scalar_type());
   at::Tensor valid =
       mask.key_valid.defined() ? mask.key_valid.to(q.device(), at::kBool) : none(at::kBool);
-  return BlockwiseFunction::apply(q, k, v, term, valid, mask.window, mask.sliding_window, blocks.q,
-                                  blocks.k);
+  // Tiles are views of contiguous [B, h, T, d] tensors; the model's heads arrive as
+  // transposed views of [B, T, h*d], which would make every tile a copy.
+  return BlockwiseFunction::apply(q.contiguous(), k.contiguous(), v.contiguous(), term.contiguous(),
+                                  valid, mask.window, mask.sliding_window, blocks.q, blocks.k);
 }
 
 }  // namespace dms

@@ -55,6 +55,21 @@ TEST(KdLoss, MatchesDirectLogSoftmaxBothDirectionsAnyChunk) {
               (direct_kl(s, t, KdDirection::student_teacher) * w).sum().item<double>(), 1e-3);
 }
 
+TEST(KdLoss, StudentLogSumExpGivesTheSameNextTokenNll) {
+  at::Tensor logits = at::randn({2, 9, 40}) * 4, teacher = at::randn({2, 9, 40});
+  at::Tensor tokens = at::randint(0, 40, {2, 9}, at::kLong);
+  for (int64_t chunk : {0, 1, 5, 100}) {
+    at::Tensor lse;
+    kd_loss_sum(logits.reshape({18, 40}), teacher.reshape({18, 40}), at::ones({18}),
+                KdDirection::student_teacher, chunk, &lse);
+    EXPECT_LT(test::max_abs_diff(lse, at::logsumexp(logits.reshape({18, 40}), 1)), 1e-5);
+    auto [want, n_want] = next_token_nll(logits, tokens);
+    auto [got, n_got] = next_token_nll(logits, lse, tokens);
+    EXPECT_EQ(n_got, n_want);
+    EXPECT_NEAR(got, want, 1e-4 * std::abs(want)) << "chunk " << chunk;
+  }
+}
+
 TEST(DmsLoss, HingeOnTheFractionOfClosedDecisions) {
   // decisions [L=1, B=2, K=1, T=5]: position 0 carries no decision about a real token.
   at::Tensor e = at::tensor({1.f, 1.f, 0.f, 0.f, 0.f, 0.f, 1.f, 1.f, 1.f, 1.f}).view({1, 2, 1, 5});
@@ -122,7 +137,7 @@ std::vector<at::Tensor> step_grads(Model& m, const at::Tensor& tokens, int64_t m
     t->requires_grad_(true);
     t->mutable_grad() = at::Tensor();
   }
-  StepInputs in{&m, &m, KdDirection::student_teacher, micro, 4096, 1.0, m.dms.window, 3};
+  StepInputs in{&m, &m, KdDirection::student_teacher, micro, 0, 1.0, m.dms.window, 3, {}, {}};
   accumulate_gradients(in, tokens, 5, 0, tokens.size(0), 0.6);
   std::vector<at::Tensor> g;
   for (auto& [n, t] : named_dms_weights(m)) g.push_back(t->grad().clone());

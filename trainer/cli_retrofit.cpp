@@ -87,7 +87,18 @@ void add_retrofit_command(CLI::App& app) {
   cmd->add_option("--dms-weight", c->dms_weight, "Weight of the DMS loss")
       ->capture_default_str()
       ->group(g);
-  cmd->add_option("--kd-chunk", c->kd_chunk, "Vocabulary chunk of the KD loss")
+  cmd->add_option("--kd-chunk", c->kd_chunk,
+                  "Positions per KD-loss chunk (0: about 1 MiB of logits each)")
+      ->capture_default_str()
+      ->group(g);
+  cmd->add_option("--attention", c->attention,
+                  "blockwise (memory O(T), default) | dense (materialises [T, T]; the reference)")
+      ->capture_default_str()
+      ->group(g);
+  cmd->add_option("--attn-block-q", c->attn_block_q, "Blockwise attention: query rows per tile")
+      ->capture_default_str()
+      ->group(g);
+  cmd->add_option("--attn-block-k", c->attn_block_k, "Blockwise attention: keys per tile")
       ->capture_default_str()
       ->group(g);
   cmd->add_option("--seed", c->seed, "Seed of the data order and the decision noise")

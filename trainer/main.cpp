@@ -16,7 +16,7 @@
 // op, paying page faults each time; keeping them in the heap lets freed blocks be reused.
 static void tune_allocator() {
   mallopt(M_MMAP_MAX, 0);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, -1);
 }
 
 int main(int argc, char** argv) {

@@ -60,6 +60,9 @@ nlohmann::json RetrofitConfig::to_json() const {
           {"kd_direction", kd_direction},
           {"dms_weight", dms_weight},
           {"kd_chunk", kd_chunk},
+          {"attention", attention},
+          {"attn_block_q", attn_block_q},
+          {"attn_block_k", attn_block_k},
           {"seed", seed},
           {"log_every", log_every},
           {"eval_every", eval_every},
@@ -110,6 +113,9 @@ RetrofitConfig RetrofitConfig::from_json(const nlohmann::json& j) {
   DMS_GET(kd_direction);
   DMS_GET(dms_weight);
   DMS_GET(kd_chunk);
+  DMS_GET(attention);
+  DMS_GET(attn_block_q);
+  DMS_GET(attn_block_k);
   DMS_GET(seed);
   DMS_GET(log_every);
   DMS_GET(eval_every);
@@ -158,8 +164,12 @@ struct Trainer {
   KdDirection kd_dir = KdDirection::student_teacher;
 
   StepInputs step_inputs() {
-    return StepInputs{&student,     teacher,        kd_dir,     cfg.micro_batch,
-                      cfg.kd_chunk, cfg.dms_weight, cfg.window, cfg.seed};
+    StepInputs in{
+        &student, teacher, kd_dir, cfg.micro_batch, cfg.kd_chunk, cfg.dms_weight, cfg.window,
+        cfg.seed, {},      {}};
+    in.attention = parse_attention_impl(cfg.attention, "--attention");
+    in.blocks = {cfg.attn_block_q, cfg.attn_block_k};
+    return in;
   }
 };
 
@@ -192,10 +202,15 @@ EvalStats validate(Trainer& tr, const TokenData& val) {
     std::vector<int64_t> idx;
     for (int64_t i = r0; i < std::min(n, r0 + tr.cfg.micro_batch); ++i) idx.push_back(i);
     at::Tensor x = val.rows(idx).to(tr.student.embed.device());
+    const StepInputs in = tr.step_inputs();
     ForwardOptions to;
     to.mode = AttentionMode::teacher;
+    to.attention = in.attention;
+    to.blocks = in.blocks;
     at::Tensor tl = forward_full(*tr.teacher, x, {}, to).logits;
-    ForwardResult r = forward_full(tr.student, x, {}, ForwardOptions{});
+    ForwardOptions so = to;
+    so.mode = AttentionMode::eval;
+    ForwardResult r = forward_full(tr.student, x, {}, so);
     const int64_t T = x.size(1);
     e.kd += kd_loss_sum(r.logits.reshape({-1, V}), tl.reshape({-1, V}),
                         at::ones({x.size(0) * T}, r.logits.options().dtype(at::kFloat)), tr.kd_dir,
@@ -322,6 +337,10 @@ int run_retrofit(const RetrofitConfig& cfg_in) {
   require(cfg.max_steps > 0, "--max-steps", "must be positive");
   require(cfg.target_cr >= 1.0, "--target-cr", "must be at least 1");
   require(cfg.micro_batch > 0 && cfg.grad_accum > 0, "--micro-batch/--grad-accum",
+          "must be positive");
+  require(cfg.attention == "blockwise" || cfg.attention == "dense", "--attention",
+          "must be 'blockwise' or 'dense'");
+  require(cfg.attn_block_q > 0 && cfg.attn_block_k > 0, "--attn-block-q/--attn-block-k",
           "must be positive");
   require(cfg.train_mode == "adapters" || cfg.train_mode == "all", "--train-mode",
           "must be 'adapters' or 'all'");

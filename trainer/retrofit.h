@@ -33,7 +33,9 @@ struct RetrofitConfig {
   double beta1 = 0.9, beta2 = 0.95, weight_decay = 0.0, clip = 1.0;
   std::string kd_direction = "student_teacher";
   double dms_weight = 1.0;
-  int64_t kd_chunk = 4096;
+  int64_t kd_chunk = 0;                 // positions per KD chunk (0: auto)
+  std::string attention = "blockwise";  // blockwise | dense (the O(T^2) reference)
+  int64_t attn_block_q = 128, attn_block_k = 512;
   uint64_t seed = 0;
   // Monitoring
   int64_t log_every = 1, eval_every = 50, eval_batches = 8, checkpoint_every = 100;

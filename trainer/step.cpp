@@ -18,15 +18,20 @@ StepStats accumulate_gradients(const StepInputs& in, const at::Tensor& tokens, i
       at::NoGradGuard ng;
       ForwardOptions to;
       to.mode = AttentionMode::teacher;
+      to.attention = in.attention;
+      to.blocks = in.blocks;
       teacher_logits = forward_full(*in.teacher, x, {}, to).logits;  // [mb, T, V]
     }
     ForwardOptions so;
     so.mode = AttentionMode::train;
+    so.attention = in.attention;
+    so.blocks = in.blocks;
     so.noise = dms_batch_noise(in.seed, step, first_index + m0, mb, L, K, T);  // [L, mb, K, T]
     ForwardResult r = forward_full(student, x, {}, so);
+    at::Tensor lse;  // [mb * T] student log-sum-exp, for the NLL below
     at::Tensor kd = kd_loss_sum(r.logits.reshape({-1, V}), teacher_logits.reshape({-1, V}),
                                 at::ones({mb * T}, r.logits.options().dtype(at::kFloat)), in.kd_dir,
-                                in.kd_chunk);
+                                in.kd_chunk, &lse);
     at::Tensor frac = fraction_closed(r.decisions, {});  // [mb]
     at::Tensor dms = dms_loss_sum(frac, target);
     at::Tensor loss = kd / positions_global + in.dms_weight * dms / double(global_batch);
@@ -34,7 +39,7 @@ StepStats accumulate_gradients(const StepInputs& in, const at::Tensor& tokens, i
 
     st.kd += kd.item<double>();
     st.dms += dms.item<double>();
-    auto [nll, cnt] = next_token_nll(r.logits, x);
+    auto [nll, cnt] = next_token_nll(r.logits.detach(), lse, x);
     st.lm_nll += nll;
     st.lm_count += cnt;
     closed_sum += frac.detach().sum().item<double>();

@@ -18,6 +18,8 @@ struct StepInputs {
   double dms_weight;
   int64_t window;
   uint64_t seed;
+  AttentionImpl attention = AttentionImpl::blockwise;
+  AttentionBlocks blocks;
 };
 
 struct StepStats {

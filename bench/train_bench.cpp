@@ -1,0 +1,222 @@
+// A retrofit training step (teacher forward, student forward in train mode, KD + DMS
+// losses, backward, clipping, AdamW) through the trainer's own code: tokens/s, achieved
+// FLOP/s and MFU against this machine's fp32 matmul peak measured in the same run, and
+// peak memory, for stories260K and a synthetic Llama of stories15M's size.
+#include <ATen/Parallel.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdlib>
+#include <iostream>
+
+#include "bench/bench_util.h"
+#include "checkpoints/load_model.h"
+#include "trainer/optimizer.h"
+#include "trainer/step.h"
+
+using namespace dms;
+
+namespace {
+
+struct Setup {
+  std::string model = "15m";  // 15m | stories260K
+  int64_t batch = 4, seq = 1024, window = 64;
+  std::string attention = "blockwise";
+  bool full = false;  // full fine-tune instead of adapters
+};
+
+std::string assets_dir() {
+  const char* env = std::getenv("DMS_ASSETS");
+  return env && *env ? env : DMS_DEFAULT_ASSETS;
+}
+
+// llama2.c's stories15M shape (dim 288, 6 layers, 6 heads, hidden 768, vocab 32000,
+// tied embeddings), random weights.
+Model synthetic_15m() {
+  ModelConfig c;
+  c.family = "llama";
+  c.architecture = "LlamaForCausalLM";
+  c.vocab_size = 32000;
+  c.hidden_size = 288;
+  c.intermediate_size = 768;
+  c.n_layers = 6;
+  c.n_heads = 6;
+  c.n_kv_heads = 6;
+  c.head_dim = 48;
+  c.max_position = 8192;
+  c.tied_embeddings = true;
+  Model m = make_model(c);
+  init_random(m, 15, 0.02);
+  return m;
+}
+
+Model load(const Setup& s) {
+  if (s.model == "15m") return synthetic_15m();
+  if (s.model == "stories260K") return load_model(assets_dir() + "/stories260K/stories260K.bin");
+  throw std::runtime_error("--model: 15m or stories260K");
+}
+
+int64_t parameter_count(Model& m) {
+  int64_t n = 0;
+  for (auto& [name, t] : named_weights(m)) n += t->numel();
+  return n;
+}
+
+// Model FLOPs of one step (no recomputation counted, the usual MFU convention):
+// matmul FLOPs 2 x (weights used as matrices) per token per forward; a forward's
+// attention 2 x 2 x d x H per (query, visible key) pair of the causal triangle; backward
+// = input gradients (2 per weight, 2 x attention forward for dQ, dK, dV, dP) plus weight
+// gradients (2 per weight) when every weight trains.
+double step_flops(const Model& m, const Setup& s) {
+  const ModelConfig& c = m.config;
+  const double D = double(c.hidden_size), d = double(c.head_dim), H = double(c.n_heads);
+  const double K = double(c.n_kv_heads), I = double(c.intermediate_size);
+  const double per_layer = D * H * d * 2 + 2 * D * K * d + 3 * D * I + K * D;  // + adapter
+  const double n_mm = double(c.n_layers) * per_layer + double(c.vocab_size) * D;
+  const double tokens = double(s.batch * s.seq);
+  const double pairs = double(s.batch) * double(s.seq) * double(s.seq + 1) / 2.0;
+  const double attn_fwd = double(c.n_layers) * 4.0 * d * H * pairs;
+  const double fwd = 2.0 * n_mm * tokens + attn_fwd;
+  const double bwd = 2.0 * n_mm * tokens + 2.0 * attn_fwd + (s.full ? 2.0 * n_mm * tokens : 0.0);
+  return fwd /*teacher*/ + fwd /*student*/ + bwd;
+}
+
+struct Run {
+  Model student, teacher_copy;
+  std::unique_ptr<AdamW> opt;
+  StepInputs in;
+  at::Tensor tokens;
+  std::vector<at::Tensor> params;
+  int64_t step = 0;
+};
+
+std::unique_ptr<Run> make_run(const Setup& s) {
+  auto r = std::make_unique<Run>();
+  r->student = load(s);
+  DmsConfig d;
+  d.window = s.window;
+  attach_dms(r->student, d);
+  if (s.full) r->teacher_copy = load(s);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
+  for (auto& [n, t] : s.full ? named_weights(r->student) : named_dms_weights(r->student)) {
+    if (n.find("dms_proj") != std::string::npos) t->normal_(0.0, 0.02, gen);
+    t->requires_grad_(true);
+    r->params.push_back(*t);
+  }
+  r->opt = std::make_unique<AdamW>(r->params, AdamWOptions{});
+  r->in = StepInputs{&r->student,
+                     s.full ? &r->teacher_copy : &r->student,
+                     KdDirection::student_teacher,
+                     s.batch,
+                     0,
+                     1.0,
+                     s.window,
+                     0,
+                     {},
+                     {}};
+  r->in.attention = parse_attention_impl(s.attention, "--attention");
+  r->tokens = at::randint(0, r->student.config.vocab_size, {s.batch, s.seq}, gen,
+                          at::TensorOptions(at::kLong));
+  return r;
+}
+
+void one_step(Run& r) {
+  r.opt->zero_grad();
+  accumulate_gradients(r.in, r.tokens, r.step, 0, r.tokens.size(0), 0.5);
+  clip_grad_norm(r.params, 1.0);
+  r.opt->step(1e-4);
+  r.step++;
+}
+
+std::vector<std::string> child_cmd(const Setup& s) {
+  return {s.model,     std::to_string(s.batch),     std::to_string(s.seq),
+          s.attention, s.full ? "all" : "adapters", std::to_string(s.window)};
+}
+
+int run_child(const std::vector<std::string>& a) {
+  Setup s;
+  s.model = a.at(0);
+  s.batch = std::stoll(a.at(1));
+  s.seq = std::stoll(a.at(2));
+  s.attention = a.at(3);
+  s.full = a.at(4) == "all";
+  s.window = std::stoll(a.at(5));
+  auto r = make_run(s);
+  one_step(*r);  // optimizer state exists from here on
+  bench::region_begin();
+  one_step(*r);
+  bench::region_end();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bench::init(argc, argv);
+  if (bench::is_child(argc, argv)) return run_child(bench::child_args(argc, argv));
+  CLI::App app{
+      "One retrofit step (teacher fwd + student fwd/bwd + AdamW) per model: tokens/s, achieved\n"
+      "FLOP/s and MFU vs the fp32 matmul peak measured in this run, peak memory."};
+  std::vector<std::string> models{"stories260K", "15m"};
+  std::vector<std::string> attentions{"blockwise", "dense"};
+  Setup base;
+  int reps = 3;
+  bool memory = true;
+  std::string json;
+  app.add_option("--models", models, "15m and/or stories260K")->capture_default_str();
+  app.add_option("--attention", attentions, "blockwise and/or dense")->capture_default_str();
+  app.add_option("--batch", base.batch, "rows per step")->capture_default_str();
+  app.add_option("--seq", base.seq, "tokens per row")->capture_default_str();
+  app.add_option("--window", base.window, "DMS window")->capture_default_str();
+  app.add_flag("--full", base.full, "full fine-tune (every weight trains) instead of adapters");
+  app.add_option("--reps", reps, "timed steps (median)")->capture_default_str();
+  app.add_flag("!--no-memory", memory, "skip the peak-memory child runs");
+  app.add_option("--json", json, "also write the figures to this JSON file");
+  CLI11_PARSE(app, argc, argv);
+
+  const double peak = bench::matmul_peak_flops(2048, 7);
+  std::cout << "fp32 matmul peak (2048^3, median of 7): " << bench::fmt(peak / 1e9, 1)
+            << " GFLOP/s, " << at::get_num_threads() << " threads\n";
+  nlohmann::json out = {{"benchmark", "train_step"},
+                        {"machine", bench::machine_info()},
+                        {"matmul_peak_flops", peak},
+                        {"batch", base.batch},
+                        {"seq", base.seq},
+                        {"window", base.window},
+                        {"train_mode", base.full ? "all" : "adapters"},
+                        {"reps", reps},
+                        {"runs", nlohmann::json::array()}};
+  std::vector<std::vector<std::string>> rows;
+  for (const std::string& model : models)
+    for (const std::string& att : attentions) {
+      Setup s = base;
+      s.model = model;
+      s.attention = att;
+      auto r = make_run(s);
+      const double t = bench::time_median([&] { one_step(*r); }, reps, 1);
+      const double flops = step_flops(r->student, s);
+      const double tok_s = double(s.batch * s.seq) / t;
+      const int64_t mem = memory ? bench::child_peak_bytes(child_cmd(s)) : -1;
+      const int64_t params = parameter_count(r->student);
+      out["runs"].push_back({{"model", model},
+                             {"attention", att},
+                             {"parameters", params},
+                             {"step_s", t},
+                             {"tokens_per_s", tok_s},
+                             {"step_flops", flops},
+                             {"flops_per_s", flops / t},
+                             {"mfu", flops / t / peak},
+                             {"peak_bytes", mem}});
+      rows.push_back({model, att, bench::fmt(double(params) / 1e6, 2) + "M", bench::fmt(t * 1e3, 0),
+                      bench::fmt(tok_s, 0), bench::fmt(flops / t / 1e9, 1),
+                      bench::fmt(100.0 * flops / t / peak, 1) + "%", bench::mib(mem)});
+      std::cerr << "  " << model << " " << att << " done\n";
+    }
+  std::cout << "step = teacher fwd + student fwd/bwd + clip + AdamW, batch " << base.batch << " x "
+            << base.seq << " tokens, " << (base.full ? "full fine-tune" : "adapters")
+            << ", median of " << reps << "\n";
+  bench::print_table(
+      {"model", "attention", "params", "step ms", "tokens/s", "GFLOP/s", "MFU", "peak memory"},
+      rows);
+  bench::write_json(json, out);
+  return 0;
+}
