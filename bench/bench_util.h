@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "model/transformer.h"
+
 namespace dms::bench {
 
 // The process set-up every benchmark shares: the trainer's allocator settings and
@@ -43,6 +45,10 @@ void print_table(const std::vector<std::string>& header,
                  const std::vector<std::vector<std::string>>& rows);
 std::string fmt(double v, int precision = 2);
 std::string mib(int64_t bytes);  // "123.4 MiB", or "-" for a negative (not measured)
+
+// llama2.c's stories15M shape (dim 288, 6 layers, 6 heads, hidden 768, vocab 32000,
+// tied embeddings) with random weights (seeded): the "15M" model of the benchmarks.
+Model synthetic_15m();
 
 // Writes j to path (pretty-printed) when path is not empty.
 void write_json(const std::string& path, const nlohmann::json& j);

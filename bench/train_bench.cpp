@@ -29,28 +29,8 @@ std::string assets_dir() {
   return env && *env ? env : DMS_DEFAULT_ASSETS;
 }
 
-// llama2.c's stories15M shape (dim 288, 6 layers, 6 heads, hidden 768, vocab 32000,
-// tied embeddings), random weights.
-Model synthetic_15m() {
-  ModelConfig c;
-  c.family = "llama";
-  c.architecture = "LlamaForCausalLM";
-  c.vocab_size = 32000;
-  c.hidden_size = 288;
-  c.intermediate_size = 768;
-  c.n_layers = 6;
-  c.n_heads = 6;
-  c.n_kv_heads = 6;
-  c.head_dim = 48;
-  c.max_position = 8192;
-  c.tied_embeddings = true;
-  Model m = make_model(c);
-  init_random(m, 15, 0.02);
-  return m;
-}
-
 Model load(const Setup& s) {
-  if (s.model == "15m") return synthetic_15m();
+  if (s.model == "15m") return bench::synthetic_15m();
   if (s.model == "stories260K") return load_model(assets_dir() + "/stories260K/stories260K.bin");
   throw std::runtime_error("--model: 15m or stories260K");
 }

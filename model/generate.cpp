@@ -64,7 +64,7 @@ at::Tensor generate(const Model& m, const at::Tensor& prompts, int64_t steps,
     cache = &own;
   }
   std::vector<at::Tensor> produced;
-  at::Tensor logits = forward_cached(m, prompts, *cache);  // [B, T, V]
+  at::Tensor logits = prefill(m, prompts, *cache);  // [B, 1, V]: one blockwise pass
   for (int64_t step = 0; step < steps; ++step) {
     at::Tensor last = logits.select(1, logits.size(1) - 1);  // [B, V]
     if (step_logits) step_logits->push_back(last);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <unordered_map>
 
 #include "model/error.h"
 
@@ -11,15 +12,45 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+// Sets the bias of flat slot `at`: directly on CPU, queued for one indexed write elsewhere.
+void set_bias(LayerCache& lc, int64_t at, float value) {
+  if (lc.bias.is_cpu()) {
+    lc.bias.data_ptr<float>()[at] = value;
+  } else {
+    lc.pending_at.push_back(at);
+    lc.pending_value.push_back(value);
+  }
+}
+
+// Applies queued bias writes (in order: a later write to a slot wins).
+void flush_bias(LayerCache& lc) {
+  if (lc.pending_at.empty()) return;
+  // index_put_ with repeated indices has no defined winner: keep the last write per slot.
+  std::vector<int64_t> idx;
+  std::vector<float> val;
+  std::unordered_map<int64_t, size_t> last;
+  for (size_t i = 0; i < lc.pending_at.size(); ++i) last[lc.pending_at[i]] = i;
+  for (const auto& [at, i] : last) {
+    idx.push_back(at);
+    val.push_back(lc.pending_value[i]);
+  }
+  const auto dev = lc.bias.device();
+  lc.bias.view({-1}).index_put_({at::tensor(idx, at::kLong).to(dev)},
+                                at::tensor(val, at::kFloat).to(dev));
+  lc.pending_at.clear();
+  lc.pending_value.clear();
+}
+
 // Grows one layer's storage to hold at least `need` slots per head (doubling).
 void grow(LayerCache& lc, int64_t need, int64_t B, int64_t K, int64_t d,
           const at::TensorOptions& opts) {
   if (need <= lc.cap) return;
   const int64_t cap = std::max<int64_t>({16, lc.cap * 2, need});
   at::Tensor k = at::zeros({B, K, cap, d}, opts), v = at::zeros({B, K, cap, d}, opts);
-  at::Tensor bias = at::full({B, K, cap}, kNegInf, at::kFloat);
+  at::Tensor bias = at::full({B, K, cap}, kNegInf, opts.dtype(at::kFloat));
   std::vector<int64_t> pos(size_t(B * K * cap), -1);
   std::vector<double> score(size_t(B * K * cap), 0.0);
+  flush_bias(lc);
   if (lc.cap > 0) {
     k.narrow(2, 0, lc.cap).copy_(lc.k);
     v.narrow(2, 0, lc.cap).copy_(lc.v);
@@ -96,6 +127,10 @@ KVCache make_cache(const Model& m, int64_t batch, const CacheOptions& opts) {
   kc.peak.assign(n, 0);
   kc.reads.assign(n, 0.0);
   kc.full_reads.assign(n, 0.0);
+  kc.touched.assign(n, 0.0);
+  const auto idx = at::TensorOptions(at::kLong).device(m.embed.device());
+  kc.row_index = at::arange(batch, idx).repeat_interleave(kc.K);
+  kc.head_index = at::arange(kc.K, idx).repeat(batch);
   return kc;
 }
 
@@ -109,7 +144,7 @@ void evict(KVCache& kc, int64_t l, int64_t bh, int64_t slot, int64_t p) {
   if (lc.pos[at] != p) return;
   lc.pos[at] = -1;
   lc.score[at] = 0.0;
-  lc.bias.data_ptr<float>()[at] = kNegInf;
+  set_bias(lc, int64_t(at), kNegInf);
   lc.free_slots[size_t(bh)].push_back(slot);
   kc.live[size_t(l * kc.B * kc.K + bh)]--;
 }
@@ -204,7 +239,7 @@ at::Tensor forward_cached(const Model& m, const at::Tensor& tokens, KVCache& kc)
         const size_t at = size_t(bh * lc.cap + slot);
         lc.pos[at] = i;
         lc.score[at] = 0.0;
-        lc.bias.data_ptr<float>()[at] = 0.0f;
+        set_bias(lc, int64_t(at), 0.0f);
         lc.newest_slot[size_t(bh)] = slot;
         if (need_order) ord.emplace_back(i, slot);
         const size_t ci = size_t(l * kc.B * K + bh);
@@ -215,14 +250,13 @@ at::Tensor forward_cached(const Model& m, const at::Tensor& tokens, KVCache& kc)
       }
       // Write k/v of token i into the chosen slots: one indexed copy per layer.
       at::Tensor slot_t = at::tensor(slots, at::kLong).to(opts.device());
-      at::Tensor bi =
-          at::arange(B, at::TensorOptions(at::kLong).device(opts.device())).repeat_interleave(K);
-      at::Tensor hi = at::arange(K, at::TensorOptions(at::kLong).device(opts.device())).repeat(B);
-      lc.k.index_put_({bi, hi, slot_t}, qkv.k.reshape({B * K, kc.d}));
-      lc.v.index_put_({bi, hi, slot_t}, qkv.v.reshape({B * K, kc.d}));
+      lc.k.index_put_({kc.row_index, kc.head_index, slot_t}, qkv.k.reshape({B * K, kc.d}));
+      lc.v.index_put_({kc.row_index, kc.head_index, slot_t}, qkv.v.reshape({B * K, kc.d}));
 
       const int64_t hw = lc.high;
-      at::Tensor bias = lc.bias.narrow(2, 0, hw).to(opts.device()).unsqueeze(2);  // [B, K, 1, hw]
+      flush_bias(lc);
+      at::Tensor bias = lc.bias.narrow(2, 0, hw).unsqueeze(2);  // [B, K, 1, hw]
+      for (int64_t bh = 0; bh < B * K; ++bh) kc.touched[size_t(l * kc.B * K + bh)] += double(hw);
       at::Tensor probs;
       at::Tensor att = grouped_attention(qkv.q, lc.k.narrow(2, 0, hw), lc.v.narrow(2, 0, hw), bias,
                                          baseline ? &probs : nullptr);  // [B, H, 1, d]
@@ -256,9 +290,123 @@ at::Tensor forward_cached(const Model& m, const at::Tensor& tokens, KVCache& kc)
   return at::cat(out, 1);  // [B, T, V]
 }
 
+namespace {
+
+// Keys query i sees under "key j is held iff (i - j <= window or kept[j]) and
+// (sliding == 0 or i - j < sliding)". kept_prefix[j] = kept keys among 0 .. j-1.
+int64_t visible_count(const std::vector<int64_t>& kept_prefix, int64_t i, int64_t window,
+                      int64_t sliding) {
+  const int64_t lo = sliding > 0 ? std::max<int64_t>(0, i - sliding + 1) : 0;
+  int64_t n = i - std::max(lo, i - window) + 1;  // within the window
+  const int64_t far_end = i - window;            // far keys: lo <= j < far_end
+  if (far_end > lo) n += kept_prefix[size_t(far_end)] - kept_prefix[size_t(lo)];
+  return n;
+}
+
+}  // namespace
+
+at::Tensor prefill(const Model& m, const at::Tensor& tokens, KVCache& kc) {
+  const CachePolicy policy = kc.opts.policy;
+  const int64_t B = tokens.size(0), T = tokens.size(1), K = kc.K;
+  // The StreamingLLM rule together with a model's own sliding window (which can take the
+  // sinks away) has no simple closed form: that pair goes token by token too.
+  const bool stepwise = policy == CachePolicy::h2o || policy == CachePolicy::tova ||
+                        (policy == CachePolicy::window && m.config.sliding_window > 0);
+  if (kc.length > 0 || T == 0 || stepwise) {
+    at::Tensor logits = forward_cached(m, tokens, kc);
+    return T == 0 ? logits : logits.narrow(1, T - 1, 1);
+  }
+  if (B != kc.B) throw std::invalid_argument("prefill: batch size differs from the cache");
+  at::NoGradGuard no_grad;
+  const ModelConfig& c = m.config;
+  const auto opts = m.embed.options().requires_grad(false);
+  const int64_t sinks = kc.opts.sinks, budget = kc.opts.budget;
+
+  ForwardOptions fo;
+  fo.mode = policy == CachePolicy::dms ? AttentionMode::eval : AttentionMode::teacher;
+  fo.keep_kv = true;
+  fo.last_logits_only = true;
+  if (policy == CachePolicy::window) {
+    // StreamingLLM as an eviction rule: sinks always visible, others for budget - sinks
+    // steps back (the step's own token arrives before the oldest one leaves).
+    at::Tensor term = at::full({B, K, T}, -std::numeric_limits<double>::infinity(), at::kFloat);
+    term.narrow(2, 0, std::min(sinks, T)).zero_();
+    fo.extra_key_term = term;
+    fo.extra_window = budget - sinks;
+  }
+  ForwardResult r = forward_full(m, tokens, {}, fo);
+  at::Tensor e = policy == CachePolicy::dms ? r.decisions.gt(0.5).cpu().contiguous()
+                                            : at::Tensor();  // [L, B, K, T] bool
+
+  for (int64_t l = 0; l < kc.L; ++l) {
+    LayerCache& lc = kc.layers[size_t(l)];
+    std::vector<std::vector<int64_t>> held(size_t(B * K));  // positions, oldest first
+    std::vector<uint8_t> marked_flag;                       // dms: e[j+1] for held j
+    for (int64_t bh = 0; bh < B * K; ++bh) {
+      // The rule while reading (visibility) and after the last step (what stays).
+      std::vector<uint8_t> kept(size_t(T), 0);
+      int64_t window = T, hold_window = T;
+      if (policy == CachePolicy::full) {
+        std::fill(kept.begin(), kept.end(), 1);
+      } else if (policy == CachePolicy::dms) {
+        const bool* ev = e.data_ptr<bool>() + ((l * B) * K + bh) * T;
+        for (int64_t j = 0; j + 1 < T; ++j) kept[size_t(j)] = !ev[j + 1];
+        window = hold_window = m.dms.window;
+      } else {  // window
+        for (int64_t j = 0; j < std::min(sinks, T); ++j) kept[size_t(j)] = 1;
+        window = budget - sinks;
+        hold_window = budget - sinks - 1;  // after the last step's eviction
+      }
+      std::vector<int64_t> prefix(size_t(T + 1), 0);
+      for (int64_t j = 0; j < T; ++j) prefix[size_t(j + 1)] = prefix[size_t(j)] + kept[size_t(j)];
+      const size_t ci = size_t(l * kc.B * K + bh);
+      for (int64_t i = 0; i < T; ++i) {
+        const int64_t n = visible_count(prefix, i, window, c.sliding_window);
+        kc.reads[ci] += double(n);
+        kc.touched[ci] += double(n);
+        kc.full_reads[ci] += double(i + 1);
+        kc.peak[ci] = std::max(kc.peak[ci], n);
+      }
+      for (int64_t j = 0; j < T; ++j) {
+        const int64_t age = T - 1 - j;
+        const bool in_slide = c.sliding_window <= 0 || age < c.sliding_window;
+        if (in_slide && (age <= hold_window || kept[size_t(j)])) held[size_t(bh)].push_back(j);
+      }
+      kc.live[ci] = int64_t(held[size_t(bh)].size());
+    }
+    int64_t high = 0;
+    for (const auto& h : held) high = std::max<int64_t>(high, int64_t(h.size()));
+    grow(lc, high, B, K, kc.d, opts);
+    const bool need_order = policy == CachePolicy::window || c.sliding_window > 0;
+    for (int64_t bh = 0; bh < B * K; ++bh) {
+      const auto& pos = held[size_t(bh)];
+      const int64_t n = int64_t(pos.size()), b = bh / K, h = bh % K;
+      at::Tensor idx = at::tensor(pos, at::kLong).to(opts.device());
+      lc.k[b][h].narrow(0, 0, n).copy_(r.keys[size_t(l)][b][h].index_select(0, idx));
+      lc.v[b][h].narrow(0, 0, n).copy_(r.values[size_t(l)][b][h].index_select(0, idx));
+      const bool* ev = e.defined() ? e.data_ptr<bool>() + ((l * B) * K + bh) * T : nullptr;
+      for (int64_t s = 0; s < n; ++s) {
+        const int64_t j = pos[size_t(s)];
+        const size_t at = size_t(bh * lc.cap + s);
+        lc.pos[at] = j;
+        lc.score[at] = 0.0;
+        set_bias(lc, int64_t(at), 0.0f);
+        if (ev && j + 1 < T && ev[j + 1]) lc.marked[size_t(bh)].emplace_back(j, s);
+        if (need_order) lc.order[size_t(bh)].emplace_back(j, s);
+      }
+      lc.used[size_t(bh)] = n;
+      lc.newest_slot[size_t(bh)] = n - 1;  // position T-1 is always held
+    }
+    lc.high = high;
+    flush_bias(lc);
+  }
+  kc.length = T;
+  return r.logits;  // [B, 1, V]
+}
+
 CacheStats cache_stats(const KVCache& kc) {
   CacheStats s;
-  double full = 0, used = 0, live = 0;
+  double full = 0, used = 0, live = 0, touched = 0;
   s.live_lh = at::zeros({kc.L, kc.K}, at::kFloat);
   s.effective_cr_lh = at::zeros({kc.L, kc.K}, at::kFloat);
   for (int64_t l = 0; l < kc.L; ++l)
@@ -267,6 +415,7 @@ CacheStats cache_stats(const KVCache& kc) {
         const size_t ci = size_t((l * kc.B + b) * kc.K + h);
         full += kc.full_reads[ci];
         used += kc.reads[ci];
+        touched += kc.touched[ci];
         live += double(kc.live[ci]);
         s.peak_tokens = std::max(s.peak_tokens, kc.peak[ci]);
         if (b == 0) {
@@ -276,6 +425,7 @@ CacheStats cache_stats(const KVCache& kc) {
         }
       }
   s.effective_kv_cr = used > 0 ? full / used : 1.0;
+  s.touched_kv_cr = touched > 0 ? full / touched : 1.0;
   s.mean_live = live / double(std::max<int64_t>(1, kc.L * kc.B * kc.K));
   s.full_tokens = kc.length;
   return s;

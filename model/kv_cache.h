@@ -46,11 +46,15 @@ struct CacheOptions {
 
 // One layer's storage. Index (b*K + h) * cap + slot addresses per-slot state.
 struct LayerCache {
-  at::Tensor k, v;            // [B, K, cap, d]
-  at::Tensor bias;            // [B, K, cap] fp32 on CPU: 0 for live slots, -inf for free ones
-  std::vector<int64_t> pos;   // position held by a slot, -1 when free
-  std::vector<double> score;  // h2o: accumulated attention per slot
-  std::vector<std::vector<int64_t>> free_slots;                 // per (b, h)
+  at::Tensor k, v;  // [B, K, cap, d]
+  at::Tensor bias;  // [B, K, cap] fp32 on the model's device: 0 live, -inf free
+  // Bias writes not yet applied (non-CPU devices apply them in one indexed write per
+  // step instead of copying the whole bias each step): flat index (b*K + h)*cap + slot.
+  std::vector<int64_t> pending_at;
+  std::vector<float> pending_value;
+  std::vector<int64_t> pos;                      // position held by a slot, -1 when free
+  std::vector<double> score;                     // h2o: accumulated attention per slot
+  std::vector<std::vector<int64_t>> free_slots;  // per (b, h)
   std::vector<std::deque<std::pair<int64_t, int64_t>>> marked;  // dms: (pos, slot) FIFO
   std::vector<std::deque<std::pair<int64_t, int64_t>>> order;   // live (pos, slot), oldest first
   std::vector<int64_t> newest_slot;                             // per (b, h)
@@ -69,6 +73,10 @@ struct KVCache {
   std::vector<int64_t> peak;       // most tokens held at any step
   std::vector<double> reads;       // sum over steps of keys attended (KV reads)
   std::vector<double> full_reads;  // the same for a cache that keeps everything: sum (i+1)
+  // Slots the attention kernel touched: a layer's heads are read as one padded block of
+  // `high` slots (free slots masked), so this is >= reads; what memory traffic follows.
+  std::vector<double> touched;
+  at::Tensor row_index, head_index;  // [B*K]: b and h of each (b, h) pair, for slot writes
 };
 
 KVCache make_cache(const Model& m, int64_t batch, const CacheOptions& opts);
@@ -77,6 +85,13 @@ KVCache make_cache(const Model& m, int64_t batch, const CacheOptions& opts);
 // time, evicting by the policy. -> logits [B, T, V]
 at::Tensor forward_cached(const Model& m, const at::Tensor& tokens, KVCache& cache);
 
+// Feeds a prompt [B, T] into an empty cache in one blockwise forward (memory O(T)) with
+// the policy's visibility rule, then stores only the keys/values that policy would still
+// hold: the same cache contents and counters as forward_cached token by token.
+// Policies full, dms and window; h2o and tova (whose state depends on every step's
+// attention) and a non-empty cache fall back to forward_cached. -> last logits [B, 1, V]
+at::Tensor prefill(const Model& m, const at::Tensor& tokens, KVCache& cache);
+
 struct CacheStats {
   double effective_kv_cr = 1.0;  // sum full_reads / sum reads
   int64_t peak_tokens = 0;       // largest per-head peak
@@ -84,6 +99,7 @@ struct CacheStats {
   int64_t full_tokens = 0;       // what a full cache would hold per head now
   at::Tensor live_lh;            // [L, K] tokens held now (batch row 0)
   at::Tensor effective_cr_lh;    // [L, K]
+  double touched_kv_cr = 1.0;    // sum full_reads / sum touched (padding included)
 };
 CacheStats cache_stats(const KVCache& c);
 

@@ -264,6 +264,13 @@ ForwardResult forward_full(const Model& m, const at::Tensor& tokens, const at::T
       am.window = m.dms.window;
       zs.push_back(qkv.z);
       decisions.push_back(terms.decisions);
+    } else if (opts.extra_key_term.defined()) {
+      am.key_term = opts.extra_key_term.to(dev);
+      am.window = opts.extra_window;
+    }
+    if (opts.keep_kv) {
+      r.keys.push_back(qkv.k);
+      r.values.push_back(qkv.v);
     }
     at::Tensor att;  // [B, H, T, d]
     if (!dense) {
@@ -288,7 +295,8 @@ ForwardResult forward_full(const Model& m, const at::Tensor& tokens, const at::T
     r.z = at::stack(zs);                 // [L, B, K, T]
     r.decisions = at::stack(decisions);  // [L, B, K, T]
   }
-  r.logits = at::linear(rms_norm(x, m.final_norm, c.rms_eps), m.lm_head);  // [B, T, V]
+  if (opts.last_logits_only) x = x.narrow(1, T - 1, 1);
+  r.logits = at::linear(rms_norm(x, m.final_norm, c.rms_eps), m.lm_head);  // [B, T|1, V]
   return r;
 }
 

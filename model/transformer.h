@@ -102,13 +102,21 @@ struct ForwardOptions {
   // keep_attention always use the dense reference.
   AttentionImpl attention = AttentionImpl::blockwise;
   AttentionBlocks blocks;
+  // Layers without DMS terms (teacher mode, plain models) can take one shared extra
+  // eviction rule instead, AttentionMask semantics: key_term [B, K, T] where i - j > window.
+  // The cache's window policy prefills with it (sinks 0, others -inf, window budget - sinks).
+  at::Tensor extra_key_term;
+  int64_t extra_window = 0;
+  bool keep_kv = false;           // return each layer's keys/values (after RoPE)
+  bool last_logits_only = false;  // logits for the last position only: [B, 1, V]
 };
 
 struct ForwardResult {
-  at::Tensor logits;                  // [B, T, V]
-  at::Tensor z;                       // [L, B, K, T] decision logits (DMS, not teacher)
-  at::Tensor decisions;               // [L, B, K, T] e; train: straight-through
-  std::vector<at::Tensor> attention;  // per layer [B, K, G, T, T] when keep_attention
+  at::Tensor logits;                     // [B, T, V]
+  at::Tensor z;                          // [L, B, K, T] decision logits (DMS, not teacher)
+  at::Tensor decisions;                  // [L, B, K, T] e; train: straight-through
+  std::vector<at::Tensor> attention;     // per layer [B, K, G, T, T] when keep_attention
+  std::vector<at::Tensor> keys, values;  // per layer [B, K, T, d] when keep_kv
 };
 
 // Whole-sequence forward. tokens [B, T] int64; valid [B, T] bool (right padding) or undefined.

@@ -1,3 +1,4 @@
+#include <algorithm>
 // DMS in the model: golden vectors from an independent implementation, exactness at
 // init, gradients, noise, the evicting cache's invariant, and the eviction baselines.
 #include <map>
@@ -351,6 +352,87 @@ TEST(DmsCache, GenerationEqualsTeacherForcedHardMaskForward) {
     // Storage follows the live set: slots are reused, so capacity stays near the peak.
     EXPECT_LE(cache.layers[0].high, st.peak_tokens);
   }
+}
+
+// Positions each (layer, row, head) holds, sorted.
+std::vector<std::vector<int64_t>> held_positions(const KVCache& kc) {
+  std::vector<std::vector<int64_t>> out;
+  for (const LayerCache& lc : kc.layers)
+    for (int64_t bh = 0; bh < kc.B * kc.K; ++bh) {
+      std::vector<int64_t> p;
+      for (int64_t s = 0; s < lc.cap; ++s)
+        if (lc.pos[size_t(bh * lc.cap + s)] >= 0) p.push_back(lc.pos[size_t(bh * lc.cap + s)]);
+      std::sort(p.begin(), p.end());
+      out.push_back(p);
+    }
+  return out;
+}
+
+TEST(DmsCache, PrefillEqualsTokenByTokenForEveryBulkPolicy) {
+  for (int64_t sliding : {int64_t(0), int64_t(24)}) {
+    Model m = stories_half_evicting(8);
+    m.config.sliding_window = sliding;
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(77);
+    at::Tensor prompt = at::randint(1, 512, {2, 90}, gen, at::kLong);
+    at::Tensor more = at::randint(1, 512, {2, 20}, gen, at::kLong);
+    for (CachePolicy p : {CachePolicy::full, CachePolicy::dms, CachePolicy::window}) {
+      SCOPED_TRACE(policy_name(p) + " sliding " + std::to_string(sliding));
+      CacheOptions co;
+      co.policy = p;
+      co.budget = 20;
+      KVCache a = make_cache(m, 2, co), b = make_cache(m, 2, co);
+      at::Tensor la = prefill(m, prompt, a);                          // [2, 1, V]
+      at::Tensor lb = forward_cached(m, prompt, b).narrow(1, 89, 1);  // token by token
+      EXPECT_LT(test::max_abs_diff(la, lb), 1e-9);
+      EXPECT_EQ(held_positions(a), held_positions(b));
+      EXPECT_EQ(a.live, b.live);
+      EXPECT_EQ(a.peak, b.peak);
+      EXPECT_EQ(a.reads, b.reads);
+      EXPECT_EQ(a.full_reads, b.full_reads);
+      // Decoding on from either cache gives the same logits and the same holdings.
+      for (int64_t t = 0; t < more.size(1); ++t) {
+        at::Tensor x = more.narrow(1, t, 1);
+        EXPECT_LT(test::max_abs_diff(forward_cached(m, x, a), forward_cached(m, x, b)), 1e-9);
+      }
+      EXPECT_EQ(held_positions(a), held_positions(b));
+      EXPECT_EQ(a.reads, b.reads);
+      if (p == CachePolicy::dms) {
+        int64_t held = 0, total = 0;
+        for (const auto& h : held_positions(a)) held += int64_t(h.size()), total += 110;
+        EXPECT_LT(held, total * 3 / 4);  // the rule does evict: the comparison is not vacuous
+      }
+    }
+  }
+}
+
+TEST(DmsCache, DecodingReusesStorageInsteadOfCopyingIt) {
+  // Appending and evicting touch single slots; the storage is reallocated (and copied)
+  // only when every slot is taken, doubling, so a long decode reallocates O(log n) times.
+  Model m = stories_half_evicting(8);
+  CacheOptions co;
+  co.policy = CachePolicy::dms;
+  KVCache kc = make_cache(m, 1, co);
+  prefill(m, at::randint(1, 512, {1, 40}, at::kLong), kc);
+  const void* ptr = kc.layers[0].k.data_ptr();
+  int reallocations = 0;
+  for (int t = 0; t < 400; ++t) {
+    forward_cached(m, at::randint(1, 512, {1, 1}, at::kLong), kc);
+    if (kc.layers[0].k.data_ptr() != ptr) {
+      ++reallocations;
+      ptr = kc.layers[0].k.data_ptr();
+    }
+  }
+  EXPECT_LE(reallocations, 5);  // 440 tokens but about half evicted
+  // The storage follows the live tokens, not the sequence length: a head takes a new slot
+  // only when none is free, so a layer's slots never exceed its heads' peak live count.
+  int64_t smallest = 440;
+  for (int64_t l = 0; l < kc.L; ++l) {
+    int64_t peak = 0;
+    for (int64_t h = 0; h < kc.K; ++h) peak = std::max(peak, kc.peak[size_t(l * kc.K + h)]);
+    EXPECT_LE(kc.layers[size_t(l)].high, peak);
+    smallest = std::min(smallest, kc.layers[size_t(l)].high);
+  }
+  EXPECT_LT(smallest, 440 * 3 / 4);
 }
 
 TEST(DmsCache, BatchedRowsEvictIndependently) {
