@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
       "and peak memory (resident-set growth of a fresh process running one fwd+bwd) per T."};
   Shape s;
   std::vector<int64_t> seqs{512, 1024, 2048, 4096, 8192};
-  int reps = 5;
+  int reps = 9;
   double max_dense_gib = 16;
   bool memory = true;
   std::string json;
@@ -142,13 +142,21 @@ int main(int argc, char** argv) {
     const double dense_gib = 5.0 * double(s.B * s.H) * double(T) * double(T) * 4.0 / (1 << 30);
     const bool dense_fits = dense_gib <= max_dense_gib;
     const int r = T >= 4096 ? std::max(3, reps / 2) : reps;
-    Problem pb = make_problem(s, T, false);
-    const double tb = bench::time_median([&] { fwd_bwd(pb, s, false); }, r);
-    double td = -1;
-    if (dense_fits) {
-      Problem pd = make_problem(s, T, true);
-      td = bench::time_median([&] { fwd_bwd(pd, s, true); }, r);
+    // Alternate the two so that drifts in machine speed hit both alike.
+    Problem pb = make_problem(s, T, false), pd;
+    if (dense_fits) pd = make_problem(s, T, true);
+    std::vector<double> times_b, times_d;
+    for (int i = -1; i < r; ++i) {  // i = -1: warm-up
+      double t0 = bench::now_s();
+      fwd_bwd(pb, s, false);
+      if (i >= 0) times_b.push_back(bench::now_s() - t0);
+      if (!dense_fits) continue;
+      t0 = bench::now_s();
+      fwd_bwd(pd, s, true);
+      if (i >= 0) times_d.push_back(bench::now_s() - t0);
     }
+    pd = Problem{};  // frees dense's inputs before the next T
+    const double tb = bench::median(times_b), td = dense_fits ? bench::median(times_d) : -1;
     const int64_t mb = memory ? bench::child_peak_bytes(child_cmd(s, T, false)) : -1;
     const int64_t md = memory && dense_fits ? bench::child_peak_bytes(child_cmd(s, T, true)) : -1;
     nlohmann::json pt = {{"T", T}, {"blockwise_ms", tb * 1e3}, {"blockwise_peak_bytes", mb}};

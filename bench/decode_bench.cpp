@@ -156,7 +156,7 @@ int main(int argc, char** argv) {
                       bench::fmt(pf.touched_bytes / p.touched_bytes, 2) + "x",
                       bench::fmt(p.mean_live, 0), bench::mib(int64_t(p.storage_bytes))});
     }
-    out["points"].back()["dms_decision_cr"] = decision_cr;
+    out["points"][out["points"].size() - 2]["dms_decision_cr"] = decision_cr;  // the dms row
     std::cout << "context " << C << ": DMS decision CR reached " << bench::fmt(decision_cr, 2)
               << " (old tokens kept " << bench::fmt(kept_old, 0) << " of " << bench::fmt(old, 0)
               << ")\n";
