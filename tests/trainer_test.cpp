@@ -257,6 +257,45 @@ TEST(RetrofitRun, OptionsFromTomlWithCommandLineOverrides) {
   EXPECT_EQ(list_checkpoints(tmp.file("run")).back(), checkpoint_path(tmp.file("run"), 2));
 }
 
+TEST(RetrofitRun, DenseAttentionIsTheSameTrainingAndBadValuesExitWith2) {
+  // --attention dense (the reference) and the blockwise default train the same model: the
+  // first steps' losses agree to rounding (later steps may part where a hard decision
+  // sits on its threshold).
+  test::TempDir tmp;
+  prepare_small(tmp);
+  auto run = [&](const std::string& name, const std::string& extra) {
+    return test::run_dms("retrofit --model " + quote(asset("stories260K/stories260K.bin")) +
+                         " --data " + quote(tmp.file("d.h5")) + " --out " + quote(tmp.file(name)) +
+                         " --window 8 --target-cr 3 --max-steps 2 --micro-batch 2 --lr 1e-2 " +
+                         extra);
+  };
+  auto losses = [&](const std::string& name) {
+    std::vector<double> kd;
+    std::ifstream in(tmp.file(name + "/metrics.jsonl"));
+    std::string line;
+    while (std::getline(in, line)) {
+      auto j = nlohmann::json::parse(line);
+      if (j.contains("kd_loss"))
+        kd.push_back(j["kd_loss"].get<double>() + j["lm_loss"].get<double>());
+    }
+    return kd;
+  };
+  auto r = run("blockwise", "--attn-block-q 16 --attn-block-k 24");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run("dense", "--attention dense");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto a = losses("blockwise"), b = losses("dense");
+  ASSERT_EQ(a.size(), 2u);
+  ASSERT_EQ(b.size(), 2u);
+  EXPECT_NEAR(a[0], b[0], 1e-5 * std::abs(b[0]));
+  r = run("bad", "--attention flash");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--attention"), std::string::npos) << r.err;
+  r = run("bad2", "--attn-block-k 0");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--attn-block"), std::string::npos) << r.err;
+}
+
 TEST(RetrofitRun, BadDataFilesExitWith2) {
   test::TempDir tmp;
   const std::string model = asset("stories260K/stories260K.bin");
