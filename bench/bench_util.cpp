@@ -150,17 +150,7 @@ void print_table(const std::vector<std::string>& header,
 }
 
 Model synthetic_15m() {
-  ModelConfig c;
-  c.family = "llama";
-  c.architecture = "LlamaForCausalLM";
-  c.vocab_size = 32000;
-  c.hidden_size = 288;
-  c.intermediate_size = 768;
-  c.n_layers = 6;
-  c.n_heads = 6;
-  c.n_kv_heads = 6;
-  c.head_dim = 48;
-  c.max_position = 32768;
+  ModelConfig c = llama_config(32000, 288, 768, 6, 6, 6, 32768);
   c.tied_embeddings = true;
   Model m = make_model(c);
   init_random(m, 15, 0.02);

@@ -80,4 +80,20 @@ std::string describe_config(const ModelConfig& c) {
   return o.str();
 }
 
+ModelConfig llama_config(int64_t vocab, int64_t hidden, int64_t intermediate, int64_t layers,
+                         int64_t heads, int64_t kv_heads, int64_t max_position) {
+  ModelConfig c;
+  c.family = "llama";
+  c.architecture = "LlamaForCausalLM";
+  c.vocab_size = vocab;
+  c.hidden_size = hidden;
+  c.intermediate_size = intermediate;
+  c.n_layers = layers;
+  c.n_heads = heads;
+  c.n_kv_heads = kv_heads;
+  c.head_dim = hidden / heads;
+  c.max_position = max_position;
+  return c;
+}
+
 }  // namespace dms

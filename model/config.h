@@ -39,6 +39,11 @@ struct ModelConfig {
   std::string dtype = "float32";  // storage dtype the source declares
 };
 
+// A Llama config from its sizes (head_dim = hidden / heads, untied head), for the
+// synthetic models of tests and benchmarks.
+ModelConfig llama_config(int64_t vocab, int64_t hidden, int64_t intermediate, int64_t layers,
+                         int64_t heads, int64_t kv_heads, int64_t max_position);
+
 // Throws InputError("<source>: ...") when the numbers cannot describe a model.
 void validate_config(const ModelConfig& c, const std::string& source);
 

@@ -275,17 +275,7 @@ TEST(BlockwiseAttention, WholeModelStepMatchesDenseStories260K) {
 }
 
 TEST(BlockwiseAttention, WholeModelStepMatchesDenseFullFineTuneGqa) {
-  ModelConfig c;
-  c.family = "llama";
-  c.architecture = "LlamaForCausalLM";
-  c.vocab_size = 50;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.head_dim = 8;
-  c.max_position = 128;
+  const ModelConfig c = llama_config(50, 32, 48, 2, 4, 2, 128);
   Model m = make_model(c);
   init_random(m, 8, 0.2);
   DmsConfig d;

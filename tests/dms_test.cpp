@@ -177,18 +177,7 @@ TEST(DmsInit, QueryNeuronChangesTheModelOnlyThroughItsCoordinate) {
 // ---- Gradients ----------------------------------------------------------------------------
 
 Model tiny_double_model() {
-  ModelConfig c;
-  c.family = "llama";
-  c.architecture = "LlamaForCausalLM";
-  c.vocab_size = 23;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.head_dim = 4;
-  c.max_position = 64;
-  Model m = make_model(c, at::kDouble);
+  Model m = make_model(llama_config(23, 16, 24, 2, 4, 2, 64), at::kDouble);
   init_random(m, 3, 0.3);
   DmsConfig d;
   d.window = 2;
