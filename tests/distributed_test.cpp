@@ -146,6 +146,7 @@ TEST(Distributed, LosingARankStopsTheOtherWithinTheTimeoutNamingIt) {
   r1.wait(5);
   ASSERT_NE(code, -1) << "rank 0 hung after losing rank 1";
   EXPECT_NE(code, 0);
+  EXPECT_LT(code, 128) << "rank 0 died of signal " << code - 128 << " instead of reporting";
   EXPECT_LT(took, 15 + 10);
   EXPECT_NE(r0.err().find("lost rank 1"), std::string::npos) << r0.err();
 }

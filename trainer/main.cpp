@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <malloc.h>
 
+#include <csignal>
 #include <cstdlib>
 #include <iostream>
 #include <thread>
@@ -21,6 +22,9 @@ static void tune_allocator() {
 
 int main(int argc, char** argv) {
   tune_allocator();
+  // A peer rank that dies leaves its sockets closed; writing to one must become an error
+  // our collectives report ("lost rank N"), not a silent SIGPIPE death of this rank.
+  std::signal(SIGPIPE, SIG_IGN);
   dms::set_program_args(argc, argv);
   // Debian's OpenMP LibTorch may start with one thread; use the machine unless told.
   if (!std::getenv("OMP_NUM_THREADS"))
