@@ -42,17 +42,8 @@ Layout parse_header(const MappedFile& f, const std::string& path) {
           "header heads do not divide dim / each other");
 
   Layout out;
+  out.config = llama_config(vocab, dim, hidden, n_layers, n_heads, n_kv, seq_len);
   ModelConfig& c = out.config;
-  c.family = "llama";
-  c.architecture = "LlamaForCausalLM";
-  c.vocab_size = vocab;
-  c.hidden_size = dim;
-  c.intermediate_size = hidden;
-  c.n_layers = n_layers;
-  c.n_heads = n_heads;
-  c.n_kv_heads = n_kv;
-  c.head_dim = dim / n_heads;
-  c.max_position = seq_len;
   c.rms_eps = 1e-5;  // llama2.c's run.c
   c.rope_theta = 10000.0;
   c.tied_embeddings = shared;
