@@ -406,7 +406,7 @@ at::Tensor prefill(const Model& m, const at::Tensor& tokens, KVCache& kc) {
 
 CacheStats cache_stats(const KVCache& kc) {
   CacheStats s;
-  double full = 0, used = 0, live = 0, touched = 0;
+  double full = 0, used = 0, live = 0;
   s.live_lh = at::zeros({kc.L, kc.K}, at::kFloat);
   s.effective_cr_lh = at::zeros({kc.L, kc.K}, at::kFloat);
   for (int64_t l = 0; l < kc.L; ++l)
@@ -415,7 +415,6 @@ CacheStats cache_stats(const KVCache& kc) {
         const size_t ci = size_t((l * kc.B + b) * kc.K + h);
         full += kc.full_reads[ci];
         used += kc.reads[ci];
-        touched += kc.touched[ci];
         live += double(kc.live[ci]);
         s.peak_tokens = std::max(s.peak_tokens, kc.peak[ci]);
         if (b == 0) {
@@ -425,7 +424,6 @@ CacheStats cache_stats(const KVCache& kc) {
         }
       }
   s.effective_kv_cr = used > 0 ? full / used : 1.0;
-  s.touched_kv_cr = touched > 0 ? full / touched : 1.0;
   s.mean_live = live / double(std::max<int64_t>(1, kc.L * kc.B * kc.K));
   s.full_tokens = kc.length;
   return s;

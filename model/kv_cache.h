@@ -99,7 +99,6 @@ struct CacheStats {
   int64_t full_tokens = 0;       // what a full cache would hold per head now
   at::Tensor live_lh;            // [L, K] tokens held now (batch row 0)
   at::Tensor effective_cr_lh;    // [L, K]
-  double touched_kv_cr = 1.0;    // sum full_reads / sum touched (padding included)
 };
 CacheStats cache_stats(const KVCache& c);
 

@@ -63,9 +63,11 @@ TEST(KdLoss, StudentLogSumExpGivesTheSameNextTokenNll) {
     kd_loss_sum(logits.reshape({18, 40}), teacher.reshape({18, 40}), at::ones({18}),
                 KdDirection::student_teacher, chunk, &lse);
     EXPECT_LT(test::max_abs_diff(lse, at::logsumexp(logits.reshape({18, 40}), 1)), 1e-5);
-    auto [want, n_want] = next_token_nll(logits, tokens);
+    // Reference: a full log-softmax, picking each next token.
+    at::Tensor lp = at::log_softmax(logits.narrow(1, 0, 8), -1);  // [2, 8, 40]
+    const double want = -lp.gather(2, tokens.narrow(1, 1, 8).unsqueeze(2)).sum().item<double>();
     auto [got, n_got] = next_token_nll(logits, lse, tokens);
-    EXPECT_EQ(n_got, n_want);
+    EXPECT_EQ(n_got, 16);
     EXPECT_NEAR(got, want, 1e-4 * std::abs(want)) << "chunk " << chunk;
   }
 }

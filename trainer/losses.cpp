@@ -125,13 +125,4 @@ std::pair<double, int64_t> next_token_nll(const at::Tensor& logits, const at::Te
   return {(l - picked.to(l.scalar_type())).sum().item<double>(), B * (T - 1)};
 }
 
-std::pair<double, int64_t> next_token_nll(const at::Tensor& logits, const at::Tensor& tokens) {
-  at::NoGradGuard no_grad;
-  const int64_t T = logits.size(1), V = logits.size(2);
-  if (T < 2) return {0.0, 0};
-  at::Tensor lp = at::log_softmax(logits.narrow(1, 0, T - 1).to(at::kFloat), -1).reshape({-1, V});
-  at::Tensor tgt = tokens.narrow(1, 1, T - 1).reshape({-1, 1});
-  return {-lp.gather(1, tgt).sum().item<double>(), lp.size(0)};
-}
-
 }  // namespace dms

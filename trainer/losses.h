@@ -29,11 +29,9 @@ at::Tensor fraction_closed(const at::Tensor& decisions, const at::Tensor& valid)
 // sum_b max(0, target - frac[b]). frac [B] -> scalar
 at::Tensor dms_loss_sum(const at::Tensor& frac_closed, double target);
 
-// Student cross-entropy on the next token, for monitoring. logits [B, T, V], tokens [B, T]
-// -> (sum of -log p, count) over positions 0..T-2
-std::pair<double, int64_t> next_token_nll(const at::Tensor& logits, const at::Tensor& tokens);
-// The same from the row log-sum-exp kd_loss_sum reported (no second pass over the
-// vocabulary). logits [B, T, V], lse [B*T], tokens [B, T]
+// Student cross-entropy on the next token, for monitoring, from the row log-sum-exp
+// kd_loss_sum reported (no second pass over the vocabulary).
+// logits [B, T, V], lse [B*T], tokens [B, T] -> (sum of -log p, count) over positions 0..T-2
 std::pair<double, int64_t> next_token_nll(const at::Tensor& logits, const at::Tensor& lse,
                                           const at::Tensor& tokens);
 

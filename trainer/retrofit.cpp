@@ -212,12 +212,13 @@ EvalStats validate(Trainer& tr, const TokenData& val) {
     so.mode = AttentionMode::eval;
     ForwardResult r = forward_full(tr.student, x, {}, so);
     const int64_t T = x.size(1);
+    at::Tensor lse;  // [b * T] student log-sum-exp, for the NLL
     e.kd += kd_loss_sum(r.logits.reshape({-1, V}), tl.reshape({-1, V}),
                         at::ones({x.size(0) * T}, r.logits.options().dtype(at::kFloat)), tr.kd_dir,
-                        tr.cfg.kd_chunk)
+                        tr.cfg.kd_chunk, &lse)
                 .item<double>();
     e.positions += x.size(0) * T;
-    auto [nll, cnt] = next_token_nll(r.logits, x);
+    auto [nll, cnt] = next_token_nll(r.logits, lse, x);
     e.lm_nll += nll;
     CompressionStats cs = compression_from_decisions(r.decisions, {}, tr.cfg.window);
     at::Tensor lh = cs.eviction_rate_lh.to(at::kDouble) * double(x.size(0));
