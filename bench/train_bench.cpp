@@ -10,8 +10,8 @@
 
 #include "bench/bench_util.h"
 #include "checkpoints/load_model.h"
-#include "trainer/optimizer.h"
-#include "trainer/step.h"
+#include "trainer/loop/optimizer.h"
+#include "trainer/loop/step.h"
 
 using namespace dms;
 
@@ -89,7 +89,6 @@ std::unique_ptr<Run> make_run(const Setup& s) {
                      s.batch,
                      0,
                      1.0,
-                     s.window,
                      0,
                      {},
                      {}};

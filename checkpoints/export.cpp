@@ -1,13 +1,18 @@
 #include "checkpoints/export.h"
 
+#include <fcntl.h>
+#include <stdio.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <set>
 
-#include "checkpoints/atomic_file.h"
 #include "checkpoints/hf_config.h"
 #include "checkpoints/safetensors.h"
-#include "model/error.h"
+#include "common/atomic_file.h"
+#include "common/error.h"
 
 namespace fs = std::filesystem;
 
@@ -53,11 +58,65 @@ nlohmann::json hf_config_json(const Model& m, const nlohmann::json& base) {
   return j;
 }
 
+bool is_dms_export(const std::string& dir) {
+  static const std::set<std::string> names = {"config.json",
+                                              "model.safetensors",
+                                              "dms_report.json",
+                                              "tokenizer.model",
+                                              "tokenizer.json",
+                                              "tokenizer_config.json",
+                                              "special_tokens_map.json",
+                                              "generation_config.json",
+                                              "vocab.json",
+                                              "merges.txt",
+                                              "configuration_dms.py",
+                                              "modeling_dms.py"};
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec) || fs::is_symlink(dir, ec)) return false;
+  bool report = false, config = false;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    const bool spm = n.size() > 6 && n.compare(n.size() - 6, 6, ".model") == 0;  // tok512.model
+    const bool model_file = n.rfind("model-", 0) == 0 || n == "model.safetensors.index.json" || spm;
+    if (!e.is_regular_file(ec) || e.is_symlink(ec) || (!names.count(n) && !model_file))
+      return false;
+    report = report || n == "dms_report.json";
+    if (n == "config.json") {
+      std::ifstream in(e.path());
+      std::string text((std::istreambuf_iterator<char>(in)), {});
+      config = text.find("\"dms_window_size\"") != std::string::npos;
+    }
+  }
+  return !ec && report && config;
+}
+
+namespace {
+
+// Puts the complete `stage` at `out`: a rename when `out` is absent or an empty directory,
+// else an atomic exchange (the old export ends up at `stage` and is deleted after).
+void put_in_place(const fs::path& stage, const fs::path& out) {
+  std::error_code ec;
+  if (!fs::exists(out, ec) || (fs::is_directory(out, ec) && fs::is_empty(out, ec))) {
+    fs::rename(stage, out);
+    return;
+  }
+  if (::renameat2(AT_FDCWD, stage.c_str(), AT_FDCWD, out.c_str(), RENAME_EXCHANGE) != 0)
+    throw std::runtime_error(out.string() +
+                             ": could not replace the export: " + std::strerror(errno));
+  fs::remove_all(stage, ec);  // the old export
+}
+
+}  // namespace
+
 void write_hf_model(const Model& m, const std::string& dir, const ExportExtras& extras,
                     bool overwrite) {
   const fs::path out(dir);
-  if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out)) && !overwrite)
-    throw InputError(dir + ": already exists (choose another --out or pass --force)");
+  if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out))) {
+    require(overwrite, dir, "already exists (choose another --out or pass --force)");
+    require(is_dms_export(dir), dir,
+            "is not an export written by dms export: --force replaces only those "
+            "(nothing was deleted)");
+  }
   const fs::path parent = out.has_parent_path() ? out.parent_path() : fs::path(".");
   fs::create_directories(parent);
   const fs::path stage =
@@ -73,15 +132,7 @@ void write_hf_model(const Model& m, const std::string& dir, const ExportExtras& 
       write_file_atomic((stage / "dms_report.json").string(), extras.report.dump(2) + "\n");
     for (const auto& f : extras.copy_files)
       fs::copy_file(f, stage / fs::path(f).filename(), fs::copy_options::overwrite_existing);
-    if (fs::exists(out)) {
-      const fs::path old =
-          parent / (out.filename().string() + ".old-" + std::to_string(::getpid()));
-      fs::rename(out, old);
-      fs::rename(stage, out);
-      fs::remove_all(old);
-    } else {
-      fs::rename(stage, out);
-    }
+    put_in_place(stage, out);
   } catch (...) {
     std::error_code ec;
     fs::remove_all(stage, ec);

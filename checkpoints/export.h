@@ -20,9 +20,15 @@ struct ExportExtras {
   nlohmann::json report;                // written as dms_report.json when not null
 };
 
-// Writes into a staging directory next to `dir` and renames it into place, so `dir`
-// is either absent, the old export, or the complete new one. An existing non-empty
-// `dir` is replaced only with overwrite (InputError otherwise).
+// Writes into a staging directory next to `dir` and puts it in place with one atomic
+// rename (an existing export is exchanged with it, then deleted), so at every instant
+// `dir` is either absent, the old export, or the complete new one. An existing non-empty
+// `dir` is replaced only with overwrite, and only when it is one of our exports
+// (is_dms_export): never a run directory, its parent, or anything else (InputError).
+// A directory `dms export` wrote: only regular files of the names an export holds, among
+// them config.json with dms_* fields and dms_report.json.
+bool is_dms_export(const std::string& dir);
+
 void write_hf_model(const Model& m, const std::string& dir, const ExportExtras& extras = {},
                     bool overwrite = false);
 

@@ -2,8 +2,8 @@
 
 #include <map>
 
-#include "checkpoints/json_file.h"
-#include "model/error.h"
+#include "common/json_file.h"
+#include "common/error.h"
 
 namespace dms {
 

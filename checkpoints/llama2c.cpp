@@ -2,8 +2,8 @@
 
 #include <cstring>
 
-#include "checkpoints/mapped_file.h"
-#include "model/error.h"
+#include "common/mapped_file.h"
+#include "common/error.h"
 
 namespace dms {
 

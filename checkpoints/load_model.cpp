@@ -4,10 +4,10 @@
 #include <set>
 
 #include "checkpoints/hf_config.h"
-#include "checkpoints/json_file.h"
+#include "common/json_file.h"
 #include "checkpoints/llama2c.h"
 #include "checkpoints/safetensors.h"
-#include "model/error.h"
+#include "common/error.h"
 
 namespace fs = std::filesystem;
 

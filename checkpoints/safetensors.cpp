@@ -4,9 +4,9 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
-#include "checkpoints/atomic_file.h"
-#include "checkpoints/mapped_file.h"
-#include "model/error.h"
+#include "common/atomic_file.h"
+#include "common/mapped_file.h"
+#include "common/error.h"
 
 namespace dms {
 

@@ -8,8 +8,8 @@
 #include <filesystem>
 #include <memory>
 
-#include "checkpoints/h5.h"
-#include "model/error.h"
+#include "common/h5.h"
+#include "common/error.h"
 
 namespace fs = std::filesystem;
 
@@ -32,7 +32,10 @@ std::string checksum(const TrainState& s) {
     }
   const std::string meta = std::to_string(s.step) + "|" + std::to_string(s.data_epoch) + "|" +
                            std::to_string(s.data_offset) + "|" + std::to_string(s.adam_steps) +
-                           "|" + s.config_json;
+                           "|" + s.config_json +
+                           (s.dms_json.empty() && s.base_json.empty()
+                                ? std::string()
+                                : "|" + s.dms_json + "|" + s.base_json);
   EVP_DigestUpdate(ctx.get(), meta.data(), meta.size());
   unsigned char d[EVP_MAX_MD_SIZE];
   unsigned int n = 0;
@@ -57,7 +60,8 @@ void write_train_state(const std::string& path, const TrainState& s) {
       h5::set_attr(f.get(), "data_offset", s.data_offset);
       h5::set_attr(f.get(), "adam_steps", s.adam_steps);
       h5::set_attr(f.get(), "config_json", s.config_json);
-      h5::set_attr(f.get(), "metrics_json", s.metrics_json);
+      h5::set_attr(f.get(), "dms_json", s.dms_json);
+      h5::set_attr(f.get(), "base_json", s.base_json);
       const NamedTensors* groups[3] = {&s.trained, &s.adam_m, &s.adam_v};
       for (int g = 0; g < 3; ++g) {
         h5::Handle grp(H5Gcreate2(f.get(), kGroups[g], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
@@ -100,7 +104,8 @@ TrainState read_train_state(const std::string& path) {
   s.data_offset = h5::get_int_attr(f.get(), "data_offset", path);
   s.adam_steps = h5::get_int_attr(f.get(), "adam_steps", path);
   s.config_json = h5::get_string_attr(f.get(), "config_json", path);
-  s.metrics_json = h5::get_string_attr(f.get(), "metrics_json", path);
+  for (auto [name, field] : {std::pair{"dms_json", &s.dms_json}, {"base_json", &s.base_json}})
+    if (h5::has_attr(f.get(), name)) *field = h5::get_string_attr(f.get(), name, path);
   NamedTensors* groups[3] = {&s.trained, &s.adam_m, &s.adam_v};
   for (int g = 0; g < 3; ++g) {
     require(h5::has_dataset(f.get(), kGroups[g]), path, std::string("missing group ") + kGroups[g]);

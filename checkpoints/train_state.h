@@ -17,8 +17,11 @@ struct TrainState {
   int64_t world_size = 1;                   // ranks that wrote it
   int64_t data_epoch = 0, data_offset = 0;  // cursor of the global sample order
   int64_t adam_steps = 0;
-  std::string config_json;   // resolved run configuration
-  std::string metrics_json;  // small running statistics (e.g. last losses)
+  std::string config_json;  // resolved run configuration (trainer/config)
+  // What an export needs without the run's configuration: the DMS config of the trained
+  // predictors and the base model's identity ({path, size, sha256}). Empty in checkpoints
+  // written before they were recorded.
+  std::string dms_json, base_json;
   NamedTensors trained, adam_m, adam_v;
 };
 

@@ -4,9 +4,10 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "common/sha256.h"
 #include "data/token_file.h"
 #include "data/tokenizer.h"
-#include "model/error.h"
+#include "common/error.h"
 #include "model/generate.h"
 
 namespace fs = std::filesystem;

@@ -1,6 +1,5 @@
 #include "data/token_file.h"
 
-#include <openssl/evp.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -8,9 +7,9 @@
 #include <filesystem>
 #include <fstream>
 
-#include "checkpoints/h5.h"
-#include "checkpoints/mapped_file.h"
-#include "model/error.h"
+#include "common/h5.h"
+#include "common/mapped_file.h"
+#include "common/error.h"
 
 namespace fs = std::filesystem;
 
@@ -217,17 +216,6 @@ void validate_tokens(const TokenData& d, int64_t model_vocab, int64_t model_cont
   require(mx < model_vocab, d.path,
           "token id " + std::to_string(mx) + " is outside the model's vocabulary of " +
               std::to_string(model_vocab));
-}
-
-std::string sha256_file(const std::string& path) {
-  auto m = map_file(path);
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  if (EVP_Digest(m->data, m->size, digest, &len, EVP_sha256(), nullptr) != 1)
-    throw std::runtime_error(path + ": sha256 failed");
-  char hex[2 * EVP_MAX_MD_SIZE + 1];
-  for (unsigned i = 0; i < len; ++i) std::snprintf(hex + 2 * i, 3, "%02x", digest[i]);
-  return std::string(hex, 2 * len);
 }
 
 }  // namespace dms

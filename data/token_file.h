@@ -54,7 +54,4 @@ TokenData open_tokens(const std::string& path, int64_t bin_seq_len = 0,
 // InputError unless every id < model_vocab and rows fit the model's context.
 void validate_tokens(const TokenData& d, int64_t model_vocab, int64_t model_context);
 
-// sha256 of a file's bytes as hex (for the tokenizer hash attribute).
-std::string sha256_file(const std::string& path);
-
 }  // namespace dms

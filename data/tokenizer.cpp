@@ -7,7 +7,7 @@
 #include <mutex>
 
 #include "data/spm_shim.h"
-#include "model/error.h"
+#include "common/error.h"
 
 namespace fs = std::filesystem;
 

@@ -6,7 +6,7 @@
 #include "checkpoints/llama2c.h"
 #include "checkpoints/load_model.h"
 #include "checkpoints/safetensors.h"
-#include "model/error.h"
+#include "common/error.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;

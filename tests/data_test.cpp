@@ -1,6 +1,6 @@
 // SentencePiece through our shim against goldens from llama2.c and python sentencepiece.
 #include "data/tokenizer.h"
-#include "model/error.h"
+#include "common/error.h"
 #include "tests/test_util.h"
 
 namespace dms {

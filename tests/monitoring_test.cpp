@@ -11,7 +11,7 @@
 #include "checkpoints/train_state.h"
 #include "event.pb.h"
 #include "tests/test_util.h"
-#include "trainer/tensorboard.h"
+#include "trainer/monitor/tensorboard.h"
 
 namespace fs = std::filesystem;
 

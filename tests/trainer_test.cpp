@@ -7,10 +7,10 @@
 #include "checkpoints/safetensors.h"
 #include "checkpoints/train_state.h"
 #include "tests/test_util.h"
-#include "trainer/losses.h"
-#include "trainer/optimizer.h"
-#include "trainer/schedule.h"
-#include "trainer/step.h"
+#include "trainer/loop/losses.h"
+#include "trainer/loop/optimizer.h"
+#include "trainer/loop/schedule.h"
+#include "trainer/loop/step.h"
 
 namespace fs = std::filesystem;
 
@@ -92,13 +92,13 @@ TEST(Schedules, CompressionAndLearningRate) {
   EXPECT_DOUBLE_EQ(cr.cr(500), 8.0);
   EXPECT_DOUBLE_EQ(cr.target(0), 0.0);
   EXPECT_DOUBLE_EQ(cr.target(100), 0.875);
-  LrSchedule constant{"constant", 1e-3, 10, 100, 0.1};
+  LrSchedule constant{LrScheduleKind::constant, 1e-3, 10, 100, 0.1};
   EXPECT_DOUBLE_EQ(constant.at(0), 1e-3);
-  LrSchedule warm{"warmup", 1e-3, 10, 100, 0.1};
+  LrSchedule warm{LrScheduleKind::warmup, 1e-3, 10, 100, 0.1};
   EXPECT_DOUBLE_EQ(warm.at(0), 1e-4);
   EXPECT_DOUBLE_EQ(warm.at(9), 1e-3);
   EXPECT_DOUBLE_EQ(warm.at(50), 1e-3);
-  LrSchedule cosine{"cosine", 1e-3, 10, 110, 0.1};
+  LrSchedule cosine{LrScheduleKind::cosine, 1e-3, 10, 110, 0.1};
   EXPECT_DOUBLE_EQ(cosine.at(4), 5e-4);
   EXPECT_NEAR(cosine.at(10), 1e-3, 1e-15);
   EXPECT_NEAR(cosine.at(60), 1e-3 * (0.1 + 0.9 * 0.5), 1e-15);
@@ -139,7 +139,7 @@ std::vector<at::Tensor> step_grads(Model& m, const at::Tensor& tokens, int64_t m
     t->requires_grad_(true);
     t->mutable_grad() = at::Tensor();
   }
-  StepInputs in{&m, &m, KdDirection::student_teacher, micro, 0, 1.0, m.dms.window, 3, {}, {}};
+  StepInputs in{&m, &m, KdDirection::student_teacher, micro, 0, 1.0, 3, {}, {}};
   accumulate_gradients(in, tokens, 5, 0, tokens.size(0), 0.6);
   std::vector<at::Tensor> g;
   for (auto& [n, t] : named_dms_weights(m)) g.push_back(t->grad().clone());

@@ -1,0 +1,53 @@
+// Low-level file access shared by the importers: mmap and capped JSON reads.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "common/json_file.h"
+#include "common/mapped_file.h"
+#include "common/error.h"
+
+namespace dms {
+
+MappedFile::~MappedFile() {
+  if (data && size) munmap(const_cast<uint8_t*>(data), size);
+}
+
+std::shared_ptr<MappedFile> map_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  require(fd >= 0, path, std::string("cannot open: ") + std::strerror(errno));
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw InputError(path + ": not a regular file");
+  }
+  auto m = std::make_shared<MappedFile>();
+  m->size = uint64_t(st.st_size);
+  if (m->size > 0) {
+    void* p = mmap(nullptr, m->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      ::close(fd);
+      throw InputError(path + ": mmap failed: " + std::strerror(errno));
+    }
+    m->data = static_cast<const uint8_t*>(p);
+  }
+  ::close(fd);
+  return m;
+}
+
+nlohmann::json read_json_file(const std::string& path, uint64_t max_bytes) {
+  auto m = map_file(path);
+  require(m->size <= max_bytes, path,
+          "JSON file of " + std::to_string(m->size) + " bytes is over the limit");
+  try {
+    return nlohmann::json::parse(m->data, m->data + m->size);
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(path + ": not valid JSON (" + std::string(e.what()) + ")");
+  }
+}
+
+}  // namespace dms

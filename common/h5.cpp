@@ -1,0 +1,148 @@
+#include "common/h5.h"
+
+#include <stdexcept>
+
+#include "common/error.h"
+
+namespace dms::h5 {
+
+Handle& Handle::operator=(Handle&& o) noexcept {
+  if (this != &o) {
+    if (id_ >= 0 && close_) close_(id_);
+    id_ = o.id_;
+    close_ = o.close_;
+    o.id_ = -1;
+  }
+  return *this;
+}
+
+Handle::~Handle() {
+  if (id_ >= 0 && close_) close_(id_);
+}
+
+void quiet() {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+}
+
+static void check(herr_t r, const std::string& what) {
+  if (r < 0) throw std::runtime_error("HDF5: " + what);
+}
+
+Handle create_file(const std::string& path) {
+  quiet();
+  hid_t f = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  if (f < 0) throw std::runtime_error(path + ": cannot create HDF5 file");
+  return Handle(f, H5Fclose);
+}
+
+Handle open_file(const std::string& path) {
+  quiet();
+  require(H5Fis_hdf5(path.c_str()) > 0, path, "not an HDF5 file");
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  require(f >= 0, path, "cannot open HDF5 file (damaged?)");
+  return Handle(f, H5Fclose);
+}
+
+void set_attr(hid_t obj, const std::string& name, const std::string& value) {
+  Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
+  check(H5Tset_size(type.get(), std::max<size_t>(1, value.size())), "string type");
+  Handle space(H5Screate(H5S_SCALAR), H5Sclose);
+  if (H5Aexists(obj, name.c_str()) > 0) H5Adelete(obj, name.c_str());
+  Handle a(H5Acreate2(obj, name.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT),
+           H5Aclose);
+  check(a.get(), "create attribute " + name);
+  std::string padded = value.empty() ? std::string(1, '\0') : value;
+  check(H5Awrite(a.get(), type.get(), padded.data()), "write attribute " + name);
+}
+
+template <typename T>
+static void set_scalar(hid_t obj, const std::string& name, hid_t type, T v) {
+  Handle space(H5Screate(H5S_SCALAR), H5Sclose);
+  if (H5Aexists(obj, name.c_str()) > 0) H5Adelete(obj, name.c_str());
+  Handle a(H5Acreate2(obj, name.c_str(), type, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  check(a.get(), "create attribute " + name);
+  check(H5Awrite(a.get(), type, &v), "write attribute " + name);
+}
+
+void set_attr(hid_t obj, const std::string& name, int64_t value) {
+  set_scalar(obj, name, H5T_NATIVE_INT64, value);
+}
+void set_attr(hid_t obj, const std::string& name, double value) {
+  set_scalar(obj, name, H5T_NATIVE_DOUBLE, value);
+}
+
+bool has_attr(hid_t obj, const std::string& name) {
+  return H5Aexists(obj, name.c_str()) > 0;
+}
+
+static Handle open_attr(hid_t obj, const std::string& name, const std::string& file) {
+  require(has_attr(obj, name), file, "missing attribute '" + name + "'");
+  Handle a(H5Aopen(obj, name.c_str(), H5P_DEFAULT), H5Aclose);
+  require(a.valid(), file, "cannot open attribute '" + name + "'");
+  return a;
+}
+
+std::string get_string_attr(hid_t obj, const std::string& name, const std::string& file) {
+  Handle a = open_attr(obj, name, file);
+  Handle type(H5Aget_type(a.get()), H5Tclose);
+  require(H5Tget_class(type.get()) == H5T_STRING && !H5Tis_variable_str(type.get()), file,
+          "attribute '" + name + "' is not a fixed-length string");
+  const size_t n = H5Tget_size(type.get());
+  require(n < (size_t(1) << 28), file, "attribute '" + name + "' is too large");
+  std::string s(n, '\0');
+  check(H5Aread(a.get(), type.get(), s.data()), "read attribute " + name);
+  while (!s.empty() && s.back() == '\0') s.pop_back();
+  return s;
+}
+
+int64_t get_int_attr(hid_t obj, const std::string& name, const std::string& file) {
+  Handle a = open_attr(obj, name, file);
+  int64_t v = 0;
+  require(H5Aread(a.get(), H5T_NATIVE_INT64, &v) >= 0, file,
+          "attribute '" + name + "' is not an integer");
+  return v;
+}
+
+double get_double_attr(hid_t obj, const std::string& name, const std::string& file) {
+  Handle a = open_attr(obj, name, file);
+  double v = 0;
+  require(H5Aread(a.get(), H5T_NATIVE_DOUBLE, &v) >= 0, file,
+          "attribute '" + name + "' is not a number");
+  return v;
+}
+
+void write_array(hid_t file, const std::string& name, const void* data, hid_t mem_type,
+                 const std::vector<hsize_t>& dims) {
+  Handle space(H5Screate_simple(int(dims.size()), dims.data(), nullptr), H5Sclose);
+  Handle d(
+      H5Dcreate2(file, name.c_str(), mem_type, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+      H5Dclose);
+  check(d.get(), "create dataset " + name);
+  check(H5Dwrite(d.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), "write dataset " + name);
+}
+
+bool has_dataset(hid_t file, const std::string& name) {
+  return H5Lexists(file, name.c_str(), H5P_DEFAULT) > 0;
+}
+
+std::vector<hsize_t> dataset_dims(hid_t file, const std::string& name, const std::string& path) {
+  require(has_dataset(file, name), path, "missing dataset '" + name + "'");
+  Handle d(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
+  require(d.valid(), path, "cannot open dataset '" + name + "'");
+  Handle space(H5Dget_space(d.get()), H5Sclose);
+  const int rank = H5Sget_simple_extent_ndims(space.get());
+  require(rank >= 0 && rank <= 8, path, "dataset '" + name + "' has a bad rank");
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
+  H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+  return dims;
+}
+
+void read_array(hid_t file, const std::string& name, void* data, hid_t mem_type,
+                const std::string& path) {
+  Handle d(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
+  require(d.valid(), path, "missing dataset '" + name + "'");
+  require(H5Dread(d.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0, path,
+          "cannot read dataset '" + name + "' (damaged?)");
+}
+
+}  // namespace dms::h5

@@ -1,0 +1,113 @@
+// dms inspect PATH: what a model, config, tokenizer or safetensors file holds.
+#include <filesystem>
+#include <iostream>
+
+#include "common/h5.h"
+#include "checkpoints/hf_config.h"
+#include "common/json_file.h"
+#include "checkpoints/load_model.h"
+#include "checkpoints/safetensors.h"
+#include "checkpoints/train_state.h"
+#include "data/token_file.h"
+#include "data/tokenizer.h"
+#include "common/error.h"
+#include "trainer/cli/cli.h"
+
+namespace fs = std::filesystem;
+
+namespace dms {
+
+namespace {
+
+void inspect_tokenizer(const std::string& path) {
+  Tokenizer t = load_tokenizer(path);
+  std::cout << "tokenizer:       SentencePiece " << path << "\n"
+            << "vocab:           " << t.vocab_size() << "\n"
+            << "bos/eos:         " << t.bos_id() << " / " << t.eos_id() << "\n"
+            << "unk/pad:         " << t.unk_id() << " / " << t.pad_id() << "\n";
+}
+
+void inspect_safetensors(const std::string& path) {
+  SafetensorsFile f = open_safetensors(path);
+  uint64_t bytes = 0;
+  std::cout << "safetensors:     " << path << " (" << f.entries.size() << " tensors)\n";
+  for (const auto& e : f.entries) {
+    std::cout << "  " << e.name << "  " << e.dtype << " " << c10::str(at::IntArrayRef(e.shape))
+              << "\n";
+    bytes += e.end - e.begin;
+  }
+  for (const auto& [k, v] : f.metadata) std::cout << "metadata " << k << ": " << v << "\n";
+  std::cout << "data bytes:      " << bytes << "\n";
+}
+
+void inspect_model(const std::string& path) {
+  ModelConfig c = read_model_config(path);
+  std::cout << "model:           " << path << "\n" << describe_config(c);
+  const fs::path cfg = fs::is_directory(path) ? fs::path(path) / "config.json" : fs::path(path);
+  if (cfg.extension() == ".json") {
+    DmsConfig d = parse_dms_config(read_json_file(cfg.string()), cfg.string());
+    if (d.enabled)
+      std::cout << "dms:             " << predictor_name(d.predictor) << " predictor, per "
+                << (d.per_layer ? "layer" : "KV head") << ", window " << d.window << ", tau "
+                << d.tau << ", scale " << d.scale << ", offset " << d.offset << "\n";
+  }
+  auto dtypes = stored_dtypes(path);
+  if (!dtypes.empty()) {
+    std::cout << "stored dtypes:  ";
+    for (const auto& [k, v] : dtypes) std::cout << " " << k << " x" << v;
+    std::cout << "\n";
+  } else {
+    std::cout << "stored dtypes:   (config only) " << c.dtype << "\n";
+  }
+}
+
+void inspect_h5(const std::string& path) {
+  h5::Handle f = h5::open_file(path);
+  if (h5::has_dataset(f.get(), "tokens")) {
+    TokenData d = open_tokens(path);
+    std::cout << "token file:      " << path << "\n"
+              << "rows:            " << d.n_rows << " x " << d.seq_len << " tokens\n"
+              << "vocab:           " << d.info.vocab_size << " (bos " << d.info.bos_id << ", eos "
+              << d.info.eos_id << ")\n"
+              << "tokenizer sha256: "
+              << (d.info.tokenizer_hash.empty() ? "-" : d.info.tokenizer_hash) << "\n"
+              << "source:          " << d.info.source << "\n"
+              << "documents:       " << d.info.documents << ", real tokens " << d.info.tokens
+              << "\n"
+              << "largest id:      " << d.max_id() << "\n";
+    return;
+  }
+  TrainState s = read_train_state(path);  // verifies the checksum
+  int64_t numel = 0;
+  for (const auto& [n, t] : s.trained) numel += t.numel();
+  std::cout << "train state:     " << path << " (checksum ok)\n"
+            << "step:            " << s.step << " (optimizer steps " << s.adam_steps << ")\n"
+            << "world size:      " << s.world_size << "\n"
+            << "data cursor:     epoch " << s.data_epoch << ", offset " << s.data_offset << "\n"
+            << "trained tensors: " << s.trained.size() << " (" << numel << " values)\n"
+            << "config:          " << s.config_json << "\n";
+}
+
+void run_inspect(const std::string& path) {
+  require(fs::exists(path), path, "no such file or directory");
+  const std::string ext = fs::path(path).extension().string();
+  if (ext == ".h5" || ext == ".hdf5") return inspect_h5(path);
+  if (ext == ".model") return inspect_tokenizer(path);
+  if (ext == ".safetensors") return inspect_safetensors(path);
+  return inspect_model(path);
+}
+
+}  // namespace
+
+void add_inspect_command(CLI::App& app) {
+  auto path = std::make_shared<std::string>();
+  CLI::App* cmd = app.add_subcommand(
+      "inspect",
+      "Describe a file: HF model directory or config.json (family, layers, heads, parameter "
+      "count, rope), llama2.c .bin, .safetensors (tensors), SentencePiece .model (vocab, "
+      "special ids), token files and training checkpoints (.h5).");
+  cmd->add_option("path", *path, "File or directory to describe")->required();
+  cmd->callback([path] { run_inspect(*path); });
+}
+
+}  // namespace dms

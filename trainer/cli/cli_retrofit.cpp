@@ -1,0 +1,80 @@
+// dms retrofit / dms export: the main job and its output.
+#include <iostream>
+
+#include "common/error.h"
+#include "trainer/cli/cli.h"
+#include "trainer/dist/launcher.h"
+#include "trainer/eval/export_run.h"
+#include "trainer/loop/trainer.h"
+#include "trainer/monitor/report.h"
+
+namespace dms {
+
+void add_retrofit_command(CLI::App& app) {
+  // The config and the parse problems live as long as the app (callbacks run in parse()).
+  struct State {
+    RetrofitConfig cfg;
+    std::vector<std::string> errors;
+  };
+  auto st = std::make_shared<State>();
+  CLI::App* cmd = app.add_subcommand(
+      "retrofit",
+      "Teach a model DMS: distil from the unchanged model while the target compression ratio "
+      "is annealed from 1 to --target-cr; checkpoints, metrics.jsonl and config.json go to "
+      "--out. Options can also come from a TOML file: dms --config run.toml retrofit (keys under "
+      "[retrofit], named like the options: max-steps = 500).");
+  add_fields(cmd, retrofit_fields(), st->cfg, st->errors);
+  cmd->callback([st] {
+    // Every bad value at once, before any file is opened.
+    std::vector<std::string> problems = st->errors;
+    if (problems.empty()) {
+      try {
+        st->cfg.validate();
+      } catch (const InputError& e) {
+        problems.push_back(e.what());
+      }
+    }
+    if (!problems.empty()) throw InputError(join_problems(problems));
+    if (st->cfg.dist.nproc > 1 && !std::getenv("RANK")) {
+      const int code = launch_local_workers(int(st->cfg.dist.nproc));
+      if (code != 0) std::exit(code);
+      return;
+    }
+    const int code = run_retrofit(st->cfg);
+    if (code != 0) std::exit(code);
+  });
+
+  auto e = std::make_shared<ExportRequest>();
+  CLI::App* ex = app.add_subcommand(
+      "export",
+      "Write a retrofit's checkpoint as a Hugging Face directory: config.json with the dms_* "
+      "fields, model.safetensors with the official DMS tensor names, tokenizer files and "
+      "dms_report.json (measured compression per layer and head). Needs only the run's "
+      "checkpoints and the base model they record.");
+  ex->add_option("--run", e->run_dir, "Run directory of 'dms retrofit'")->required();
+  ex->add_option("--step", e->step, "Checkpoint step (default: the newest intact one)");
+  ex->add_option("--out", e->out, "Export directory")->required();
+  ex->add_flag("--force", e->force, "Replace --out when it is an earlier export (atomically)");
+  ex->add_option("--base", e->base,
+                 "The base model's location when it moved since training (checked by sha256)");
+  auto ro = std::make_shared<ReportOptions>();
+  CLI::App* rep = app.add_subcommand(
+      "report",
+      "One self-contained HTML page about a run (works while it runs): loss and compression "
+      "curves, eviction heat map per layer and head, cache sizes, throughput, config, eval table. "
+      "--format png writes the charts as PNG files into --out instead.");
+  rep->add_option("--run", ro->run, "Run directory")->required();
+  rep->add_option("--out", ro->out, "report.html (or a directory with --format png)")->required();
+  rep->add_option("--format", ro->format, "html | png")->capture_default_str();
+  rep->callback([ro] {
+    const int n = write_report(*ro);
+    std::cout << "wrote " << ro->out << " (" << n << " charts)\n";
+  });
+
+  ex->callback([e] {
+    const std::string ck = export_run(*e);
+    std::cout << "exported " << ck << " -> " << e->out << "\n";
+  });
+}
+
+}  // namespace dms

@@ -1,0 +1,81 @@
+#include "trainer/config/options.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <sstream>
+
+namespace dms {
+
+namespace {
+
+std::string num(double v) {
+  std::ostringstream o;
+  o << v;
+  return o.str();
+}
+
+bool unbounded(double v) {
+  return std::abs(v) >= std::numeric_limits<double>::max();
+}
+
+}  // namespace
+
+std::string Range::describe() const {
+  const bool has_lo = !unbounded(lo), has_hi = !unbounded(hi);
+  if (has_lo && has_hi && !lo_open && !hi_open) return num(lo) + " .. " + num(hi);
+  std::string s;
+  if (has_lo) s += std::string(lo_open ? "> " : ">= ") + num(lo);
+  if (has_hi) s += std::string(s.empty() ? "" : ", ") + (hi_open ? "< " : "<= ") + num(hi);
+  return s.empty() ? "number" : s;
+}
+
+std::string Range::check(double v) const {
+  if (!std::isfinite(v)) return "must be a finite number";
+  const bool ok = (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
+  return ok ? "" : "must be " + describe() + " (got " + num(v) + ")";
+}
+
+std::string snake_case(const std::string& option_name) {
+  std::string k = option_name;
+  for (char& ch : k)
+    if (ch == '-') ch = '_';
+  return k;
+}
+
+std::string parse_int(const std::string& s, int64_t& out) {
+  errno = 0;
+  char* end = nullptr;
+  const long long v = std::strtoll(s.c_str(), &end, 10);
+  if (s.empty() || *end != '\0') return "'" + s + "' is not an integer";
+  if (errno == ERANGE) return "'" + s + "' is out of range";
+  out = v;
+  return "";
+}
+
+std::string parse_uint(const std::string& s, uint64_t& out) {
+  errno = 0;
+  char* end = nullptr;
+  if (s.empty() || s[0] == '-') return "'" + s + "' is not a non-negative integer";
+  const unsigned long long v = std::strtoull(s.c_str(), &end, 10);
+  if (*end != '\0') return "'" + s + "' is not a non-negative integer";
+  if (errno == ERANGE) return "'" + s + "' is out of range";
+  out = v;
+  return "";
+}
+
+std::string parse_double(const std::string& s, double& out) {
+  char* end = nullptr;
+  const double v = std::strtod(s.c_str(), &end);
+  if (s.empty() || *end != '\0') return "'" + s + "' is not a number";
+  out = v;  // NaN / inf parse; the range check rejects them with a clear message
+  return "";
+}
+
+std::string join_problems(const std::vector<std::string>& problems) {
+  std::string s;
+  for (const auto& p : problems) s += (s.empty() ? "" : "; ") + p;
+  return s;
+}
+
+}  // namespace dms

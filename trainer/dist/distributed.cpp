@@ -1,0 +1,227 @@
+#include "trainer/dist/distributed.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef DMS_WITH_CUDA
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include <torch/version.h>
+
+#include "common/error.h"
+
+namespace dms {
+
+// LibTorch 2.x split process groups into ProcessGroup (a dispatcher) and Backend (Gloo,
+// NCCL, ...); the collectives we call exist on both with the same signatures.
+#if TORCH_VERSION_MAJOR >= 2
+using GroupPtr = c10::intrusive_ptr<c10d::Backend>;
+#else
+using GroupPtr = c10::intrusive_ptr<c10d::ProcessGroup>;
+#endif
+
+namespace {
+
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  try {
+    return std::stoi(v);
+  } catch (const std::exception&) {
+    throw InputError(std::string("environment: ") + name + "='" + v + "' is not an integer");
+  }
+}
+
+std::string env_str(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? v : fallback;
+}
+
+// First host of a Slurm node list such as "node[03-05,07],gpu1" -> "node03".
+std::string first_slurm_host(const std::string& list) {
+  const size_t comma = list.find(',');
+  const size_t bracket = list.find('[');
+  if (bracket == std::string::npos || (comma != std::string::npos && comma < bracket))
+    return list.substr(0, comma);
+  std::string prefix = list.substr(0, bracket);
+  std::string inside = list.substr(bracket + 1);
+  size_t end = inside.find_first_of("-,]");
+  return prefix + inside.substr(0, end);
+}
+
+}  // namespace
+
+DistEnv detect_dist_env() {
+  DistEnv e;
+  if (std::getenv("RANK") && std::getenv("WORLD_SIZE")) {
+    e.launcher = "torchrun";
+    e.rank = env_int("RANK", 0);
+    e.world = env_int("WORLD_SIZE", 1);
+    e.local_rank = env_int("LOCAL_RANK", 0);
+    e.addr = env_str("MASTER_ADDR", "127.0.0.1");
+    e.port = env_int("MASTER_PORT", 29500);
+  } else if (std::getenv("SLURM_PROCID") && std::getenv("SLURM_NTASKS")) {
+    e.launcher = "slurm";
+    e.rank = env_int("SLURM_PROCID", 0);
+    e.world = env_int("SLURM_NTASKS", 1);
+    e.local_rank = env_int("SLURM_LOCALID", 0);
+    e.addr = env_str("MASTER_ADDR", first_slurm_host(env_str("SLURM_JOB_NODELIST", "127.0.0.1")));
+    e.port = env_int("MASTER_PORT", 29500);
+  }
+  require(e.world >= 1 && e.rank >= 0 && e.rank < e.world, "environment",
+          "rank " + std::to_string(e.rank) + " is outside a world of " + std::to_string(e.world));
+  return e;
+}
+
+struct Dist::Impl {
+  c10::intrusive_ptr<c10d::Store> store;
+  GroupPtr pg;
+  std::chrono::milliseconds timeout{600000};
+};
+
+Dist::~Dist() = default;
+
+std::unique_ptr<Dist> Dist::join(const DistEnv& env, const std::string& backend,
+                                 std::chrono::milliseconds timeout) {
+  std::unique_ptr<Dist> d(new Dist());
+  d->env_ = env;
+  d->impl_ = std::make_unique<Impl>();
+  d->impl_->timeout = timeout;
+  if (env.world == 1) return d;
+  require(backend == "gloo" || backend == "nccl" || backend == "auto", "--backend",
+          "'" + backend + "' (gloo, nccl or auto)");
+  c10d::TCPStoreOptions so;
+  so.port = uint16_t(env.port);
+  so.isServer = env.rank == 0;
+  so.numWorkers = size_t(env.world);
+  so.waitWorkers = true;
+  so.timeout = timeout;
+  try {
+    d->impl_->store = c10::make_intrusive<c10d::TCPStore>(env.addr, so);
+  } catch (const std::exception& e) {
+    throw DistError("rank " + std::to_string(env.rank) + ": cannot reach the rendezvous store at " +
+                    env.addr + ":" + std::to_string(env.port) + ": " + e.what());
+  }
+#ifdef DMS_WITH_CUDA
+  if (backend == "nccl" || backend == "auto") {
+    auto opts = c10d::ProcessGroupNCCL::Options::create();
+    opts->timeout = timeout;
+    d->impl_->pg =
+        c10::make_intrusive<c10d::ProcessGroupNCCL>(d->impl_->store, env.rank, env.world, opts);
+    d->backend_ = "nccl";
+    return d;
+  }
+#else
+  require(backend != "nccl", "--backend", "nccl needs a CUDA build of LibTorch");
+#endif
+  auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
+  // Bind to loopback for single-node rendezvous, else to this host's own interface.
+  const bool loopback = env.addr == "127.0.0.1" || env.addr == "localhost";
+  opts->devices.push_back(loopback ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
+                                   : c10d::ProcessGroupGloo::createDefaultDevice());
+  d->impl_->pg =
+      c10::make_intrusive<c10d::ProcessGroupGloo>(d->impl_->store, env.rank, env.world, opts);
+  d->backend_ = "gloo";
+  return d;
+}
+
+void Dist::fail(const std::string& what, const std::exception& e) {
+  // Name the ranks whose heartbeat is behind (or the store host, when the store is gone).
+  std::string lost;
+  try {
+    impl_->store->setTimeout(std::chrono::milliseconds(2000));
+    int64_t newest = -1;
+    std::vector<int64_t> steps(size_t(env_.world), -1);
+    for (int r = 0; r < env_.world; ++r) {
+      const std::string key = "hb/" + std::to_string(r);
+      if (impl_->store->check({key})) {
+        auto v = impl_->store->get(key);
+        steps[size_t(r)] = std::stoll(std::string(v.begin(), v.end()));
+      }
+      newest = std::max(newest, steps[size_t(r)]);
+    }
+    for (int r = 0; r < env_.world; ++r)
+      if (r != env_.rank && steps[size_t(r)] < newest)
+        lost += (lost.empty() ? "" : ", ") + std::to_string(r);
+    if (lost.empty())
+      lost = "unknown (every rank reached the same step; one hung or died inside it)";
+  } catch (const std::exception&) {
+    lost = "0 (the rendezvous store host is gone)";
+  }
+  throw DistError("rank " + std::to_string(env_.rank) + ": " + what + " failed; lost rank " + lost +
+                  " (" + e.what() + ")");
+}
+
+void Dist::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
+  if (env_.world == 1 || tensors.empty()) return;
+  // One flat bucket per dtype.
+  std::vector<at::Tensor> flat_parts;
+  for (const auto& t : tensors) flat_parts.push_back(t.reshape({-1}));
+  at::Tensor bucket = at::cat(flat_parts);
+  std::vector<at::Tensor> io{bucket};
+  try {
+    impl_->pg->allreduce(io)->wait(impl_->timeout);
+  } catch (const std::exception& e) {
+    fail("all-reduce", e);
+  }
+  int64_t off = 0;
+  for (const auto& t : tensors) {
+    const int64_t n = t.numel();
+    t.copy_(bucket.narrow(0, off, n).view(t.sizes()));
+    off += n;
+  }
+}
+
+void Dist::broadcast(at::Tensor& t, int root) {
+  if (env_.world == 1) return;
+  std::vector<at::Tensor> io{t};
+  c10d::BroadcastOptions o;
+  o.rootRank = root;
+  try {
+    impl_->pg->broadcast(io, o)->wait(impl_->timeout);
+  } catch (const std::exception& e) {
+    fail("broadcast", e);
+  }
+}
+
+void Dist::barrier() {
+  if (env_.world == 1) return;
+  // An all-reduce of one value: a barrier that honours our timeout on every backend.
+  at::Tensor one = at::ones({1});
+  all_reduce_sum({one});
+}
+
+void Dist::heartbeat(int64_t step) {
+  if (env_.world == 1) return;
+  const std::string v = std::to_string(step);
+  try {
+    impl_->store->set("hb/" + std::to_string(env_.rank), std::vector<uint8_t>(v.begin(), v.end()));
+  } catch (const std::exception& e) {
+    fail("heartbeat", e);
+  }
+}
+
+int free_local_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  socklen_t len = sizeof(a);
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    if (fd >= 0) ::close(fd);
+    throw std::runtime_error("cannot find a free local port");
+  }
+  const int port = ntohs(a.sin_port);
+  ::close(fd);
+  return port;
+}
+
+}  // namespace dms

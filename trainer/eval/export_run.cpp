@@ -1,0 +1,147 @@
+#include "trainer/eval/export_run.h"
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "checkpoints/export.h"
+#include "checkpoints/hf_config.h"
+#include "checkpoints/load_model.h"
+#include "checkpoints/model_identity.h"
+#include "checkpoints/train_state.h"
+#include "common/error.h"
+#include "common/json_file.h"
+#include "data/prepare.h"
+#include "data/token_file.h"
+#include "trainer/config/retrofit_config.h"
+
+namespace fs = std::filesystem;
+
+namespace dms {
+
+namespace {
+
+// The requested checkpoint, or the newest one that reads back intact.
+std::pair<std::string, TrainState> choose_checkpoint(const ExportRequest& req) {
+  if (req.step > 0) {
+    const std::string ck = checkpoint_path(req.run_dir, req.step);
+    require(fs::exists(ck), ck, "no checkpoint for step " + std::to_string(req.step));
+    return {ck, read_train_state(ck)};
+  }
+  const auto all = list_checkpoints(req.run_dir);
+  require(!all.empty(), req.run_dir, "has no checkpoints (not a retrofit run, or not started)");
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    try {
+      return {*it, read_train_state(*it)};
+    } catch (const InputError& e) {
+      std::cerr << "warning: skipping unusable checkpoint: " << e.what() << "\n";
+    }
+  }
+  throw InputError(req.run_dir + ": no checkpoint reads back intact");
+}
+
+// The base model with the trained tensors of the checkpoint on top.
+Model build_model(const std::string& ck, const TrainState& s, const RetrofitConfig& cfg,
+                  const std::string& base) {
+  DmsConfig d = s.dms_json.empty() ? cfg.dms_config()  // written before it was recorded
+                                   : parse_dms_config(nlohmann::json::parse(s.dms_json), ck);
+  Model m = load_model(base);
+  attach_dms(m, d);
+  at::NoGradGuard ng;
+  std::map<std::string, at::Tensor*> by_name;
+  for (auto& [n, t] : named_weights(m)) by_name[n] = t;
+  for (const auto& [n, t] : s.trained) {
+    require(by_name.count(n) > 0, ck, "tensor '" + n + "' is not part of the model");
+    require(by_name[n]->sizes() == t.sizes(), ck, "tensor '" + n + "' has another shape");
+    by_name[n]->copy_(t);
+  }
+  return m;
+}
+
+std::vector<std::vector<double>> matrix(const at::Tensor& t) {
+  std::vector<std::vector<double>> out;
+  at::Tensor d = t.to(at::kDouble).contiguous();
+  for (int64_t l = 0; l < d.size(0); ++l)
+    out.emplace_back(d.data_ptr<double>() + l * d.size(1),
+                     d.data_ptr<double>() + (l + 1) * d.size(1));
+  return out;
+}
+
+// Run facts, the last metrics, and compression measured on held-out rows.
+nlohmann::json build_report(const ExportRequest& req, const std::string& ck, const TrainState& s,
+                            const RetrofitConfig& cfg, const std::string& base, const Model& m) {
+  nlohmann::json report = {{"run", fs::absolute(req.run_dir).string()},
+                           {"checkpoint", fs::path(ck).filename().string()},
+                           {"steps", s.step},
+                           {"source_model", base},
+                           {"data", cfg.run.data},
+                           {"config", cfg.to_json()}};
+  if (!s.base_json.empty()) report["base_model"] = nlohmann::json::parse(s.base_json);
+  std::ifstream metrics((fs::path(req.run_dir) / "metrics.jsonl").string());
+  std::string line, last_train, last_val;
+  while (std::getline(metrics, line)) {
+    if (line.find("\"kd_loss\"") != std::string::npos) last_train = line;
+    if (line.find("\"val_kd_loss\"") != std::string::npos) last_val = line;
+  }
+  if (!last_train.empty()) report["last_train"] = nlohmann::json::parse(last_train);
+  if (!last_val.empty()) report["last_validation"] = nlohmann::json::parse(last_val);
+  const std::string val =
+      cfg.run.val_data.empty() ? validation_path(cfg.run.data) : cfg.run.val_data;
+  if (!fs::exists(val)) return report;
+  TokenData v = open_tokens(val, cfg.run.seq_len);
+  std::vector<int64_t> idx;
+  for (int64_t i = 0; i < std::min<int64_t>(v.n_rows, 16); ++i) idx.push_back(i);
+  at::NoGradGuard ng;
+  ForwardResult r = forward_full(m, v.rows(idx), {}, ForwardOptions{});
+  CompressionStats cs = compression_from_decisions(r.decisions, {}, m.dms.window);
+  report["measured"] = {{"rows", idx.size()},
+                        {"seq_len", v.seq_len},
+                        {"decision_cr", cs.decision_cr},
+                        {"effective_kv_cr", cs.effective_kv_cr},
+                        {"eviction_rate_per_layer_head", matrix(cs.eviction_rate_lh)},
+                        {"effective_cr_per_layer_head", matrix(cs.effective_cr_lh)}};
+  return report;
+}
+
+ExportExtras base_files(const std::string& base, const Model& m) {
+  ExportExtras x;
+  if (fs::is_directory(base)) {
+    x.base_config = read_json_file((fs::path(base) / "config.json").string());
+    for (const char* f : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                          "special_tokens_map.json", "generation_config.json"})
+      if (fs::exists(fs::path(base) / f)) x.copy_files.push_back((fs::path(base) / f).string());
+  } else {
+    const std::string tok = find_tokenizer(base, m.config.vocab_size);
+    if (!tok.empty()) x.copy_files.push_back(tok);
+  }
+  return x;
+}
+
+}  // namespace
+
+std::string export_run(const ExportRequest& req) {
+  // The target first: nothing is read, let alone replaced, when it is not ours.
+  if (fs::exists(req.out) && !(fs::is_directory(req.out) && fs::is_empty(req.out))) {
+    require(req.force, req.out, "already exists (choose another --out or pass --force)");
+    require(is_dms_export(req.out), req.out,
+            "is not an export written by dms export: --force replaces only those "
+            "(nothing was deleted)");
+  }
+  auto [ck, s] = choose_checkpoint(req);
+  const RetrofitConfig cfg = RetrofitConfig::from_json(nlohmann::json::parse(s.config_json), ck);
+  std::string base;
+  if (!s.base_json.empty()) {
+    base = locate_base(ModelIdentity::from_json(nlohmann::json::parse(s.base_json), ck), req.base,
+                       "--base");
+  } else {  // written before the base was recorded: trust the path
+    base = req.base.empty() ? cfg.run.model : req.base;
+    require(fs::exists(base), base, "the base model is not there (moved?): give it with --base");
+  }
+  Model m = build_model(ck, s, cfg, base);
+  ExportExtras x = base_files(base, m);
+  x.report = build_report(req, ck, s, cfg, base, m);
+  write_hf_model(m, req.out, x, req.force);
+  return ck;
+}
+
+}  // namespace dms

@@ -1,0 +1,22 @@
+// dms export: a retrofit's checkpoint -> an HF directory with the official DMS config
+// fields and tensor names, tokenizer files and dms_report.json. Everything needed comes
+// from the checkpoint itself (the DMS config, the trained tensors, the base model's
+// identity), not from the run's config.json.
+#pragma once
+#include <string>
+
+namespace dms {
+
+struct ExportRequest {
+  std::string run_dir;
+  int64_t step = 0;  // <= 0: the newest checkpoint that reads back intact
+  std::string out;
+  bool force = false;  // replace `out` when it is one of our exports
+  std::string base;    // the base model's new location, when it moved since training
+};
+
+// Returns the checkpoint used. InputError (exit 2) for a bad target, a missing checkpoint,
+// and a base model that moved (without --base) or changed.
+std::string export_run(const ExportRequest& req);
+
+}  // namespace dms

@@ -1,0 +1,48 @@
+#include "trainer/loop/faults.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+#include "common/error.h"
+#include "trainer/config/options.h"
+
+namespace dms {
+
+FaultInjection FaultInjection::from_env() {
+  FaultInjection f;
+  if (const char* s = std::getenv("DMS_TEST_FAIL_CHECKPOINT_AT")) {
+    const std::string e = parse_int(s, f.fail_checkpoint_at);
+    require(e.empty(), "DMS_TEST_FAIL_CHECKPOINT_AT", e);
+  }
+  if (const char* s = std::getenv("DMS_TEST_INJECT")) {
+    std::stringstream in(s);
+    std::string item;
+    while (std::getline(in, item, ',')) {
+      const auto at = item.find('@');
+      int64_t step = 0;
+      require(at != std::string::npos && parse_int(item.substr(at + 1), step).empty(),
+              "DMS_TEST_INJECT", "'" + item + "' is not kind@step");
+      const std::string kind = item.substr(0, at);
+      require(kind == "nan" || kind == "spike", "DMS_TEST_INJECT",
+              "unknown fault '" + kind + "' (nan, spike)");
+      (kind == "nan" ? f.nan_at : f.spike_at).insert(step);
+    }
+  }
+  return f;
+}
+
+void FaultInjection::before_checkpoint(int64_t step_done) const {
+  if (step_done == fail_checkpoint_at)
+    throw std::runtime_error("simulated write failure (DMS_TEST_FAIL_CHECKPOINT_AT)");
+}
+
+double FaultInjection::monitored_kd(int64_t step_done, double kd) const {
+  if (nan_at.count(step_done)) return std::nan("");
+  if (spike_at.count(step_done)) return kd * 1000;
+  return kd;
+}
+
+}  // namespace dms

@@ -1,0 +1,32 @@
+// One optimizer step's forward/backward: teacher forward (no grad), student forward in
+// train mode with keyed noise, KD + DMS losses, backward — over the micro-batches of this
+// rank's slice. Losses are normalised by the *global* batch (positions for KD, samples for
+// DMS), so any split into ranks and micro-batches yields the same summed gradient.
+#pragma once
+#include <ATen/ATen.h>
+
+#include "model/transformer.h"
+#include "trainer/loop/losses.h"
+#include "trainer/loop/step_metrics.h"
+
+namespace dms {
+
+struct StepInputs {
+  Model* student;
+  const Model* teacher;  // == student in adapter mode (teacher mode = eviction off)
+  KdDirection kd_dir;
+  int64_t micro_batch, kd_chunk;
+  double dms_weight;
+  uint64_t seed;
+  AttentionImpl attention = AttentionImpl::blockwise;
+  AttentionBlocks blocks;
+};
+
+// tokens [b, T]: this rank's rows of the global batch, first_index = position of row 0
+// in the global batch (the noise key). Gradients accumulate into the student's tensors;
+// the returned sums cover this rank's rows (the compression figures follow the student's
+// own DMS window).
+StepMetrics accumulate_gradients(const StepInputs& in, const at::Tensor& tokens, int64_t step,
+                                 int64_t first_index, int64_t global_batch, double target);
+
+}  // namespace dms

@@ -1,0 +1,503 @@
+#include "trainer/loop/trainer.h"
+
+#include <ATen/Parallel.h>
+
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+#include "checkpoints/hf_config.h"
+#include "checkpoints/load_model.h"
+#include "checkpoints/model_identity.h"
+#include "common/atomic_file.h"
+#include "common/error.h"
+#include "data/loader.h"
+#include "data/prepare.h"
+#include "data/token_file.h"
+#include "trainer/dist/distributed.h"
+#include "trainer/eval/validator.h"
+#include "trainer/loop/checkpointer.h"
+#include "trainer/loop/faults.h"
+#include "trainer/loop/optimizer.h"
+#include "trainer/loop/schedule.h"
+#include "trainer/loop/step.h"
+#include "trainer/monitor/alerts.h"
+#include "trainer/monitor/sinks.h"
+
+namespace fs = std::filesystem;
+
+namespace dms {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+std::string fmt(double v, int prec) {
+  std::ostringstream o;
+  o.precision(prec);
+  o << v;
+  return o.str();
+}
+
+std::atomic<int> g_stop_signal{0};
+void on_stop_signal(int sig) {
+  g_stop_signal = sig;
+}
+
+void catch_stop_signals() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+}
+
+// cpu | cuda | auto (cuda:LOCAL_RANK when this LibTorch has CUDA and a device is present).
+at::Device pick_device(DeviceKind kind, int local_rank) {
+  if (kind == DeviceKind::cpu) return at::Device(at::kCPU);
+  const bool cuda = at::hasCUDA();
+  if (kind == DeviceKind::cuda)
+    require(cuda, "--device", "this build or machine has no CUDA device");
+  return cuda ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank))
+              : at::Device(at::kCPU);
+}
+
+// Sum of every trained value, for the cross-rank consistency check.
+double parameter_checksum(const NamedTensors& trained) {
+  double s = 0;
+  for (const auto& [n, t] : trained) s += t.detach().to(at::kDouble).sum().item<double>();
+  return s;
+}
+
+// The models of a retrofit: the student with DMS, its teacher, and what trains.
+struct Models {
+  Model student, teacher_copy;     // teacher_copy only in train mode "all"
+  const Model* teacher = nullptr;  // == &student in adapter mode (eviction off)
+  NamedTensors trained;            // name -> tensor (requires_grad)
+  std::vector<at::Tensor> params;
+
+  void load(const RetrofitConfig& cfg) {
+    student = load_model(cfg.run.model);
+    require(!student.dms.enabled, cfg.run.model,
+            "already has DMS predictors (retrofit the original)");
+  }
+  void attach(const RetrofitConfig& cfg, const at::Device& device) {
+    move_to(student, device);
+    attach_dms(student, cfg.dms_config());
+    if (cfg.dms.train_mode == TrainMode::adapters) {
+      teacher = &student;  // the same weights with eviction off
+      for (auto& [n, t] : named_dms_weights(student)) trained.emplace_back(n, *t);
+    } else {
+      teacher_copy = load_model(cfg.run.model);
+      move_to(teacher_copy, device);
+      teacher = &teacher_copy;
+      for (auto& [n, t] : named_weights(student)) trained.emplace_back(n, *t);
+    }
+    for (auto& [n, t] : trained) {
+      t.requires_grad_(true);
+      params.push_back(t);
+    }
+  }
+};
+
+class Trainer {
+ public:
+  explicit Trainer(const RetrofitConfig& cfg);
+  int run();
+
+ private:
+  void open_data();
+  void build_optimization();
+  void resume();
+  void open_run_directory();
+  void train_step(int64_t step);
+  void reduce_gradients();
+  void raise_alerts(int64_t step_done, const std::vector<Alert>& found);
+  void check_replicas(int64_t step_done);
+  void validate(int64_t step_done);
+  void checkpoint(int64_t step_done);
+  TrainState state(int64_t step_done) const;
+  void restore(const Checkpoint& c);
+  int interrupted(int64_t step_done);
+  int finished();
+  StepInputs step_inputs();
+
+  RetrofitConfig cfg_;
+  DistEnv env_;
+  std::unique_ptr<Dist> dist_;
+  bool lead_ = true;
+  at::Device device_{at::kCPU};
+  FaultInjection faults_;
+  Models models_;
+  TokenData data_;
+  std::unique_ptr<TokenData> val_;
+  std::string val_path_;
+  std::string base_json_;  // the base model's identity (rank 0, which writes checkpoints)
+  int64_t T_ = 0, global_batch_ = 0;
+  std::unique_ptr<BatchLoader> loader_;
+  std::unique_ptr<AdamW> opt_;
+  CrSchedule cr_;
+  LrSchedule lr_;
+  std::unique_ptr<Checkpointer> checkpoints_;
+  std::unique_ptr<AlertMonitor> alerts_;
+  std::unique_ptr<MetricsSinks> sinks_;  // rank 0 only
+  int64_t start_ = 0, tokens_seen_ = 0, unsaved_step_ = 0;
+  bool stop_requested_ = false;
+  Clock::time_point t0_;
+  double allreduce_total_ = 0, step_total_ = 0;
+};
+
+Trainer::Trainer(const RetrofitConfig& cfg) : cfg_(cfg) {
+  cfg_.validate();
+  faults_ = FaultInjection::from_env();
+  if (cfg_.run.threads > 0) at::set_num_threads(int(cfg_.run.threads));
+  // Every rank checks the run directory itself (shared file system), so all agree.
+  const fs::path run(cfg_.run.out);
+  if (fs::exists(run) && !fs::is_empty(run) && !cfg_.run.resume)
+    throw InputError(cfg_.run.out + ": run directory is not empty (pass --resume to continue it)");
+  env_ = detect_dist_env();
+  dist_ = Dist::join(env_, backend_name(cfg_.dist.backend),
+                     std::chrono::milliseconds(int64_t(cfg_.dist.timeout_s * 1000)));
+  lead_ = dist_->rank() == 0;
+  catch_stop_signals();
+  models_.load(cfg_);
+  if (lead_) base_json_ = identify_model(cfg_.run.model).to_json().dump();
+  device_ = pick_device(cfg_.dist.device, env_.local_rank);
+  open_data();
+  models_.attach(cfg_, device_);
+  build_optimization();
+  checkpoints_ =
+      std::make_unique<Checkpointer>(cfg_.run.out, cfg_.monitor.keep_checkpoints, faults_);
+  if (cfg_.run.resume) resume();
+  alerts_ = std::make_unique<AlertMonitor>(AlertConfig{
+      cfg_.monitor.alert_kd_spike, cfg_.monitor.alert_grad, 50, 10, cfg_.monitor.alert_cr_margin,
+      cfg_.monitor.alert_cr_evals, cfg_.monitor.stop_on_alert});
+  if (lead_) open_run_directory();
+  dist_->barrier();
+}
+
+void Trainer::open_data() {
+  const ModelConfig& mc = models_.student.config;
+  data_ = open_tokens(cfg_.run.data, cfg_.run.seq_len);
+  validate_tokens(data_, mc.vocab_size, mc.max_position);
+  val_path_ = cfg_.run.val_data.empty() ? validation_path(cfg_.run.data) : cfg_.run.val_data;
+  if (fs::exists(val_path_)) {  // every rank: whether to validate must agree across ranks
+    TokenData v = open_tokens(val_path_, cfg_.run.seq_len);
+    if (v.n_rows > 0) {
+      validate_tokens(v, mc.vocab_size, mc.max_position);
+      val_ = std::make_unique<TokenData>(std::move(v));
+    }
+  }
+  T_ = data_.seq_len;
+  if (lead_ && cfg_.dms.window >= T_)
+    std::cerr << "warning: window " << cfg_.dms.window << " >= sequence length " << T_
+              << ": no token can be evicted within a training row\n";
+}
+
+void Trainer::build_optimization() {
+  const OptimSection& o = cfg_.optim;
+  opt_ =
+      std::make_unique<AdamW>(models_.params, AdamWOptions{o.beta1, o.beta2, 1e-8, o.weight_decay});
+  cr_ = CrSchedule{1.0, cfg_.dms.target_cr, cfg_.final_step()};
+  lr_ = LrSchedule{o.lr_schedule, o.lr, o.warmup_steps, o.max_steps, o.min_lr_ratio};
+  // The global batch defines the data order and the noise; ranks take equal slices.
+  global_batch_ = o.micro_batch * o.grad_accum * dist_->world();
+  loader_ = std::make_unique<BatchLoader>(data_, global_batch_, cfg_.run.seed, dist_->rank(),
+                                          dist_->world());
+}
+
+// Continues from the newest usable checkpoint, which must have been written by this same
+// configuration (up to what OnResume allows); otherwise nothing is touched and exit 2.
+void Trainer::resume() {
+  std::optional<Checkpoint> c = checkpoints_->newest_usable(lead_);
+  require(c.has_value(), cfg_.run.out,
+          "--resume: no usable checkpoint in " + (fs::path(cfg_.run.out) / "checkpoints").string() +
+              " (nothing was changed)");
+  RetrofitConfig saved =
+      RetrofitConfig::from_json(nlohmann::json::parse(c->state.config_json), c->path);
+  if (cfg_.dms.final_step == 0) cfg_.dms.final_step = saved.final_step();  // keep the schedule
+  const auto conflicts =
+      resume_conflicts(saved, c->state.world_size, cfg_, dist_->world(), c->state.step);
+  require(conflicts.empty(), c->path,
+          "--resume with a changed configuration: " + join_problems(conflicts) +
+              " (nothing was changed; start a new run in another --out to train differently)");
+  // The base model must be the one the checkpoint was trained from (rank 0 hashed it).
+  std::string changed;
+  if (lead_ && !c->state.base_json.empty()) {
+    const auto was = ModelIdentity::from_json(nlohmann::json::parse(c->state.base_json), c->path);
+    const auto now = nlohmann::json::parse(base_json_);
+    if (now["sha256"] != was.sha256) changed = was.path;
+  }
+  at::Tensor flag = at::full({1}, changed.empty() ? 0.0 : 1.0, at::kDouble);
+  dist_->all_reduce_sum({flag});
+  require(flag.item<double>() == 0, cfg_.run.model,
+          "--resume: this is not the base model the checkpoint was trained from" +
+              (changed.empty() ? std::string() : " (" + changed + ", by sha256)"));
+  cr_ = CrSchedule{1.0, cfg_.dms.target_cr, cfg_.final_step()};
+  restore(*c);
+  if (lead_)
+    std::cerr << "resuming from " << c->path << " (step " << c->state.step << ", written by "
+              << c->state.world_size << " rank" << (c->state.world_size > 1 ? "s" : "") << ")\n";
+}
+
+void Trainer::restore(const Checkpoint& c) {
+  const TrainState& s = c.state;
+  const NamedTensors& trained = models_.trained;
+  require(s.trained.size() == trained.size(), c.path,
+          "holds " + std::to_string(s.trained.size()) + " trained tensors, this run trains " +
+              std::to_string(trained.size()));
+  at::NoGradGuard ng;
+  for (size_t i = 0; i < trained.size(); ++i) {
+    require(s.trained[i].first == trained[i].first &&
+                s.trained[i].second.sizes() == trained[i].second.sizes(),
+            c.path, "tensor '" + s.trained[i].first + "' does not match this run's model");
+    trained[i].second.copy_(s.trained[i].second);
+    opt_->m[i].copy_(s.adam_m[i].second);
+    opt_->v[i].copy_(s.adam_v[i].second);
+  }
+  opt_->steps = s.adam_steps;
+  start_ = s.step;
+  loader_->cursor = DataCursor{s.data_epoch, s.data_offset};
+}
+
+TrainState Trainer::state(int64_t step_done) const {
+  TrainState s;
+  s.step = step_done;
+  s.world_size = dist_->world();
+  s.data_epoch = loader_->cursor.epoch;
+  s.data_offset = loader_->cursor.offset;
+  s.adam_steps = opt_->steps;
+  s.config_json = cfg_.to_json().dump();
+  s.dms_json = dms_config_json(models_.student.dms).dump();
+  s.base_json = base_json_;
+  const NamedTensors& trained = models_.trained;
+  for (size_t i = 0; i < trained.size(); ++i) {
+    s.trained.emplace_back(trained[i].first, trained[i].second.detach().clone());
+    s.adam_m.emplace_back(trained[i].first, opt_->m[i].clone());
+    s.adam_v.emplace_back(trained[i].first, opt_->v[i].clone());
+  }
+  return s;
+}
+
+void Trainer::open_run_directory() {
+  const fs::path run(cfg_.run.out);
+  fs::create_directories(run);
+  write_file_atomic((run / "config.json").string(), cfg_.to_json().dump(2) + "\n");
+  sinks_ = std::make_unique<MetricsSinks>(run.string(), cfg_.optim.max_steps,
+                                          cfg_.monitor.tensorboard, start_);
+  const OptimSection& o = cfg_.optim;
+  std::cerr << "retrofit: " << cfg_.run.model << " -> " << cfg_.run.out << "\n"
+            << "  data " << cfg_.run.data << " (" << data_.n_rows << " rows x " << T_ << " tokens)"
+            << (val_ ? ", validation " + val_path_ + " (" + std::to_string(val_->n_rows) + " rows)"
+                     : "")
+            << "\n  target CR " << cfg_.dms.target_cr << " at step " << cfg_.final_step()
+            << ", window " << cfg_.dms.window << ", " << models_.trained.size()
+            << " trained tensors ("
+            << (cfg_.dms.train_mode == TrainMode::adapters ? "adapters" : "all")
+            << "), global batch " << global_batch_ << " = " << o.micro_batch << " x "
+            << o.grad_accum << " x " << dist_->world() << " rank"
+            << (dist_->world() > 1 ? "s (" + dist_->backend() + ")" : "") << "\n";
+}
+
+StepInputs Trainer::step_inputs() {
+  const OptimSection& o = cfg_.optim;
+  StepInputs in{&models_.student,
+                models_.teacher,
+                o.kd_direction,
+                o.micro_batch,
+                o.kd_chunk,
+                o.dms_weight,
+                cfg_.run.seed,
+                {},
+                {}};
+  in.attention = o.attention;
+  in.blocks = {o.attn_block_q, o.attn_block_k};
+  return in;
+}
+
+int Trainer::run() {
+  t0_ = Clock::now();
+  tokens_seen_ = start_ * global_batch_ * T_;
+  const MonitorSection& mon = cfg_.monitor;
+  for (int64_t step = start_; step < cfg_.optim.max_steps; ++step) {
+    train_step(step);
+    const int64_t done = step + 1;
+    const bool last = done == cfg_.optim.max_steps;
+    if (val_ && (done % mon.eval_every == 0 || last)) validate(done);
+    if (done % mon.checkpoint_every == 0 || last || stop_requested_) checkpoint(done);
+    if (stop_requested_) return interrupted(done);
+  }
+  return finished();
+}
+
+// Gradients of every trained tensor summed across ranks in one bucketed collective.
+void Trainer::reduce_gradients() {
+  std::vector<at::Tensor> grads;
+  for (auto& p : models_.params) {
+    if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+    grads.push_back(p.grad());
+  }
+  dist_->all_reduce_sum(grads);
+}
+
+void Trainer::train_step(int64_t step) {
+  const auto ts = Clock::now();
+  dist_->heartbeat(2 * step);  // progress marks: a failure names the rank left behind
+  LocalBatch batch = loader_->next();
+  StepMetrics m = accumulate_gradients(step_inputs(), batch.tokens.to(device_), step,
+                                       batch.first_index, global_batch_, cr_.target(step));
+  m.stop_requested = g_stop_signal.load() != 0 ? 1.0 : 0.0;
+  dist_->heartbeat(2 * step + 1);
+  const auto ta = Clock::now();
+  reduce_gradients();
+  m.all_reduce(*dist_, device_);
+  const double allreduce_s = seconds_since(ta);
+  stop_requested_ = m.stop_requested > 0;
+
+  const double grad_norm = clip_grad_norm(models_.params, cfg_.optim.clip);
+  const double lr = lr_.at(step), kd = m.kd_mean(global_batch_, T_);
+  const double dms = m.dms_mean(global_batch_);
+  const double kd_seen = faults_.monitored_kd(step + 1, kd);
+  std::vector<Alert> found = alerts_->on_step(step + 1, kd_seen, dms, grad_norm);
+  if (std::isfinite(kd_seen) && std::isfinite(dms) && std::isfinite(grad_norm)) opt_->step(lr);
+  opt_->zero_grad();
+  raise_alerts(step + 1, found);
+  tokens_seen_ += int64_t(m.tokens);
+  const double dt = seconds_since(ts);
+  allreduce_total_ += allreduce_s;
+  step_total_ += dt;
+  check_replicas(step + 1);
+  if (!lead_) return;
+  const TrainRecord r{step + 1,
+                      tokens_seen_,
+                      kd,
+                      dms,
+                      m.lm_mean(),
+                      cr_.cr(step),
+                      m.decision_cr(global_batch_),
+                      m.effective_kv_cr(),
+                      lr,
+                      grad_norm,
+                      m.tokens / dt,
+                      allreduce_s,
+                      seconds_since(t0_)};
+  sinks_->train(r, (step + 1) % cfg_.monitor.log_every == 0 || step + 1 == cfg_.optim.max_steps);
+}
+
+// Every rank sees the same reduced figures, so every rank takes the same decisions.
+void Trainer::raise_alerts(int64_t step_done, const std::vector<Alert>& found) {
+  bool stop = false;
+  for (const auto& a : found) {
+    if (lead_) sinks_->alert(step_done, a.kind, a.message);
+    stop = stop || alerts_->stops(a);
+  }
+  if (stop)
+    throw AlertStop("stopped by alert '" + found.front().kind + "' at step " +
+                    std::to_string(step_done) + "; the last checkpoint in " + cfg_.run.out +
+                    " is intact (resume with --resume)");
+}
+
+void Trainer::check_replicas(int64_t step_done) {
+  const int64_t every = cfg_.dist.checksum_every;
+  if (every <= 0 || dist_->world() <= 1 || step_done % every != 0) return;
+  at::Tensor mine = at::full({1}, parameter_checksum(models_.trained), at::kDouble);
+  at::Tensor root = mine.clone();
+  dist_->broadcast(root, 0);
+  at::Tensor bad =
+      at::full({1}, mine.item<double>() == root.item<double>() ? 0.0 : 1.0, at::kDouble);
+  dist_->all_reduce_sum({bad});
+  if (bad.item<double>() > 0)
+    throw DistError("parameters differ across ranks after step " + std::to_string(step_done) +
+                    " (checksum mismatch); stopping");
+}
+
+// Rank 0 validates; the verdict travels to every rank so all stop together.
+void Trainer::validate(int64_t step_done) {
+  at::Tensor verdict = at::zeros({1}, at::kDouble);
+  if (lead_) {
+    const OptimSection& o = cfg_.optim;
+    ValidationOptions vo{cfg_.monitor.eval_batches * o.micro_batch,
+                         o.micro_batch,
+                         o.kd_direction,
+                         o.kd_chunk,
+                         o.attention,
+                         {o.attn_block_q, o.attn_block_k}};
+    ValidationRecord v = validate_heldout(models_.student, *models_.teacher, *val_, vo);
+    v.step = step_done;
+    sinks_->validation(v);
+    const auto lag = alerts_->on_validation(step_done, v.decision_cr, cr_.cr(step_done - 1));
+    if (!lag.empty()) sinks_->finish("alert");
+    for (const auto& a : lag) {
+      sinks_->alert(step_done, a.kind, a.message);
+      if (alerts_->stops(a)) verdict.fill_(1.0);
+    }
+  }
+  if (dist_->world() > 1) dist_->broadcast(verdict, 0);
+  if (verdict.item<double>() > 0)
+    throw AlertStop("stopped by alert 'cr_lag' at step " + std::to_string(step_done) +
+                    "; the last checkpoint in " + cfg_.run.out + " is intact");
+}
+
+// Rank 0 writes after a barrier; a failed write never replaces the last good checkpoint.
+void Trainer::checkpoint(int64_t step_done) {
+  dist_->barrier();
+  std::string failed;
+  if (lead_) {
+    failed = checkpoints_->save(step_done, state(step_done));
+    if (!failed.empty())
+      sinks_->alert(step_done, "checkpoint_failed",
+                    "checkpoint at step " + std::to_string(step_done) + " failed: " + failed +
+                        " (previous checkpoints are intact)");
+  }
+  at::Tensor flag = at::full({1}, failed.empty() ? 0.0 : 1.0);
+  dist_->all_reduce_sum({flag});
+  const bool ok = flag.item<double>() == 0;
+  unsaved_step_ = ok ? 0 : step_done;
+  if (!ok && cfg_.monitor.on_checkpoint_error == CheckpointErrorPolicy::stop)
+    throw std::runtime_error("stopping: checkpoint at step " + std::to_string(step_done) +
+                             " could not be written");
+}
+
+int Trainer::interrupted(int64_t step_done) {
+  if (lead_) {
+    sinks_->finish("interrupted");
+    std::cerr << "stopped by a signal after step " << step_done << "; "
+              << (unsaved_step_ ? "its checkpoint failed: --resume continues from the last one "
+                                  "that was written\n"
+                                : "resume with --resume\n");
+  }
+  return 128 + (g_stop_signal ? g_stop_signal.load() : SIGTERM);
+}
+
+int Trainer::finished() {
+  if (unsaved_step_)
+    throw std::runtime_error("the final state (step " + std::to_string(unsaved_step_) +
+                             ") could not be saved; the newest checkpoint in " + cfg_.run.out +
+                             "/checkpoints is older (--resume continues from it)");
+  if (!lead_) return 0;
+  sinks_->finish();
+  std::cerr << "retrofit finished: " << cfg_.optim.max_steps << " steps; checkpoints in "
+            << cfg_.run.out << "/checkpoints";
+  if (dist_->world() > 1 && step_total_ > 0)
+    std::cerr << "; all-reduce took " << fmt(100.0 * allreduce_total_ / step_total_, 3)
+              << "% of step time";
+  std::cerr << "\n  next: dms export --run " << cfg_.run.out << " --out EXPORT_DIR\n";
+  return 0;
+}
+
+}  // namespace
+
+int run_retrofit(const RetrofitConfig& cfg) {
+  Trainer trainer(cfg);
+  return trainer.run();
+}
+
+}  // namespace dms
