@@ -78,7 +78,8 @@ std::string export_run(const std::string& run_dir, int64_t step, const std::stri
     for (int64_t i = 0; i < std::min<int64_t>(v.n_rows, 16); ++i) idx.push_back(i);
     at::NoGradGuard ng;
     ForwardResult r = forward_full(m, v.rows(idx), {}, ForwardOptions{});
-    CompressionStats cs = compression_from_decisions(r.decisions, {}, m.dms.window);
+    CompressionStats cs =
+        compression_from_decisions(r.decisions, {}, m.dms.window, m.config.sliding_window);
     auto to_vec = [](const at::Tensor& t) {
       std::vector<std::vector<double>> out;
       at::Tensor d = t.to(at::kDouble).contiguous();
@@ -91,10 +92,10 @@ std::string export_run(const std::string& run_dir, int64_t step, const std::stri
     };
     report["measured"] = {{"rows", idx.size()},
                           {"seq_len", v.seq_len},
-                          {"decision_cr", cs.decision_cr},
-                          {"effective_kv_cr", cs.effective_kv_cr},
-                          {"eviction_rate_per_layer_head", to_vec(cs.eviction_rate_lh)},
-                          {"effective_cr_per_layer_head", to_vec(cs.effective_cr_lh)}};
+                          {"decision_cr", cs.decision_cr()},
+                          {"effective_kv_cr", cs.effective_kv_cr()},
+                          {"eviction_rate_per_layer_head", to_vec(cs.eviction_rate_lh())},
+                          {"effective_cr_per_layer_head", to_vec(cs.effective_cr_lh())}};
   }
   x.report = report;
   write_hf_model(m, out, x, overwrite);

@@ -196,7 +196,7 @@ EvalStats validate(Trainer& tr, const TokenData& val) {
   at::NoGradGuard ng;
   EvalStats e;
   const int64_t n = std::min(val.n_rows, tr.cfg.eval_batches * tr.cfg.micro_batch);
-  double closed = 0, visible = 0, full = 0, dec = 0;
+  CompressionStats cs;  // summed over the validation batches
   const int64_t V = tr.student.config.vocab_size;
   for (int64_t r0 = 0; r0 < n; r0 += tr.cfg.micro_batch) {
     std::vector<int64_t> idx;
@@ -220,27 +220,18 @@ EvalStats validate(Trainer& tr, const TokenData& val) {
     e.positions += x.size(0) * T;
     auto [nll, cnt] = next_token_nll(r.logits, lse, x);
     e.lm_nll += nll;
-    CompressionStats cs = compression_from_decisions(r.decisions, {}, tr.cfg.window);
-    at::Tensor lh = cs.eviction_rate_lh.to(at::kDouble) * double(x.size(0));
-    at::Tensor held = cs.visible_keys.to(at::kDouble).sum({1, 3});  // [L, K]
-    e.eviction_lh = e.eviction_lh.defined() ? e.eviction_lh + lh : lh;
-    e.cache_lh = e.cache_lh.defined() ? e.cache_lh + held : held;
-    const double ndec = double(x.size(0) * (T - 1));
-    closed += cs.eviction_rate * ndec;
-    dec += ndec;
-    visible += cs.visible_keys.sum().item<double>();
-    full += double(tr.student.config.n_layers * tr.student.config.n_kv_heads) * double(x.size(0)) *
-            double(T * (T + 1) / 2);
+    cs += compression_from_decisions(r.decisions, {}, tr.cfg.window,
+                                     tr.student.config.sliding_window);
     (void)cnt;
   }
-  if (e.eviction_lh.defined()) {
-    e.eviction_lh /= double(n);
-    e.cache_lh /= double(std::max<int64_t>(1, e.positions));
+  if (cs.visible_lh.defined()) {
+    e.eviction_lh = cs.eviction_rate_lh().to(at::kDouble);
+    e.cache_lh = cs.visible_lh / double(std::max<int64_t>(1, e.positions));
   }
   e.kd /= double(std::max<int64_t>(1, e.positions));
   e.lm_nll /= double(std::max<int64_t>(1, e.positions - n));
-  e.eviction = dec > 0 ? closed / dec : 0;
-  e.effective_cr = visible > 0 ? full / visible : 1;
+  e.eviction = cs.eviction_rate();
+  e.effective_cr = cs.effective_kv_cr();
   return e;
 }
 

@@ -43,9 +43,10 @@ StepStats accumulate_gradients(const StepInputs& in, const at::Tensor& tokens, i
     st.lm_nll += nll;
     st.lm_count += cnt;
     closed_sum += frac.detach().sum().item<double>();
-    CompressionStats cs = compression_from_decisions(r.decisions.detach(), {}, in.window);
-    visible_sum += cs.visible_keys.sum().item<double>();
-    full_sum += double(L * K * mb) * double(T * (T + 1) / 2);
+    CompressionStats cs = compression_from_decisions(r.decisions.detach(), {}, in.window,
+                                                     student.config.sliding_window);
+    visible_sum += cs.visible_sum;
+    full_sum += cs.full_sum;
   }
   st.tokens = b * T;
   st.eviction = closed_sum / double(b);
