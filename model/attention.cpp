@@ -11,12 +11,13 @@
 #include "model/dms.h"
 #include "model/error.h"
 #include "model/transformer.h"
+#include "model/visibility.h"
 
 namespace dms {
 
-std::string attention_impl_name(AttentionImpl a) {
-  return a == AttentionImpl::blockwise ? "blockwise" : "dense";
-}
+namespace {
+constexpr double kInf = std::numeric_limits<double>::infinity();
+}  // namespace
 
 AttentionImpl parse_attention_impl(const std::string& s, const std::string& where) {
   if (s == "blockwise") return AttentionImpl::blockwise;
@@ -33,12 +34,14 @@ at::Tensor dense_attention(const at::Tensor& q, const at::Tensor& k, const at::T
       attention_bias(q_pos, T, valid, mask.sliding_window).to(q.device());  // [B|1, 1, T, T]
   if (mask.key_term.defined())
     bias = dms_bias(mask.key_term, bias, q_pos, mask.window);  // [B, K, T, T]
+  if (mask.key_mask.defined()) {
+    at::Tensor hide = mask.key_mask.to(q.device()).logical_not();  // [B, K, T, T]
+    bias = (bias + at::zeros(hide.sizes(), bias.options())).masked_fill(hide, -kInf);
+  }
   return grouped_attention(q, k, v, bias, probs);
 }
 
 namespace {
-
-constexpr double kInf = std::numeric_limits<double>::infinity();
 
 // One tile: query rows [i0, i0 + ni) against keys [j0, j0 + nj).
 struct Tile {
@@ -58,15 +61,18 @@ struct Rules {
   at::Tensor term;                      // [B, K, T] in the compute type, or undefined
   at::Tensor valid;                     // [B, T] bool on the device, or undefined
   std::vector<int64_t> invalid_prefix;  // invalid (b, j) pairs among keys < j (CPU)
-  int64_t window = 0, sliding = 0;
-  at::TensorOptions opts;  // compute type, device
+  Visibility vis;                       // DMS window and the model's sliding window
+  at::TensorOptions opts;               // compute type, device
   std::map<std::tuple<int64_t, int64_t, int64_t>, TileMasks> cache;
 
+  // Ages i - j of a tile range from its bottom-left to its top-right corner.
+  static int64_t min_age(const Tile& t) { return t.i0 - (t.j0 + t.nj - 1); }
+  static int64_t max_age(const Tile& t) { return (t.i0 + t.ni - 1) - t.j0; }
   // Far (eviction-term) region of a tile: 0 none, 1 all, 2 some.
   int far_kind(const Tile& t) const {
     if (!term.defined()) return 0;
-    if (t.i0 - (t.j0 + t.nj - 1) > window) return 1;
-    if ((t.i0 + t.ni - 1) - t.j0 <= window) return 0;
+    if (vis.far(min_age(t))) return 1;
+    if (!vis.far(max_age(t))) return 0;
     return 2;
   }
   bool has_padding(const Tile& t) const {
@@ -83,16 +89,14 @@ struct Rules {
     auto it = cache.find(key);
     if (it != cache.end()) return it->second;
     TileMasks m;
-    const bool causal = t.j0 + t.nj - 1 > t.i0;
-    const bool slide = sliding > 0 && (t.i0 + t.ni - 1) - t.j0 >= sliding;
-    if (causal || slide || far_kind(t) == 2) {
+    // Some cell in the future, or outside the sliding window: the tile needs a hidden mask.
+    const bool partly_hidden = !vis.causal(min_age(t)) || !vis.in_sliding(max_age(t));
+    if (partly_hidden || far_kind(t) == 2) {
       at::Tensor dij = diff(t, opts);  // [ni, nj]
-      if (causal || slide) {
-        at::Tensor hidden = dij.lt(0);
-        if (slide) hidden = hidden.logical_or(dij.ge(sliding));
-        m.hidden = at::zeros({t.ni, t.nj}, opts).masked_fill_(hidden, -kInf);
-      }
-      if (far_kind(t) == 2) m.far = dij.gt(window).to(opts.dtype());
+      if (partly_hidden)
+        m.hidden =
+            at::zeros({t.ni, t.nj}, opts).masked_fill_(vis.in_view(dij).logical_not(), -kInf);
+      if (far_kind(t) == 2) m.far = vis.far(dij).to(opts.dtype());
     }
     return cache.emplace(key, m).first->second;
   }
@@ -122,8 +126,7 @@ struct Rules {
   }
   // Key range of the query block [i0, i0 + ni): causal end, sliding-window start.
   std::pair<int64_t, int64_t> key_range(int64_t i0, int64_t ni) const {
-    const int64_t lo = sliding > 0 ? std::max<int64_t>(0, i0 - sliding + 1) : 0;
-    return {lo, i0 + ni};
+    return {vis.first_key(i0), i0 + ni};
   }
 };
 
@@ -145,8 +148,7 @@ Rules make_rules(const at::Tensor& term, const at::Tensor& valid, int64_t window
   // Hard (eval) terms are -inf; a large finite stand-in lets partially far tiles use
   // one multiply-add (0 * -inf would be NaN). exp() of it is exactly 0 all the same.
   if (term.defined()) r.term = term.to(compute.dtype()).clamp_min(-1e30);
-  r.window = window;
-  r.sliding = sliding;
+  r.vis = Visibility{window, sliding};
   if (valid.defined()) {
     r.valid = valid;
     at::Tensor inv = valid.logical_not().sum(0).cpu().to(at::kLong).contiguous();  // [T]
@@ -286,6 +288,8 @@ at::Tensor blockwise_attention(const at::Tensor& q, const at::Tensor& k, const a
     throw InputError("attention blocks must be at least 1 (got q " + std::to_string(blocks.q) +
                      ", k " + std::to_string(blocks.k) + ")");
   if (mask.window < 0) throw std::invalid_argument("blockwise_attention: window < 0");
+  if (mask.key_mask.defined())
+    throw std::invalid_argument("blockwise_attention: key_mask needs dense_attention");
   const auto none = [&](at::ScalarType t) { return at::empty({0}, q.options().dtype(t)); };
   at::Tensor term = mask.key_term.defined() ? mask.key_term : none(q.scalar_type());
   at::Tensor valid =

@@ -15,15 +15,18 @@
 
 namespace dms {
 
-// Which keys a query sees. Key j is visible to query i iff j <= i, i - j < sliding_window
-// (when > 0) and key j is real or j == i. Where i - j > window, key_term[b, h, j] is
-// added to the score: DMS eviction, logsigmoid(-a[j+1]) in train mode (soft) and 0 / -inf
-// in eval mode (hard). window >= 0.
+// Which keys a query sees (model/visibility.h): key j is visible to query i iff j <= i,
+// i - j < sliding_window (when > 0) and key j is real or j == i. Where i - j > window,
+// key_term[b, h, j] is added to the score: DMS eviction, logsigmoid(-a[j+1]) in train mode
+// (soft) and 0 / -inf in eval mode (hard). window >= 0.
 struct AttentionMask {
   at::Tensor key_term;         // [B, K, T] or undefined (no eviction term)
   int64_t window = 0;          // eviction applies only where i - j > window
   at::Tensor key_valid;        // [B, T] bool or undefined (every key real)
   int64_t sliding_window = 0;  // 0: none
+  // Extra visibility on top of the rules [B, K, T, T] bool (false: hidden), or undefined.
+  // Reference runs only: dense_attention applies it, blockwise_attention rejects it.
+  at::Tensor key_mask;
 };
 
 struct AttentionBlocks {
@@ -32,7 +35,6 @@ struct AttentionBlocks {
 };
 
 enum class AttentionImpl { blockwise, dense };
-std::string attention_impl_name(AttentionImpl a);
 AttentionImpl parse_attention_impl(const std::string& s, const std::string& where);
 
 // q [B, H, T, d], k/v [B, K, T, d] -> [B, H, T, d]. Differentiable in q, k, v and key_term.

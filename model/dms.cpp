@@ -4,6 +4,7 @@
 
 #include "model/error.h"
 #include "model/transformer.h"
+#include "model/visibility.h"
 
 namespace dms {
 
@@ -90,8 +91,8 @@ at::Tensor shift_to_keys(const at::Tensor& t, double fill) {
 at::Tensor dms_bias(const at::Tensor& key_term, const at::Tensor& base, const at::Tensor& q_pos,
                     int64_t window) {
   const int64_t S = key_term.size(-1);
-  at::Tensor kp = at::arange(S, at::kLong).unsqueeze(0);  // [1, S]
-  at::Tensor far = (q_pos.unsqueeze(1) - kp).gt(window);  // [T, S]
+  at::Tensor kp = at::arange(S, at::kLong).unsqueeze(0);                // [1, S]
+  at::Tensor far = Visibility{window, 0}.far(q_pos.unsqueeze(1) - kp);  // [T, S]
   at::Tensor extra = at::where(far.view({1, 1, far.size(0), S}), key_term.unsqueeze(2),
                                at::zeros({}, key_term.options()));  // [B, K, T, S]
   return base.to(extra.scalar_type()) + extra;
@@ -126,42 +127,101 @@ DmsLayerTerms dms_layer_terms(const at::Tensor& z, const at::Tensor& valid, cons
 }
 
 CompressionStats compression_from_decisions(const at::Tensor& decisions, const at::Tensor& valid,
-                                            int64_t window) {
+                                            int64_t window, int64_t sliding_window) {
   at::NoGradGuard no_grad;
   at::Tensor e = decisions.detach().cpu().to(at::kDouble);  // [L, B, K, T]: small, on CPU
   const int64_t L = e.size(0), B = e.size(1), K = e.size(2), T = e.size(3);
   at::Tensor v = valid.defined() ? valid.cpu().to(at::kDouble) : at::ones({B, T}, at::kDouble);
   at::Tensor vq = v.view({1, B, 1, T});
+  const auto lh = [&](double x) { return at::full({L, K}, x, at::kDouble); };
+  CompressionStats s;
   // Decisions about real tokens: positions 1..T-1 whose position and previous token are real.
   at::Tensor dmask = at::zeros({1, B, 1, T}, at::kDouble);
   if (T > 1) dmask.narrow(3, 1, T - 1).copy_(vq.narrow(3, 1, T - 1));
-  CompressionStats s;
-  const double n_dec = (dmask.sum() * double(L * K)).item<double>();
-  s.eviction_rate = n_dec > 0 ? (e * dmask).sum().item<double>() / n_dec : 0.0;
-  s.decision_cr = 1.0 / std::max(1e-12, 1.0 - s.eviction_rate);
-  const double per_lh = std::max(1.0, dmask.sum().item<double>());
-  s.eviction_rate_lh = ((e * dmask).sum({1, 3}) / per_lh).to(at::kFloat);  // [L, K]
+  const double per_lh = dmask.sum().item<double>();
+  at::Tensor closed = e * dmask;
+  s.decisions = (dmask.sum() * double(L * K)).item<double>();
+  s.evicted = closed.sum().item<double>();
+  s.decisions_lh = lh(per_lh);
+  s.evicted_lh = closed.sum({1, 3});  // [L, K]
 
-  // Keys visible to query i: all of the last w+1, plus older keys j kept (e[j+1] = 0).
+  // Key j is kept when its decision (made at j+1) is 0; the last key has none yet.
   at::Tensor keep = shift_to_keys(1.0 - e, 1.0) * vq;  // [L, B, K, T] per key j
-  at::Tensor cum = keep.cumsum(3);                     // kept keys among 0..j
-  at::Tensor idx = at::arange(T, at::kLong);
-  at::Tensor recent = at::clamp_max(idx + 1, window + 1).to(at::kDouble);  // [T]
-  at::Tensor old_end = idx - window - 1;                                   // last old key index
-  at::Tensor old = at::zeros({L, B, K, T}, at::kDouble);
-  at::Tensor has_old = old_end.ge(0);
-  if (has_old.any().item<bool>()) {
-    at::Tensor qi = idx.masked_select(has_old);
-    old.index_copy_(3, qi, cum.index_select(3, old_end.masked_select(has_old)));
-  }
-  // Padding keys do not count for a real query (right padding: only at the end).
-  at::Tensor visible = (recent.view({1, 1, 1, T}) + old) * vq;  // [L, B, K, T]
+  at::Tensor kept_prefix = at::cat({at::zeros({L, B, K, 1}, at::kDouble), keep.cumsum(3)}, 3);
+  const Visibility vis{window, sliding_window};
+  // Padding keys do not count for a real query (right padding: only at the end), and
+  // padding queries count nothing.
+  at::Tensor visible = vis.visible_count(kept_prefix, at::arange(T, at::kLong)) * vq;
   s.visible_keys = visible.to(at::kFloat);
-  at::Tensor full = (idx + 1).to(at::kDouble).view({1, 1, 1, T}) * vq;
-  const double dms_sum = visible.sum().item<double>();
-  s.effective_kv_cr = dms_sum > 0 ? full.sum().item<double>() * double(L * K) / dms_sum : 1.0;
-  s.effective_cr_lh = ((full.sum() / visible.sum({1, 3}))).to(at::kFloat);  // [L, K]
+  // A cache that keeps everything holds i + 1 keys at query i.
+  at::Tensor full = (at::arange(T, at::kLong) + 1).to(at::kDouble).view({1, 1, 1, T}) * vq;
+  s.visible_sum = visible.sum().item<double>();
+  s.full_sum = full.sum().item<double>() * double(L * K);
+  s.visible_lh = visible.sum({1, 3});
+  s.full_lh = lh(full.sum().item<double>());
+
+  // End of sequence: what the cache holds after each row's last real token.
+  at::Tensor n_real = v.sum(1);  // [B]
+  at::Tensor last = (n_real - 1).clamp_min(0).to(at::kLong).view({1, B, 1, 1});
+  at::Tensor held = visible.gather(3, last.expand({L, B, K, 1})).squeeze(3);  // [L, B, K]
+  s.seen_sum = n_real.sum().item<double>() * double(L * K);
+  s.held_end_sum = held.sum().item<double>();
+  s.seen_lh = lh(n_real.sum().item<double>());
+  s.held_end_lh = held.sum(1);
   return s;
+}
+
+CompressionStats& CompressionStats::operator+=(const CompressionStats& o) {
+  const bool was_empty = !decisions_lh.defined();
+  decisions += o.decisions;
+  evicted += o.evicted;
+  visible_sum += o.visible_sum;
+  full_sum += o.full_sum;
+  seen_sum += o.seen_sum;
+  held_end_sum += o.held_end_sum;
+  if (!o.decisions_lh.defined()) return *this;  // o is empty
+  const auto add = [](at::Tensor& a, const at::Tensor& b) { a = a.defined() ? a + b : b; };
+  add(decisions_lh, o.decisions_lh);
+  add(evicted_lh, o.evicted_lh);
+  add(visible_lh, o.visible_lh);
+  add(full_lh, o.full_lh);
+  add(seen_lh, o.seen_lh);
+  add(held_end_lh, o.held_end_lh);
+  // Per-query counts do not add up; keeping every part's would make a running total
+  // grow with the data it has seen.
+  visible_keys = was_empty ? o.visible_keys : at::Tensor();
+  return *this;
+}
+
+double CompressionStats::eviction_rate() const {
+  return decisions > 0 ? evicted / decisions : 0.0;
+}
+
+double CompressionStats::decision_cr() const {
+  return 1.0 / std::max(1e-12, 1.0 - eviction_rate());
+}
+
+double CompressionStats::effective_kv_cr() const {
+  return visible_sum > 0 ? full_sum / visible_sum : 1.0;
+}
+
+double CompressionStats::end_kv_cr() const {
+  return held_end_sum > 0 ? seen_sum / held_end_sum : 1.0;
+}
+
+at::Tensor CompressionStats::eviction_rate_lh() const {
+  if (!evicted_lh.defined()) return {};
+  return (evicted_lh / decisions_lh.clamp_min(1.0)).to(at::kFloat);
+}
+
+at::Tensor CompressionStats::effective_cr_lh() const {
+  if (!full_lh.defined()) return {};
+  return (full_lh / visible_lh).to(at::kFloat);
+}
+
+at::Tensor CompressionStats::end_kv_cr_lh() const {
+  if (!seen_lh.defined()) return {};
+  return (seen_lh / held_end_lh).to(at::kFloat);
 }
 
 }  // namespace dms

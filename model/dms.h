@@ -66,8 +66,8 @@ at::Tensor dms_batch_noise(uint64_t seed, int64_t step, int64_t first_sample, in
 at::Tensor shift_to_keys(const at::Tensor& t, double fill);
 
 // Attention bias for DMS: base (causal, padding, sliding window) plus, where
-// i - j > window, key_term[b, h, j]. key_term is logsigmoid(-a[j+1]) in train mode and
-// 0 / -inf (kept / evicted) in eval mode.
+// i - j > window (Visibility::far), key_term[b, h, j]. key_term is logsigmoid(-a[j+1]) in
+// train mode and 0 / -inf (kept / evicted) in eval mode.
 // key_term [B, K, S], base [B|1, 1, T, S], q_pos [T] -> [B, K, T, S]
 at::Tensor dms_bias(const at::Tensor& key_term, const at::Tensor& base, const at::Tensor& q_pos,
                     int64_t window);
@@ -82,17 +82,37 @@ struct DmsLayerTerms {
 DmsLayerTerms dms_layer_terms(const at::Tensor& z, const at::Tensor& valid, const at::Tensor& noise,
                               AttentionMode mode, const DmsConfig& d);
 
-// Compression of a teacher-forced pass (DESIGN.md §2 "Reported compression").
-// decisions [L, B, K, T] (position t decides about token t-1), valid [B, T] or undefined.
+// Compression of a teacher-forced pass (DESIGN.md §2 "Reported compression"), as sums
+// so that the figures of several batches (or ranks) add up with += and the ratios are
+// taken once at the end. A "cache size at query i" is the keys query i sees under the DMS
+// rule and the model's sliding window (model/visibility.h); the full cache holds i + 1.
+// Sums run over layers, batch rows, heads and real queries (decisions); [L, K] ones over
+// batch rows and queries only. All sums are exact integers held in doubles.
 struct CompressionStats {
-  double decision_cr = 1.0;      // 1 / (1 - mean e) over decisions about real tokens
-  double effective_kv_cr = 1.0;  // sum of full cache sizes / sum of DMS cache sizes
-  double eviction_rate = 0.0;    // mean e
-  at::Tensor eviction_rate_lh;   // [L, K] mean e per layer and head
-  at::Tensor effective_cr_lh;    // [L, K]
-  at::Tensor visible_keys;       // [L, B, K, T] keys each query sees
+  double decisions = 0;     // decisions about real tokens
+  double evicted = 0;       // ... of which e = 1
+  double visible_sum = 0;   // sum over real queries of the DMS cache size
+  double full_sum = 0;      // sum over real queries of the full cache size (i + 1)
+  double seen_sum = 0;      // end of sequence: real tokens seen
+  double held_end_sum = 0;  // end of sequence: tokens held after the last real token
+  at::Tensor decisions_lh, evicted_lh, visible_lh, full_lh, seen_lh, held_end_lh;  // [L, K] f64
+  // Keys each query sees, per layer, row, head and query [L, B, K, T] fp32 (0 for padding
+  // queries), of one call: a sum of several (+=) has none (undefined).
+  at::Tensor visible_keys;
+
+  CompressionStats& operator+=(const CompressionStats& o);
+
+  double eviction_rate() const;         // mean e
+  double decision_cr() const;           // 1 / (1 - mean e)
+  double effective_kv_cr() const;       // sum of full cache sizes / sum of DMS cache sizes
+  double end_kv_cr() const;             // tokens seen / tokens held after the last token
+  at::Tensor eviction_rate_lh() const;  // [L, K] fp32
+  at::Tensor effective_cr_lh() const;   // [L, K] fp32
+  at::Tensor end_kv_cr_lh() const;      // [L, K] fp32
 };
+// decisions [L, B, K, T] (position t decides about token t-1), valid [B, T] or undefined,
+// window: DMS w, sliding_window: the model's (0: none).
 CompressionStats compression_from_decisions(const at::Tensor& decisions, const at::Tensor& valid,
-                                            int64_t window);
+                                            int64_t window, int64_t sliding_window = 0);
 
 }  // namespace dms

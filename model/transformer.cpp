@@ -3,6 +3,8 @@
 #include <cmath>
 #include <limits>
 
+#include "model/visibility.h"
+
 namespace dms {
 
 Model make_model(const ModelConfig& c, const at::TensorOptions& opts) {
@@ -169,8 +171,8 @@ at::Tensor attention_bias(const at::Tensor& q_pos, int64_t S, const at::Tensor& 
                           int64_t sliding_window) {
   at::Tensor kp = at::arange(S, at::kLong).unsqueeze(0);  // [1, S]
   at::Tensor qp = q_pos.unsqueeze(1);                     // [T, 1]
-  at::Tensor visible = kp.le(qp);                         // [T, S]
-  if (sliding_window > 0) visible = visible.logical_and((qp - kp).lt(sliding_window));
+  // Causal and inside the sliding window; no DMS term here (dms_bias adds it).
+  at::Tensor visible = Visibility{Visibility::kNoEviction, sliding_window}.in_view(qp - kp);
   visible = visible.unsqueeze(0);  // [1, T, S]
   if (key_valid.defined()) {
     at::Tensor self = kp.eq(qp).unsqueeze(0);                                // [1, T, S]
@@ -233,63 +235,60 @@ at::Tensor mlp(const LayerWeights& w, const at::Tensor& x) {
   return at::linear(g * at::linear(x, w.w_up, w.b_up), w.w_down, w.b_down);
 }
 
+at::Tensor decoder_layer(const LayerWeights& w, const Model& m, const at::Tensor& x,
+                         const at::Tensor& cos, const at::Tensor& sin, AttentionMode mode,
+                         const std::function<at::Tensor(const QKV&)>& attend) {
+  const ModelConfig& c = m.config;
+  const int64_t B = x.size(0), T = x.size(1);
+  at::Tensor att = attend(project_qkv(w, m, x, cos, sin, mode));  // [B, H, T, d]
+  att = att.transpose(1, 2).reshape({B, T, c.n_heads * c.head_dim});
+  at::Tensor h = x + at::linear(att, w.wo, w.bo);
+  return h + mlp(w, rms_norm(h, w.mlp_norm, c.rms_eps));
+}
+
 ForwardResult forward_full(const Model& m, const at::Tensor& tokens, const at::Tensor& valid,
                            const ForwardOptions& opts) {
   const ModelConfig& c = m.config;
-  const int64_t B = tokens.size(0), T = tokens.size(1);
+  const int64_t T = tokens.size(1);
   const AttentionMode mode = m.dms.enabled ? opts.mode : AttentionMode::teacher;
-  at::Tensor q_pos = at::arange(T, at::kLong);  // [T]
-  auto [cos, sin] = rope_tables(c, q_pos);      // [T, d]
+  auto [cos, sin] = rope_tables(c, at::arange(T, at::kLong));  // [T, d]
   const at::Device dev = m.embed.device();
   const bool dense =
       opts.attention == AttentionImpl::dense || opts.keep_attention || opts.key_mask.defined();
-  at::Tensor base;  // [B|1, 1, T, T]: only the dense reference materialises it
-  if (dense)
-    base =
-        attention_bias(q_pos, T, valid.defined() ? valid.cpu() : valid, c.sliding_window).to(dev);
 
   ForwardResult r;
   std::vector<at::Tensor> zs, decisions;
   at::Tensor x = at::embedding(m.embed, tokens);  // [B, T, D]
   for (int64_t l = 0; l < c.n_layers; ++l) {
-    const LayerWeights& w = m.layers[size_t(l)];
-    QKV qkv = project_qkv(w, m, x, cos, sin, mode);
-    AttentionMask am;
-    am.key_valid = valid;
-    am.sliding_window = c.sliding_window;
-    if (qkv.z.defined()) {
-      at::Tensor noise = opts.noise.defined() ? opts.noise[l].to(dev) : at::Tensor();  // [B, K, T]
-      DmsLayerTerms terms = dms_layer_terms(qkv.z, valid, noise, mode, m.dms);
-      am.key_term = terms.key_term;  // [B, K, T]
-      am.window = m.dms.window;
-      zs.push_back(qkv.z);
-      decisions.push_back(terms.decisions);
-    } else if (opts.extra_key_term.defined()) {
-      am.key_term = opts.extra_key_term.to(dev);
-      am.window = opts.extra_window;
-    }
-    if (opts.keep_kv) {
-      r.keys.push_back(qkv.k);
-      r.values.push_back(qkv.v);
-    }
-    at::Tensor att;  // [B, H, T, d]
-    if (!dense) {
-      att = blockwise_attention(qkv.q, qkv.k, qkv.v, am, opts.blocks);
-    } else {
-      at::Tensor bias = base;
-      if (am.key_term.defined()) bias = dms_bias(am.key_term, base, q_pos, am.window);
-      if (opts.key_mask.defined()) {
-        at::Tensor hide = opts.key_mask[l].to(dev).logical_not();  // [B, K, T, T]
-        bias = (bias + at::zeros(hide.sizes(), bias.options()))
-                   .masked_fill(hide, -std::numeric_limits<double>::infinity());
+    auto attend = [&](const QKV& qkv) {
+      AttentionMask am;
+      am.key_valid = valid;
+      am.sliding_window = c.sliding_window;
+      if (qkv.z.defined()) {
+        at::Tensor noise =
+            opts.noise.defined() ? opts.noise[l].to(dev) : at::Tensor();  // [B, K, T]
+        DmsLayerTerms terms = dms_layer_terms(qkv.z, valid, noise, mode, m.dms);
+        am.key_term = terms.key_term;  // [B, K, T]
+        am.window = m.dms.window;
+        zs.push_back(qkv.z);
+        decisions.push_back(terms.decisions);
+      } else if (opts.extra_key_term.defined()) {
+        am.key_term = opts.extra_key_term.to(dev);
+        am.window = opts.extra_window;
       }
+      if (opts.keep_kv) {
+        r.keys.push_back(qkv.k);
+        r.values.push_back(qkv.v);
+      }
+      if (!dense) return blockwise_attention(qkv.q, qkv.k, qkv.v, am, opts.blocks);
+      if (opts.key_mask.defined()) am.key_mask = opts.key_mask[l];
       at::Tensor probs;
-      att = grouped_attention(qkv.q, qkv.k, qkv.v, bias, opts.keep_attention ? &probs : nullptr);
+      at::Tensor att =
+          dense_attention(qkv.q, qkv.k, qkv.v, am, opts.keep_attention ? &probs : nullptr);
       if (opts.keep_attention) r.attention.push_back(probs);
-    }
-    att = att.transpose(1, 2).reshape({B, T, c.n_heads * c.head_dim});
-    x = x + at::linear(att, w.wo, w.bo);
-    x = x + mlp(w, rms_norm(x, w.mlp_norm, c.rms_eps));
+      return att;
+    };
+    x = decoder_layer(m.layers[size_t(l)], m, x, cos, sin, mode, attend);
   }
   if (!zs.empty()) {
     r.z = at::stack(zs);                 // [L, B, K, T]

@@ -5,6 +5,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -91,6 +92,14 @@ QKV project_qkv(const LayerWeights& w, const Model& m, const at::Tensor& x, cons
 
 // SwiGLU MLP. x [B, T, D] -> [B, T, D]
 at::Tensor mlp(const LayerWeights& w, const at::Tensor& x);
+
+// One decoder layer: x + o_proj(attend(project_qkv(x))), then + MLP(post-attention norm).
+// The whole-sequence forward and the cached decode differ only in `attend`, which maps the
+// layer's QKV (shapes as above) to the attention output [B, H, T, d] (and records what its
+// caller keeps). x [B, T, D], cos/sin [T, d] -> [B, T, D]
+at::Tensor decoder_layer(const LayerWeights& w, const Model& m, const at::Tensor& x,
+                         const at::Tensor& cos, const at::Tensor& sin, AttentionMode mode,
+                         const std::function<at::Tensor(const QKV&)>& attend);
 
 struct ForwardOptions {
   // Used only by DMS models; a plain model always runs as the teacher.

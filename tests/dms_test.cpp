@@ -56,8 +56,8 @@ void check_eval_case(const std::string& name, int64_t window, bool per_layer) {
   EXPECT_TRUE(at::equal(r.decisions.select(1, 0), test::json_tensor(c["decisions"])));
   CompressionStats s = compression_from_decisions(r.decisions, {}, window);
   EXPECT_TRUE(at::equal(s.visible_keys.select(1, 0), test::json_tensor(c["visible_keys"])));
-  EXPECT_NEAR(s.decision_cr, c["decision_cr"].get<double>(), 1e-9);
-  EXPECT_NEAR(s.effective_kv_cr, c["effective_kv_cr"].get<double>(), 1e-9);
+  EXPECT_NEAR(s.decision_cr(), c["decision_cr"].get<double>(), 1e-9);
+  EXPECT_NEAR(s.effective_kv_cr(), c["effective_kv_cr"].get<double>(), 1e-9);
 }
 
 TEST(DmsGolden, EvalPerHeadWindow8) {
@@ -333,10 +333,10 @@ TEST(DmsCache, GenerationEqualsTeacherForcedHardMaskForward) {
     for (int64_t i = 0; i < T; ++i)
       ASSERT_TRUE(at::equal(live_after[size_t(i)], cs.visible_keys.select(1, 0).select(2, i)))
           << "position " << i;
-    EXPECT_GT(cs.eviction_rate, 0.3);
-    EXPECT_LT(cs.eviction_rate, 0.7);
+    EXPECT_GT(cs.eviction_rate(), 0.3);
+    EXPECT_LT(cs.eviction_rate(), 0.7);
     CacheStats st = cache_stats(cache);
-    EXPECT_NEAR(st.effective_kv_cr, cs.effective_kv_cr, 1e-9);
+    EXPECT_NEAR(st.effective_kv_cr, cs.effective_kv_cr(), 1e-9);
     EXPECT_GT(st.effective_kv_cr, 1.3);
     // Storage follows the live set: slots are reused, so capacity stays near the peak.
     EXPECT_LE(cache.layers[0].high, st.peak_tokens);
@@ -440,6 +440,85 @@ TEST(DmsCache, BatchedRowsEvictIndependently) {
       for (int64_t h = 0; h < m.config.n_kv_heads; ++h)
         EXPECT_EQ(cache.live[size_t((l * 2 + b) * m.config.n_kv_heads + h)],
                   cs.visible_keys[l][b][h][79].item<int64_t>());
+}
+
+TEST(DmsCompression, StatsOfTwoHalvesAddUpToTheWholeBatch) {
+  const int64_t L = 2, B = 4, K = 3, T = 20;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(31);
+  at::Tensor dec = at::rand({L, B, K, T}, gen).lt(0.4).to(at::kFloat);  // [L, B, K, T]
+  at::Tensor valid = at::ones({B, T}, at::kBool);                       // right padding
+  valid[1].narrow(0, 14, 6).fill_(false);
+  valid[2].narrow(0, 9, 11).fill_(false);
+  for (int64_t sliding : {int64_t(0), int64_t(6)}) {
+    SCOPED_TRACE("sliding " + std::to_string(sliding));
+    const CompressionStats whole = compression_from_decisions(dec, valid, 3, sliding);
+    CompressionStats sum;
+    sum += compression_from_decisions(dec.narrow(1, 0, 2), valid.narrow(0, 0, 2), 3, sliding);
+    sum += compression_from_decisions(dec.narrow(1, 2, 2), valid.narrow(0, 2, 2), 3, sliding);
+    EXPECT_EQ(sum.decisions, whole.decisions);
+    EXPECT_EQ(sum.evicted, whole.evicted);
+    EXPECT_EQ(sum.visible_sum, whole.visible_sum);
+    EXPECT_EQ(sum.full_sum, whole.full_sum);
+    EXPECT_EQ(sum.seen_sum, whole.seen_sum);
+    EXPECT_EQ(sum.held_end_sum, whole.held_end_sum);
+    EXPECT_EQ(sum.eviction_rate(), whole.eviction_rate());
+    EXPECT_EQ(sum.decision_cr(), whole.decision_cr());
+    EXPECT_EQ(sum.effective_kv_cr(), whole.effective_kv_cr());
+    EXPECT_EQ(sum.end_kv_cr(), whole.end_kv_cr());
+    for (auto [a, b] : {std::pair{sum.decisions_lh, whole.decisions_lh},
+                        {sum.evicted_lh, whole.evicted_lh},
+                        {sum.visible_lh, whole.visible_lh},
+                        {sum.full_lh, whole.full_lh},
+                        {sum.seen_lh, whole.seen_lh},
+                        {sum.held_end_lh, whole.held_end_lh},
+                        {sum.eviction_rate_lh(), whole.eviction_rate_lh()},
+                        {sum.effective_cr_lh(), whole.effective_cr_lh()},
+                        {sum.end_kv_cr_lh(), whole.end_kv_cr_lh()}})
+      EXPECT_TRUE(at::equal(a, b));
+    EXPECT_FALSE(sum.visible_keys.defined());  // per-query counts do not add up
+    // The sums are the per-query counts', and the figures are not trivial.
+    EXPECT_EQ(whole.visible_keys.to(at::kDouble).sum().item<double>(), whole.visible_sum);
+    EXPECT_EQ(whole.seen_sum, double(L * K * (20 + 14 + 9 + 20)));
+    EXPECT_EQ(whole.decisions, double(L * K * (19 + 13 + 8 + 19)));
+    EXPECT_GT(whole.effective_kv_cr(), 1.2);
+    EXPECT_GT(whole.end_kv_cr(), 1.2);
+  }
+}
+
+TEST(DmsCache, CompressionFiguresWithASlidingWindowEqualTheCacheCounters) {
+  // A sliding window shorter and longer than the DMS window: the teacher-forced figures
+  // follow both rules exactly as the evicting cache does.
+  for (int64_t sliding : {int64_t(0), int64_t(6), int64_t(24)}) {
+    SCOPED_TRACE("sliding " + std::to_string(sliding));
+    const int64_t window = 8, B = 2, T = 70;
+    Model m = stories_half_evicting(window);
+    m.config.sliding_window = sliding;
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(19);
+    at::Tensor tokens = at::randint(1, 512, {B, T}, gen, at::kLong);
+    CacheOptions co;
+    co.policy = CachePolicy::dms;
+    KVCache kc = make_cache(m, B, co);
+    at::Tensor got = forward_cached(m, tokens, kc);
+    ForwardResult r = forward_full(m, tokens, {}, ForwardOptions{});
+    EXPECT_LT(test::max_abs_diff(got, r.logits), 1e-9);
+    CompressionStats cs = compression_from_decisions(r.decisions, {}, window, sliding);
+    CacheStats st = cache_stats(kc);
+    EXPECT_NEAR(cs.effective_kv_cr(), st.effective_kv_cr, 1e-12 * st.effective_kv_cr);
+    EXPECT_NEAR(cs.held_end_sum / double(kc.L * B * kc.K), st.mean_live, 1e-12);
+    at::Tensor reads = cs.visible_keys.to(at::kDouble).sum(3);  // [L, B, K]
+    for (int64_t l = 0; l < kc.L; ++l)
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t h = 0; h < kc.K; ++h) {
+          const size_t ci = size_t((l * B + b) * kc.K + h);
+          EXPECT_EQ(reads[l][b][h].item<double>(), kc.reads[ci]);
+          EXPECT_EQ(cs.visible_keys[l][b][h][T - 1].item<int64_t>(), kc.live[ci]);
+        }
+    EXPECT_GT(cs.eviction_rate(), 0.3);  // decisions are not trivial
+    if (sliding > 0) {                   // and the sliding window does shrink the cache further
+      EXPECT_GT(cs.effective_kv_cr(),
+                compression_from_decisions(r.decisions, {}, window).effective_kv_cr() + 0.1);
+    }
+  }
 }
 
 // Direct, slow reference of the baseline rules: at every step, a full masked forward

@@ -61,10 +61,11 @@ EvalRow evaluate(const Model& model, const Model& original, const TokenData& dat
       ForwardResult r = forward_full(model, x, {}, fo);
       logits = r.logits;
       if (policy == CachePolicy::dms) {
-        CompressionStats cs = compression_from_decisions(r.decisions, {}, model.dms.window);
-        used += cs.visible_keys.sum().item<double>();
-        closed += cs.eviction_rate * double(b * (T - 1));
-        decisions += double(b * (T - 1));
+        CompressionStats cs = compression_from_decisions(r.decisions, {}, model.dms.window,
+                                                         model.config.sliding_window);
+        used += cs.visible_sum;
+        closed += cs.evicted;
+        decisions += cs.decisions;
         row.peak_tokens = std::max<int64_t>(row.peak_tokens, cs.visible_keys.max().item<int64_t>());
       } else {
         used +=

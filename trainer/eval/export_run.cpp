@@ -93,13 +93,15 @@ nlohmann::json build_report(const ExportRequest& req, const std::string& ck, con
   for (int64_t i = 0; i < std::min<int64_t>(v.n_rows, 16); ++i) idx.push_back(i);
   at::NoGradGuard ng;
   ForwardResult r = forward_full(m, v.rows(idx), {}, ForwardOptions{});
-  CompressionStats cs = compression_from_decisions(r.decisions, {}, m.dms.window);
+  CompressionStats cs =
+      compression_from_decisions(r.decisions, {}, m.dms.window, m.config.sliding_window);
   report["measured"] = {{"rows", idx.size()},
                         {"seq_len", v.seq_len},
-                        {"decision_cr", cs.decision_cr},
-                        {"effective_kv_cr", cs.effective_kv_cr},
-                        {"eviction_rate_per_layer_head", matrix(cs.eviction_rate_lh)},
-                        {"effective_cr_per_layer_head", matrix(cs.effective_cr_lh)}};
+                        {"decision_cr", cs.decision_cr()},
+                        {"effective_kv_cr", cs.effective_kv_cr()},
+                        {"end_of_sequence_kv_cr", cs.end_kv_cr()},
+                        {"eviction_rate_per_layer_head", matrix(cs.eviction_rate_lh())},
+                        {"effective_cr_per_layer_head", matrix(cs.effective_cr_lh())}};
   return report;
 }
 

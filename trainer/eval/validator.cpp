@@ -8,9 +8,9 @@ namespace {
 
 // Sums over the rows seen; ratios at the end.
 struct Sums {
-  double kd = 0, lm_nll = 0, closed = 0, decisions = 0, visible = 0, full = 0;
-  int64_t positions = 0, rows = 0;
-  at::Tensor eviction_lh, cache_lh;  // [L, K] sums
+  double kd = 0, lm_nll = 0;
+  int64_t positions = 0;
+  CompressionStats compression;
 };
 
 void add_batch(Sums& s, const Model& student, const Model& teacher, const at::Tensor& x,
@@ -30,19 +30,9 @@ void add_batch(Sums& s, const Model& student, const Model& teacher, const at::Te
                       o.kd_chunk, &lse)
               .item<double>();
   s.positions += b * T;
-  s.rows += b;
   s.lm_nll += next_token_nll(r.logits, lse, x).first;
-  CompressionStats cs = compression_from_decisions(r.decisions, {}, student.dms.window);
-  at::Tensor lh = cs.eviction_rate_lh.to(at::kDouble) * double(b);
-  at::Tensor held = cs.visible_keys.to(at::kDouble).sum({1, 3});  // [L, K]
-  s.eviction_lh = s.eviction_lh.defined() ? s.eviction_lh + lh : lh;
-  s.cache_lh = s.cache_lh.defined() ? s.cache_lh + held : held;
-  const double ndec = double(b * (T - 1));
-  s.closed += cs.eviction_rate * ndec;
-  s.decisions += ndec;
-  s.visible += cs.visible_keys.sum().item<double>();
-  s.full += double(student.config.n_layers * student.config.n_kv_heads) * double(b) *
-            double(T * (T + 1) / 2);
+  s.compression += compression_from_decisions(r.decisions, {}, student.dms.window,
+                                              student.config.sliding_window);
 }
 
 }  // namespace
@@ -58,15 +48,15 @@ ValidationRecord validate_heldout(const Model& student, const Model& teacher, co
     add_batch(s, student, teacher, val.rows(idx).to(student.embed.device()), o);
   }
   ValidationRecord v;
-  if (s.eviction_lh.defined()) {
-    v.eviction_lh = s.eviction_lh / double(n);
-    v.cache_lh = s.cache_lh / double(std::max<int64_t>(1, s.positions));
+  const CompressionStats& cs = s.compression;
+  if (cs.visible_lh.defined()) {
+    v.eviction_lh = cs.eviction_rate_lh().to(at::kDouble);
+    v.cache_lh = cs.visible_lh / double(std::max<int64_t>(1, s.positions));
   }
   v.kd = s.kd / double(std::max<int64_t>(1, s.positions));
   v.lm = s.lm_nll / double(std::max<int64_t>(1, s.positions - n));
-  const double eviction = s.decisions > 0 ? s.closed / s.decisions : 0;
-  v.decision_cr = 1.0 / std::max(1e-9, 1.0 - eviction);
-  v.effective_kv_cr = s.visible > 0 ? s.full / s.visible : 1;
+  v.decision_cr = 1.0 / std::max(1e-9, 1.0 - cs.eviction_rate());
+  v.effective_kv_cr = cs.effective_kv_cr();
   return v;
 }
 

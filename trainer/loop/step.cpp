@@ -42,9 +42,10 @@ StepMetrics accumulate_gradients(const StepInputs& in, const at::Tensor& tokens,
     st.lm_nll += nll;
     st.lm_count += double(cnt);
     st.evicted += frac.detach().sum().item<double>();
-    CompressionStats cs = compression_from_decisions(r.decisions.detach(), {}, student.dms.window);
-    st.visible_keys += cs.visible_keys.sum().item<double>();
-    st.full_keys += double(L * K * mb) * double(T * (T + 1) / 2);
+    CompressionStats cs = compression_from_decisions(r.decisions.detach(), {}, student.dms.window,
+                                                     student.config.sliding_window);
+    st.visible_keys += cs.visible_sum;
+    st.full_keys += cs.full_sum;
   }
   st.tokens = double(b * T);
   return st;
