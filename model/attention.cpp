@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "model/dms.h"
-#include "model/error.h"
+#include "common/error.h"
 #include "model/transformer.h"
 #include "model/visibility.h"
 

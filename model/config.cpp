@@ -2,7 +2,7 @@
 
 #include <sstream>
 
-#include "model/error.h"
+#include "common/error.h"
 
 namespace dms {
 

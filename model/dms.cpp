@@ -2,7 +2,7 @@
 
 #include <limits>
 
-#include "model/error.h"
+#include "common/error.h"
 #include "model/transformer.h"
 #include "model/visibility.h"
 

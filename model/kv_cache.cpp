@@ -4,7 +4,7 @@
 #include <limits>
 #include <unordered_map>
 
-#include "model/error.h"
+#include "common/error.h"
 #include "model/visibility.h"
 
 namespace dms {

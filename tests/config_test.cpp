@@ -11,6 +11,7 @@
 #include "checkpoints/train_state.h"
 #include "common/error.h"
 #include "tests/test_util.h"
+#include "trainer/config/commands.h"
 #include "trainer/config/retrofit_config.h"
 
 namespace fs = std::filesystem;
@@ -181,6 +182,50 @@ TEST(RetrofitOptions, EveryBadValueExitsWith2BeforeAnyWorkNamingTheOption) {
     EXPECT_NE(r.err.find(bad.substr(0, bad.find(' ')) + ":"), std::string::npos) << r.err;
     EXPECT_FALSE(fs::exists(tmp.file("run"))) << bad;
   }
+}
+
+// Every option of a command's table is in its --help, and bad values of every numeric or
+// enumerated option exit 2 before the command opens anything, each named in one line.
+template <class C>
+void check_command_table(const std::string& command, const std::vector<Field<C>>& table,
+                         const std::string& required_args) {
+  auto help = test::run_dms(command + " --help");
+  ASSERT_EQ(help.exit_code, 0) << command;
+  std::string bad_text, bad_range;
+  std::vector<std::string> named_text, named_range;
+  C probe{};
+  for (const auto& f : table) {
+    EXPECT_NE(help.out.find("--" + f.name), std::string::npos) << command << " --" << f.name;
+    if (f.flag || f.values == "text") continue;
+    bad_text += " --" + f.name + " 7x";
+    named_text.push_back("--" + f.name + ":");
+    for (const char* v : {"-1000000000000", "-1", "nan", "1e18"})
+      if (f.values.find('|') == std::string::npos && f.parse(probe, v).empty() &&
+          !f.check(probe).empty()) {
+        bad_range += " --" + f.name + " " + v;
+        named_range.push_back("--" + f.name + ":");
+        break;
+      }
+  }
+  test::TempDir tmp;
+  const std::string base = command + " " + required_args + " ";
+  for (const auto& [args, names] : {std::pair{bad_text, named_text}, {bad_range, named_range}}) {
+    if (names.empty()) continue;
+    auto r = test::run_dms(base + args);
+    EXPECT_EQ(r.exit_code, 2) << command << args << ": " << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    for (const auto& n : names) EXPECT_NE(r.err.find(n), std::string::npos) << n << " in " << r.err;
+    EXPECT_EQ(r.err.find("no-such"), std::string::npos) << "opened before checking: " << r.err;
+  }
+}
+
+TEST(CommandOptions, EveryCommandChecksEveryOptionUpFront) {
+  check_command_table("eval", eval_fields(), "--model no-such --data no-such");
+  check_command_table("generate", generate_fields(), "--model no-such");
+  check_command_table("data prepare", prepare_fields(),
+                      "--tokenizer no-such --input no-such --out no-such.h5");
+  check_command_table("data sample", sample_fields(), "--model no-such --out no-such.h5");
+  check_command_table("export", export_fields(), "--run no-such --out no-such-dir");
 }
 
 // A 4-step run with checkpoints at 2 and 4 and a validation file.

@@ -189,8 +189,9 @@ TEST(Report, RendersInHeadlessChromiumWithEveryChartAndNoConsoleErrors) {
                             {"decision_cr", 4.1},
                             {"effective_kv_cr", 2.2},
                             {"ppl", 3.9},
-                            {"kl_to_original", 0.04},
-                            {"greedy_agreement", 0.5}}}}};
+                            {"kl_original_model", 0.04},
+                            {"kl_model_original", 0.05},
+                            {"greedy_agreement", nullptr}}}}};
   test::write_bytes(tmp.file("run/eval.json"), eval.dump());
   r = test::run_dms("report --run " + quote(tmp.file("run")) + " --out " +
                     quote(tmp.file("report.html")));

@@ -231,13 +231,25 @@ TEST(RetrofitRun, AdapterModeTrainsOnlyAdaptersAndExportsTheMeasuredReport) {
   auto table = test::read_json(tmp.file("eval.json"));
   ASSERT_EQ(table["rows"].size(), 5u);
   EXPECT_EQ(table["rows"][0]["policy"], "none");
-  EXPECT_NEAR(table["rows"][0]["kl_to_original"].get<double>(), 0.0, 1e-9);
+  EXPECT_NEAR(table["rows"][0]["kl_original_model"].get<double>(), 0.0, 1e-9);
+  EXPECT_NEAR(table["rows"][0]["kl_model_original"].get<double>(), 0.0, 1e-9);
+  EXPECT_TRUE(table["rows"][2]["decision_cr"].is_null());  // a baseline makes no decisions
   EXPECT_EQ(table["rows"][1]["policy"], "dms");
   for (int i = 2; i < 5; ++i) {  // baselines at the DMS model's effective CR
     EXPECT_NEAR(table["rows"][i]["effective_kv_cr"].get<double>(),
                 table["rows"][1]["effective_kv_cr"].get<double>(), 0.35);
     EXPECT_GT(table["rows"][i]["budget"].get<int64_t>(), 0);
   }
+  EXPECT_GE(table["rows"][1]["kl_original_model"].get<double>(), 0.0);
+  EXPECT_GE(table["rows"][1]["kl_model_original"].get<double>(), 0.0);
+  // Without the greedy check its figure is "-" (null), not a perfect agreement.
+  r = test::run_dms("eval --model " + quote(tmp.file("exp")) + " --data " +
+                    quote(tmp.file("d.val.h5")) + " --rows 2 --gen-rows 0 --json " +
+                    quote(tmp.file("eval0.json")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(test::read_json(tmp.file("eval0.json"))["rows"][0]["greedy_agreement"].is_null());
+  EXPECT_EQ(r.out.find("1.000"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("KL(orig||m)"), std::string::npos) << r.out;
   r = test::run_dms("inspect " + quote(list_checkpoints(tmp.file("run")).back()));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("checksum ok"), std::string::npos);

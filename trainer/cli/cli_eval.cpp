@@ -4,11 +4,12 @@
 #include <filesystem>
 #include <iostream>
 
-#include "common/atomic_file.h"
 #include "checkpoints/load_model.h"
-#include "data/token_file.h"
+#include "common/atomic_file.h"
 #include "common/error.h"
+#include "data/token_file.h"
 #include "trainer/cli/cli.h"
+#include "trainer/config/commands.h"
 #include "trainer/eval/evaluate.h"
 
 namespace fs = std::filesystem;
@@ -17,16 +18,8 @@ namespace dms {
 
 namespace {
 
-struct EvalArgs {
-  std::string model, original, data, policy = "dms", json;
-  int64_t budget = 0;
-  bool match_budget = false, compare = false;
-  EvalOptions opts;
-  int threads = 0;
-};
-
-void run_eval(const EvalArgs& a) {
-  if (a.threads > 0) at::set_num_threads(a.threads);
+void run_eval(const EvalConfig& a) {
+  if (a.threads > 0) at::set_num_threads(int(a.threads));
   Model m = load_model(a.model);
   // The original: --original, else the same weights with eviction off (exact for adapter
   // retrofits, whose base weights are frozen).
@@ -53,7 +46,7 @@ void run_eval(const EvalArgs& a) {
     for (CachePolicy p : {CachePolicy::window, CachePolicy::h2o, CachePolicy::tova})
       run(orig, policy_name(p), p, budget);
   } else {
-    const CachePolicy p = parse_policy(a.policy, "--policy");
+    const CachePolicy p = a.policy;
     int64_t budget = a.budget;
     if (a.match_budget && p != CachePolicy::dms && p != CachePolicy::full) {
       require(m.dms.enabled, a.model, "--match-budget needs a DMS model to match");
@@ -81,32 +74,17 @@ void run_eval(const EvalArgs& a) {
 }  // namespace
 
 void add_eval_command(CLI::App& app) {
-  auto a = std::make_shared<EvalArgs>();
+  auto st = std::make_shared<Parsed<EvalConfig>>();
   CLI::App* cmd = app.add_subcommand(
       "eval",
-      "Teacher-forced evaluation on held-out tokens with real eviction: perplexity, KL to the "
-      "original model, decision and effective KV compression, greedy agreement. --compare "
-      "prints original, DMS and window/H2O/TOVA at the DMS model's effective KV CR.");
-  cmd->add_option("--model", a->model, "Model (a DMS export for dms/--compare)")->required();
-  cmd->add_option("--original", a->original,
-                  "The unchanged model (default: --model with eviction off)");
-  cmd->add_option("--data", a->data, "Held-out tokens (.h5)")->required();
-  cmd->add_option("--policy", a->policy, "dms | window | h2o | tova | none")->capture_default_str();
-  cmd->add_option("--budget", a->budget, "Tokens per KV head for window/h2o/tova");
-  cmd->add_flag("--match-budget", a->match_budget, "Budget giving the DMS model's effective KV CR");
-  cmd->add_flag("--compare", a->compare, "Original, DMS and all baselines in one table");
-  cmd->add_option("--json", a->json, "Also write the table as JSON");
-  cmd->add_option("--rows", a->opts.rows, "Held-out rows to evaluate (0: all)")
-      ->capture_default_str();
-  cmd->add_option("--batch", a->opts.batch, "Rows per forward")->capture_default_str();
-  cmd->add_option("--gen-rows", a->opts.gen_rows, "Prompts for the greedy-agreement check")
-      ->capture_default_str();
-  cmd->add_option("--gen-tokens", a->opts.gen_tokens, "Greedy tokens per prompt")
-      ->capture_default_str();
-  cmd->add_option("--prompt-len", a->opts.prompt_len, "Prompt tokens taken from each row")
-      ->capture_default_str();
-  cmd->add_option("--threads", a->threads, "CPU threads (0: LibTorch default)");
-  cmd->callback([a] { run_eval(*a); });
+      "Teacher-forced evaluation on held-out tokens with real eviction: perplexity, KL to and "
+      "from the original model, decision and effective KV compression, greedy agreement. "
+      "--compare prints original, DMS and window/H2O/TOVA at the DMS model's effective KV CR.");
+  add_fields(cmd, eval_fields(), st->cfg, st->errors);
+  cmd->callback([st] {
+    st->check(eval_fields());
+    run_eval(st->cfg);
+  });
 }
 
 }  // namespace dms

@@ -6,24 +6,15 @@
 #include <sstream>
 
 #include "checkpoints/load_model.h"
-#include "data/tokenizer.h"
 #include "common/error.h"
+#include "data/tokenizer.h"
 #include "model/generate.h"
 #include "trainer/cli/cli.h"
+#include "trainer/config/commands.h"
 
 namespace dms {
 
 namespace {
-
-struct GenerateArgs {
-  std::string model, tokenizer, prompt, prompt_ids;
-  int64_t steps = 256;
-  double temperature = 0.0, top_p = 0.9;
-  uint64_t seed = 42;
-  int threads = 0;
-  std::string policy;  // default: dms for a DMS model, none otherwise
-  int64_t budget = 0, sinks = 4;
-};
 
 std::vector<int64_t> parse_ids(const std::string& s, int64_t vocab) {
   std::vector<int64_t> ids;
@@ -44,8 +35,8 @@ std::vector<int64_t> parse_ids(const std::string& s, int64_t vocab) {
   return ids;
 }
 
-void run_generate(const GenerateArgs& a) {
-  if (a.threads > 0) at::set_num_threads(a.threads);
+void run_generate(const GenerateConfig& a) {
+  if (a.threads > 0) at::set_num_threads(int(a.threads));
   Model m = load_model(a.model);
   const ModelConfig& c = m.config;
 
@@ -124,37 +115,16 @@ void run_generate(const GenerateArgs& a) {
 }  // namespace
 
 void add_generate_command(CLI::App& app) {
-  auto a = std::make_shared<GenerateArgs>();
+  auto st = std::make_shared<Parsed<GenerateConfig>>();
   CLI::App* cmd = app.add_subcommand(
       "generate",
       "Generate text from a model (HF directory, llama2.c .bin or a dms export) with the KV "
       "cache; prints the text and tokens/s.");
-  cmd->add_option("--model", a->model, "Model: HF directory, config.json or llama2.c .bin")
-      ->required();
-  cmd->add_option("--tokenizer", a->tokenizer,
-                  "SentencePiece .model (default: tokenizer.model or tok<vocab>.model beside the "
-                  "model)");
-  cmd->add_option("--prompt", a->prompt, "Prompt text (BOS is added); empty starts from BOS");
-  cmd->add_option("--prompt-ids", a->prompt_ids,
-                  "Prompt as comma-separated token ids instead of text (no tokenizer needed)");
-  cmd->add_option("--steps", a->steps, "Number of tokens to generate")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--temperature", a->temperature, "Sampling temperature; 0 = greedy")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--top-p", a->top_p, "Nucleus sampling mass (with temperature > 0)")
-      ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--seed", a->seed, "Sampling seed")->capture_default_str();
-  cmd->add_option("--threads", a->threads, "CPU threads (0 = LibTorch default)");
-  cmd->add_option("--policy", a->policy,
-                  "KV cache policy: dms (default for a DMS model), none (default otherwise), "
-                  "window (StreamingLLM sinks + recent), h2o, tova");
-  cmd->add_option("--budget", a->budget, "Tokens kept per KV head for window/h2o/tova");
-  cmd->add_option("--sinks", a->sinks, "Attention sinks kept by the window policy")
-      ->capture_default_str();
-  cmd->callback([a] { run_generate(*a); });
+  add_fields(cmd, generate_fields(), st->cfg, st->errors);
+  cmd->callback([st] {
+    st->check(generate_fields());
+    run_generate(st->cfg);
+  });
 }
 
 }  // namespace dms

@@ -2,15 +2,15 @@
 #include <filesystem>
 #include <iostream>
 
-#include "common/h5.h"
 #include "checkpoints/hf_config.h"
-#include "common/json_file.h"
 #include "checkpoints/load_model.h"
 #include "checkpoints/safetensors.h"
 #include "checkpoints/train_state.h"
+#include "common/error.h"
+#include "common/h5.h"
+#include "common/json_file.h"
 #include "data/token_file.h"
 #include "data/tokenizer.h"
-#include "common/error.h"
 #include "trainer/cli/cli.h"
 
 namespace fs = std::filesystem;

@@ -3,6 +3,7 @@
 
 #include "common/error.h"
 #include "trainer/cli/cli.h"
+#include "trainer/config/commands.h"
 #include "trainer/dist/launcher.h"
 #include "trainer/eval/export_run.h"
 #include "trainer/loop/trainer.h"
@@ -44,19 +45,14 @@ void add_retrofit_command(CLI::App& app) {
     if (code != 0) std::exit(code);
   });
 
-  auto e = std::make_shared<ExportRequest>();
+  auto e = std::make_shared<Parsed<ExportRequest>>();
   CLI::App* ex = app.add_subcommand(
       "export",
       "Write a retrofit's checkpoint as a Hugging Face directory: config.json with the dms_* "
       "fields, model.safetensors with the official DMS tensor names, tokenizer files and "
       "dms_report.json (measured compression per layer and head). Needs only the run's "
       "checkpoints and the base model they record.");
-  ex->add_option("--run", e->run_dir, "Run directory of 'dms retrofit'")->required();
-  ex->add_option("--step", e->step, "Checkpoint step (default: the newest intact one)");
-  ex->add_option("--out", e->out, "Export directory")->required();
-  ex->add_flag("--force", e->force, "Replace --out when it is an earlier export (atomically)");
-  ex->add_option("--base", e->base,
-                 "The base model's location when it moved since training (checked by sha256)");
+  add_fields(ex, export_fields(), e->cfg, e->errors);
   auto ro = std::make_shared<ReportOptions>();
   CLI::App* rep = app.add_subcommand(
       "report",
@@ -72,8 +68,9 @@ void add_retrofit_command(CLI::App& app) {
   });
 
   ex->callback([e] {
-    const std::string ck = export_run(*e);
-    std::cout << "exported " << ck << " -> " << e->out << "\n";
+    e->check(export_fields());
+    const std::string ck = export_run(e->cfg);
+    std::cout << "exported " << ck << " -> " << e->cfg.out << "\n";
   });
 }
 

@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <sstream>
 
+#include "common/error.h"
+
 namespace dms {
 
 namespace {
@@ -70,6 +72,10 @@ std::string parse_double(const std::string& s, double& out) {
   if (s.empty() || *end != '\0') return "'" + s + "' is not a number";
   out = v;  // NaN / inf parse; the range check rejects them with a clear message
   return "";
+}
+
+void throw_input_error(const std::string& message) {
+  throw InputError(message);
 }
 
 std::string join_problems(const std::vector<std::string>& problems) {

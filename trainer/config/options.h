@@ -339,4 +339,19 @@ C fields_from_json(const std::vector<Field<C>>& table, const nlohmann::json& j,
 // Joins problems into one line: "a; b; c".
 std::string join_problems(const std::vector<std::string>& problems);
 
+[[noreturn]] void throw_input_error(const std::string& message);  // InputError
+
+// A command's config as parsed, with the problems met while parsing; check() raises them
+// together with the table's range checks as one InputError (exit 2).
+template <class C>
+struct Parsed {
+  C cfg;
+  std::vector<std::string> errors;
+  void check(const std::vector<Field<C>>& table) const {
+    std::vector<std::string> all = errors;
+    for (auto& p : field_problems(table, cfg)) all.push_back(p);
+    if (!all.empty()) throw_input_error(join_problems(all));
+  }
+};
+
 }  // namespace dms

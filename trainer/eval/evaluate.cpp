@@ -8,15 +8,24 @@
 
 namespace dms {
 
+namespace {
+
+nlohmann::json figure(double v) {
+  return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v);
+}
+
+}  // namespace
+
 nlohmann::json EvalRow::to_json() const {
   return {{"model", model},
           {"policy", policy},
           {"budget", budget},
-          {"decision_cr", decision_cr},
+          {"decision_cr", figure(decision_cr)},
           {"effective_kv_cr", effective_kv_cr},
           {"ppl", ppl},
-          {"kl_to_original", kl_to_original},
-          {"greedy_agreement", greedy_agreement},
+          {"kl_original_model", kl_original_model},
+          {"kl_model_original", kl_model_original},
+          {"greedy_agreement", figure(greedy_agreement)},
           {"peak_tokens", peak_tokens}};
 }
 
@@ -36,6 +45,50 @@ int64_t budget_for_cr(double cr, int64_t T) {
   return best;
 }
 
+namespace {
+
+// Keys a full cache would read over rows of T tokens, per layer and head: sum of (i + 1).
+double full_keys(const Model& m, int64_t rows, int64_t T) {
+  return double(m.config.n_layers * m.config.n_kv_heads * rows) * double(T * (T + 1) / 2);
+}
+
+// One batch under a cache policy: the evicting cache, token by token, against the
+// original's logits. Adds the keys read to `used` and raises `peak`.
+ForcedSums cached_batch(const Model& model, const Model& original, const at::Tensor& x,
+                        CachePolicy policy, int64_t budget, double& used, int64_t& peak) {
+  ForwardOptions teacher;
+  teacher.mode = AttentionMode::teacher;
+  const at::Tensor ref = forward_full(original, x, {}, teacher).logits;  // [b, T, V]
+  CacheOptions co;
+  co.policy = policy;
+  co.budget = budget;
+  KVCache cache = make_cache(model, x.size(0), co);
+  const at::Tensor logits = forward_cached(model, x, cache);
+  const CacheStats cs = cache_stats(cache);
+  used += full_keys(model, x.size(0), x.size(1)) / cs.effective_kv_cr;
+  peak = std::max(peak, cs.peak_tokens);
+  return compare_logits(logits, ref, x);
+}
+
+// Greedy continuations from held-out prompts, compared with the original model's.
+double greedy_agreement(const Model& model, const Model& original, const TokenData& data,
+                        CachePolicy policy, int64_t budget, const EvalOptions& o) {
+  const int64_t g = std::min(o.gen_rows, data.n_rows);
+  std::vector<int64_t> idx;
+  for (int64_t i = 0; i < g; ++i) idx.push_back(data.n_rows - 1 - i);
+  at::Tensor prompts = data.rows(idx).narrow(1, 0, std::min(o.prompt_len, data.seq_len));
+  KVCache ref_cache = make_cache(original, g, CacheOptions{});
+  at::Tensor want = generate(original, prompts, o.gen_tokens, SamplingOptions{}, {}, &ref_cache);
+  CacheOptions co;
+  co.policy = policy;
+  co.budget = budget;
+  KVCache cache = make_cache(model, g, co);
+  at::Tensor got = generate(model, prompts, o.gen_tokens, SamplingOptions{}, {}, &cache);
+  return got.eq(want).to(at::kDouble).mean().item<double>();
+}
+
+}  // namespace
+
 EvalRow evaluate(const Model& model, const Model& original, const TokenData& data,
                  CachePolicy policy, int64_t budget, const EvalOptions& o) {
   at::NoGradGuard ng;
@@ -43,87 +96,51 @@ EvalRow evaluate(const Model& model, const Model& original, const TokenData& dat
   row.policy = policy_name(policy);
   row.budget = budget;
   const int64_t n = o.rows > 0 ? std::min(o.rows, data.n_rows) : data.n_rows;
-  const int64_t V = model.config.vocab_size;
-  double nll = 0, kl = 0, full = 0, used = 0, closed = 0, decisions = 0;
-  int64_t count = 0;
+  const bool forced = policy == CachePolicy::full || policy == CachePolicy::dms;
+  ForcedSums s;
+  double used = 0, full = 0;
   for (int64_t r0 = 0; r0 < n; r0 += o.batch) {
     std::vector<int64_t> idx;
     for (int64_t i = r0; i < std::min(n, r0 + o.batch); ++i) idx.push_back(i);
-    at::Tensor x = data.rows(idx);  // [b, T]
-    const int64_t b = x.size(0), T = x.size(1);
-    ForwardOptions teacher;
-    teacher.mode = AttentionMode::teacher;
-    at::Tensor ref = forward_full(original, x, {}, teacher).logits;  // [b, T, V]
-    at::Tensor logits;
-    if (policy == CachePolicy::full || policy == CachePolicy::dms) {
-      ForwardOptions fo;
+    const at::Tensor x = data.rows(idx);  // [b, T]
+    full += full_keys(model, x.size(0), x.size(1));
+    if (forced) {
+      ForcedOptions fo;
       fo.mode = policy == CachePolicy::dms ? AttentionMode::eval : AttentionMode::teacher;
-      ForwardResult r = forward_full(model, x, {}, fo);
-      logits = r.logits;
-      if (policy == CachePolicy::dms) {
-        CompressionStats cs = compression_from_decisions(r.decisions, {}, model.dms.window,
-                                                         model.config.sliding_window);
-        used += cs.visible_sum;
-        closed += cs.evicted;
-        decisions += cs.decisions;
-        row.peak_tokens = std::max<int64_t>(row.peak_tokens, cs.visible_keys.max().item<int64_t>());
-      } else {
-        used +=
-            double(model.config.n_layers * model.config.n_kv_heads * b) * double(T * (T + 1) / 2);
-        row.peak_tokens = T;
-      }
+      const ForcedSums b = forced_pass(model, original, x, fo);
+      if (b.compression.visible_keys.defined())  // per batch: a sum keeps no per-query counts
+        row.peak_tokens =
+            std::max(row.peak_tokens, b.compression.visible_keys.max().item<int64_t>());
+      s += b;
     } else {
-      CacheOptions co;
-      co.policy = policy;
-      co.budget = budget;
-      KVCache cache = make_cache(model, b, co);
-      logits = forward_cached(model, x, cache);
-      CacheStats cs = cache_stats(cache);
-      used += cs.effective_kv_cr > 0 ? double(model.config.n_layers * model.config.n_kv_heads * b) *
-                                           double(T * (T + 1) / 2) / cs.effective_kv_cr
-                                     : 0;
-      row.peak_tokens = std::max(row.peak_tokens, cs.peak_tokens);
+      s += cached_batch(model, original, x, policy, budget, used, row.peak_tokens);
     }
-    full += double(model.config.n_layers * model.config.n_kv_heads * b) * double(T * (T + 1) / 2);
-    at::Tensor lp = at::log_softmax(logits.to(at::kDouble), -1);  // [b, T, V]
-    at::Tensor lr = at::log_softmax(ref.to(at::kDouble), -1);
-    at::Tensor tgt = x.narrow(1, 1, T - 1).unsqueeze(-1);
-    nll -= lp.narrow(1, 0, T - 1).gather(-1, tgt).sum().item<double>();
-    count += b * (T - 1);
-    kl += (lr.exp() * (lr - lp)).sum().item<double>() / double(T);  // mean over positions
-    (void)V;
   }
-  row.ppl = std::exp(nll / double(std::max<int64_t>(1, count)));
-  row.kl_to_original = kl / double(std::max<int64_t>(1, n));
+  const CompressionStats& cs = s.compression;
+  if (policy == CachePolicy::dms) {
+    used = cs.visible_sum;
+  } else if (policy == CachePolicy::full) {
+    used = full;
+    row.peak_tokens = data.seq_len;
+  }
+  row.ppl = std::exp(s.nll_mean());
+  row.kl_original_model = s.kl_ref_model_mean();
+  row.kl_model_original = s.kl_model_ref_mean();
   row.effective_kv_cr = used > 0 ? full / used : 1.0;
-  // Only DMS makes per-token decisions; baselines report 0 ("-" in the table).
-  row.decision_cr = policy == CachePolicy::dms
-                        ? 1.0 / std::max(1e-9, 1.0 - closed / std::max(1.0, decisions))
+  // Only DMS makes per-token decisions; a full cache decides nothing (CR 1).
+  row.decision_cr = policy == CachePolicy::dms    ? cs.decision_cr()
                     : policy == CachePolicy::full ? 1.0
-                                                  : 0.0;
-
-  // Greedy continuations from held-out prompts, compared with the original model's.
-  if (o.gen_rows > 0 && o.gen_tokens > 0) {
-    const int64_t g = std::min(o.gen_rows, data.n_rows);
-    std::vector<int64_t> idx;
-    for (int64_t i = 0; i < g; ++i) idx.push_back(data.n_rows - 1 - i);
-    at::Tensor prompts = data.rows(idx).narrow(1, 0, std::min(o.prompt_len, data.seq_len));
-    KVCache ref_cache = make_cache(original, g, CacheOptions{});
-    at::Tensor want = generate(original, prompts, o.gen_tokens, SamplingOptions{}, {}, &ref_cache);
-    CacheOptions co;
-    co.policy = policy;
-    co.budget = budget;
-    KVCache cache = make_cache(model, g, co);
-    at::Tensor got = generate(model, prompts, o.gen_tokens, SamplingOptions{}, {}, &cache);
-    row.greedy_agreement = got.eq(want).to(at::kDouble).mean().item<double>();
-  }
+                                                  : std::nan("");
+  row.greedy_agreement = o.gen_rows > 0 && o.gen_tokens > 0
+                             ? greedy_agreement(model, original, data, policy, budget, o)
+                             : std::nan("");
   return row;
 }
 
-static std::string cell(double v) {
-  if (v <= 0) return "-";
+static std::string cell(double v, int precision) {
+  if (std::isnan(v)) return "-";
   std::ostringstream o;
-  o << std::fixed << std::setprecision(2) << v;
+  o << std::fixed << std::setprecision(precision) << v;
   return o.str();
 }
 
@@ -131,15 +148,16 @@ std::string format_table(const std::vector<EvalRow>& rows) {
   std::ostringstream o;
   o << std::left << std::setw(10) << "model" << std::setw(8) << "policy" << std::right
     << std::setw(8) << "budget" << std::setw(13) << "decision CR" << std::setw(14) << "effective CR"
-    << std::setw(10) << "ppl" << std::setw(14) << "KL to orig" << std::setw(12) << "greedy =="
+    << std::setw(10) << "ppl" << std::setw(14) << "KL(orig||m)" << std::setw(14) << "KL(m||orig)"
+    << std::setw(12) << "greedy =="
     << "\n";
   for (const auto& r : rows) {
     o << std::left << std::setw(10) << r.model << std::setw(8) << r.policy << std::right
-      << std::setw(8) << (r.budget > 0 ? std::to_string(r.budget) : std::string("-")) << std::fixed
-      << std::setprecision(2) << std::setw(13) << cell(r.decision_cr) << std::setw(14)
-      << r.effective_kv_cr << std::setprecision(3) << std::setw(10) << r.ppl << std::setprecision(4)
-      << std::setw(14) << r.kl_to_original << std::setprecision(3) << std::setw(12)
-      << r.greedy_agreement << "\n";
+      << std::setw(8) << (r.budget > 0 ? std::to_string(r.budget) : std::string("-"))
+      << std::setw(13) << cell(r.decision_cr, 2) << std::setw(14) << cell(r.effective_kv_cr, 2)
+      << std::setw(10) << cell(r.ppl, 3) << std::setw(14) << cell(r.kl_original_model, 4)
+      << std::setw(14) << cell(r.kl_model_original, 4) << std::setw(12)
+      << cell(r.greedy_agreement, 3) << "\n";
   }
   return o.str();
 }

@@ -9,15 +9,20 @@
 
 #include "data/token_file.h"
 #include "model/kv_cache.h"
+#include "trainer/eval/forced.h"
 
 namespace dms {
 
+// A figure that was not computed is NaN: "-" in the table, null in JSON.
 struct EvalRow {
-  std::string model;   // "original" | "dms" | baseline name
-  std::string policy;  // none | dms | window | h2o | tova
-  int64_t budget = 0;  // tokens per head (baselines)
-  double decision_cr = 1.0, effective_kv_cr = 1.0;
-  double ppl = 0, kl_to_original = 0;
+  std::string model;         // "original" | "dms" | baseline name
+  std::string policy;        // none | dms | window | h2o | tova
+  int64_t budget = 0;        // tokens per head (baselines)
+  double decision_cr = 1.0;  // NaN for baselines (they make no per-token decisions)
+  double effective_kv_cr = 1.0;
+  double ppl = 0;
+  double kl_original_model = 0;   // mean over positions of KL(p_original || p_model)
+  double kl_model_original = 0;   // mean over positions of KL(p_model || p_original)
   double greedy_agreement = 1.0;  // share of greedy continuation tokens equal to the original's
   int64_t peak_tokens = 0;
   nlohmann::json to_json() const;

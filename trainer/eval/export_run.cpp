@@ -1,5 +1,6 @@
 #include "trainer/eval/export_run.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -14,6 +15,7 @@
 #include "data/prepare.h"
 #include "data/token_file.h"
 #include "trainer/config/retrofit_config.h"
+#include "trainer/eval/forced.h"
 
 namespace fs = std::filesystem;
 
@@ -91,12 +93,14 @@ nlohmann::json build_report(const ExportRequest& req, const std::string& ck, con
   TokenData v = open_tokens(val, cfg.run.seq_len);
   std::vector<int64_t> idx;
   for (int64_t i = 0; i < std::min<int64_t>(v.n_rows, 16); ++i) idx.push_back(i);
-  at::NoGradGuard ng;
-  ForwardResult r = forward_full(m, v.rows(idx), {}, ForwardOptions{});
-  CompressionStats cs =
-      compression_from_decisions(r.decisions, {}, m.dms.window, m.config.sliding_window);
+  // The model under hard eviction against itself with eviction off.
+  const ForcedSums f = forced_pass(m, m, v.rows(idx), ForcedOptions{});
+  const CompressionStats& cs = f.compression;
   report["measured"] = {{"rows", idx.size()},
                         {"seq_len", v.seq_len},
+                        {"ppl", std::exp(f.nll_mean())},
+                        {"kl_original_model", f.kl_ref_model_mean()},
+                        {"kl_model_original", f.kl_model_ref_mean()},
                         {"decision_cr", cs.decision_cr()},
                         {"effective_kv_cr", cs.effective_kv_cr()},
                         {"end_of_sequence_kv_cr", cs.end_kv_cr()},

@@ -323,18 +323,22 @@ int write_report(const ReportOptions& o) {
   }
   h << "</div>";
   if (eval.is_object() && eval.contains("rows")) {
+    // A figure that was not computed is null (or absent): "-".
+    auto fig = [&](const nlohmann::json& r, const char* key, int prec) {
+      return r.contains(key) && r[key].is_number() ? num(r[key].get<double>(), prec)
+                                                   : std::string("-");
+    };
     h << "<h2>Evaluation</h2><table><tr><th>model</th><th>policy</th><th>budget</th><th>decision "
-         "CR</th>"
-         "<th>effective KV CR</th><th>ppl</th><th>KL to original</th><th>greedy "
-         "agreement</th></tr>";
+         "CR</th><th>effective KV CR</th><th>ppl</th><th>KL(original||model)</th>"
+         "<th>KL(model||original)</th><th>greedy agreement</th></tr>";
     for (const auto& r : eval["rows"])
       h << "<tr><td>" << esc(r.value("model", std::string())) << "</td><td>"
         << esc(r.value("policy", std::string())) << "</td><td>"
         << (r.value("budget", 0) > 0 ? std::to_string(r.value("budget", 0)) : "-") << "</td><td>"
-        << (r.value("decision_cr", 0.0) > 0 ? num(r.value("decision_cr", 0.0), 4) : "-")
-        << "</td><td>" << num(r.value("effective_kv_cr", 0.0), 4) << "</td><td>"
-        << num(r.value("ppl", 0.0), 5) << "</td><td>" << num(r.value("kl_to_original", 0.0), 4)
-        << "</td><td>" << num(r.value("greedy_agreement", 0.0), 3) << "</td></tr>";
+        << fig(r, "decision_cr", 4) << "</td><td>" << fig(r, "effective_kv_cr", 4) << "</td><td>"
+        << fig(r, "ppl", 5) << "</td><td>" << fig(r, "kl_original_model", 4) << "</td><td>"
+        << fig(r, "kl_model_original", 4) << "</td><td>" << fig(r, "greedy_agreement", 3)
+        << "</td></tr>";
     h << "</table>";
   }
   h << "<h2>Configuration</h2><table>";

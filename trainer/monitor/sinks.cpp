@@ -92,6 +92,8 @@ void MetricsSinks::train(const TrainRecord& r, bool record) {
 void MetricsSinks::validation(const ValidationRecord& v) {
   log_->write({{"step", v.step},
                {"val_kd_loss", v.kd},
+               {"val_kl_student_teacher", v.kl_student_teacher},
+               {"val_kl_teacher_student", v.kl_teacher_student},
                {"val_lm_loss", v.lm},
                {"val_decision_cr", v.decision_cr},
                {"val_effective_kv_cr", v.effective_kv_cr},

@@ -1,3 +1,0 @@
-// Transitional: the error type lives in common/error.h.
-#pragma once
-#include "common/error.h"

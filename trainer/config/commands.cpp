@@ -1,0 +1,139 @@
+#include "trainer/config/commands.h"
+
+namespace dms {
+
+namespace {
+
+constexpr double kMaxTokens = 1 << 24;
+constexpr double kMaxRows = 1e9;
+
+std::string nonempty(const std::string& s) {
+  return s.empty() ? "must not be empty" : "";
+}
+
+std::string policy_rule(const std::string& s) {
+  for (const char* p : {"", "dms", "none", "window", "h2o", "tova"})
+    if (s == p) return "";
+  return "'" + s + "' is not one of dms|none|window|h2o|tova";
+}
+
+std::vector<std::pair<std::string, CachePolicy>> policy_names() {
+  return {{"dms", CachePolicy::dms},
+          {"none", CachePolicy::full},
+          {"window", CachePolicy::window},
+          {"h2o", CachePolicy::h2o},
+          {"tova", CachePolicy::tova}};
+}
+
+}  // namespace
+
+const std::vector<Field<EvalConfig>>& eval_fields() {
+  using C = EvalConfig;
+  static const std::vector<Field<C>> table = {
+      text<C>("model", &C::model, "Model (a DMS export for dms/--compare)", nonempty).must(),
+      text<C>("original", &C::original, "The unchanged model (default: --model with eviction off)"),
+      text<C>("data", &C::data, "Held-out tokens (.h5)", nonempty).must(),
+      choice<C>("policy", &C::policy, policy_names(), "KV cache policy"),
+      number<C>("budget", &C::budget, between(0, kMaxTokens),
+                "Tokens per KV head for window/h2o/tova (0: --match-budget or none)"),
+      flag<C>("match-budget", &C::match_budget, "Budget giving the DMS model's effective KV CR"),
+      flag<C>("compare", &C::compare, "Original, DMS and all baselines in one table"),
+      text<C>("json", &C::json, "Also write the table as JSON"),
+      number_at<C, int64_t>(
+          "rows", [](auto& c) -> auto& { return c.opts.rows; }, between(0, kMaxRows),
+          "Held-out rows to evaluate (0: all)"),
+      number_at<C, int64_t>(
+          "batch", [](auto& c) -> auto& { return c.opts.batch; }, between(1, 1 << 16),
+          "Rows per forward"),
+      number_at<C, int64_t>(
+          "gen-rows", [](auto& c) -> auto& { return c.opts.gen_rows; }, between(0, 1 << 16),
+          "Prompts for the greedy-agreement check (0: skip it)"),
+      number_at<C, int64_t>(
+          "gen-tokens", [](auto& c) -> auto& { return c.opts.gen_tokens; }, between(0, kMaxTokens),
+          "Greedy tokens per prompt"),
+      number_at<C, int64_t>(
+          "prompt-len", [](auto& c) -> auto& { return c.opts.prompt_len; }, between(1, kMaxTokens),
+          "Prompt tokens taken from each row"),
+      number<C>("threads", &C::threads, between(0, 1024), "CPU threads (0: every core)"),
+  };
+  return table;
+}
+
+const std::vector<Field<GenerateConfig>>& generate_fields() {
+  using C = GenerateConfig;
+  static const std::vector<Field<C>> table = {
+      text<C>("model", &C::model, "Model: HF directory, config.json or llama2.c .bin", nonempty)
+          .must(),
+      text<C>("tokenizer", &C::tokenizer,
+              "SentencePiece .model (default: tokenizer.model or tok<vocab>.model beside the "
+              "model)"),
+      text<C>("prompt", &C::prompt, "Prompt text (BOS is added); empty starts from BOS"),
+      text<C>("prompt-ids", &C::prompt_ids,
+              "Prompt as comma-separated token ids instead of text (no tokenizer needed)"),
+      number<C>("steps", &C::steps, between(1, kMaxTokens), "Number of tokens to generate"),
+      number<C>("temperature", &C::temperature, between(0, 1e3),
+                "Sampling temperature; 0 = greedy"),
+      number<C>("top-p", &C::top_p, between(0, 1), "Nucleus sampling mass (with temperature > 0)"),
+      number<C>("seed", &C::seed, any_finite(), "Sampling seed"),
+      number<C>("threads", &C::threads, between(0, 1024), "CPU threads (0: every core)"),
+      text<C>("policy", &C::policy,
+              "KV cache policy: dms (default for a DMS model), none (default otherwise), "
+              "window (StreamingLLM sinks + recent), h2o, tova",
+              policy_rule),
+      number<C>("budget", &C::budget, between(0, kMaxTokens),
+                "Tokens kept per KV head for window/h2o/tova"),
+      number<C>("sinks", &C::sinks, between(0, kMaxTokens),
+                "Attention sinks kept by the window policy"),
+  };
+  return table;
+}
+
+const std::vector<Field<PrepareOptions>>& prepare_fields() {
+  using C = PrepareOptions;
+  static const std::vector<Field<C>> table = {
+      text<C>("tokenizer", &C::tokenizer, "SentencePiece .model", nonempty).must(),
+      text<C>("out", &C::out, "Output .h5", nonempty).must(),
+      number<C>("seq-len", &C::seq_len, between(2, kMaxTokens), "Tokens per row"),
+      number<C>("val-fraction", &C::val_fraction, {0, 1, false, true},
+                "Share of documents held out"),
+      text<C>("doc-sep", &C::doc_sep, ".txt documents split at 'blank' lines or each 'line'",
+              [](const std::string& s) {
+                return s == "blank" || s == "line" ? "" : "'" + s + "' is not one of blank|line";
+              }),
+      text<C>("field", &C::jsonl_field, "JSONL field holding the text", nonempty),
+      number<C>("seed", &C::seed, any_finite(), "Seed of the train/validation split"),
+  };
+  return table;
+}
+
+const std::vector<Field<SampleConfig>>& sample_fields() {
+  using C = SampleConfig;
+  static const std::vector<Field<C>> table = {
+      text<C>("model", &C::model, "Model to sample from", nonempty).must(),
+      number<C>("count", &C::opts, &SampleOptions::count, between(1, 1e8), "Rows"),
+      number<C>("length", &C::opts, &SampleOptions::length, between(2, kMaxTokens),
+                "Tokens per row"),
+      number<C>("temperature", &C::opts, &SampleOptions::temperature, {0, 1e3, true, false},
+                "Sampling temperature"),
+      number<C>("top-p", &C::opts, &SampleOptions::top_p, {0, 1, true, false}, "Nucleus mass"),
+      number<C>("seed", &C::opts, &SampleOptions::seed, any_finite(), "Sampling seed"),
+      text<C>("out", &C::opts, &SampleOptions::out, "Output .h5", nonempty).must(),
+  };
+  return table;
+}
+
+const std::vector<Field<ExportRequest>>& export_fields() {
+  using C = ExportRequest;
+  static const std::vector<Field<C>> table = {
+      text<C>("run", &C::run_dir, "Run directory of 'dms retrofit'", nonempty).must(),
+      number<C>("step", &C::step, between(0, 1e9),
+                "Checkpoint step (default: the newest intact one)"),
+      text<C>("out", &C::out, "Export directory", nonempty).must(),
+      flag<C>("force", &C::force, "Replace --out when it is an earlier export (atomically)"),
+      text<C>("base", &C::base,
+              "The base model's location when it moved since training (checked by sha256)"),
+  };
+  return table;
+}
+
+}  // namespace dms

@@ -1,0 +1,47 @@
+// The typed configs of the other commands (eval, generate, data prepare/sample, export),
+// each declared once in its field table (options.h): command line, TOML and checks.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "data/prepare.h"
+#include "model/kv_cache.h"
+#include "trainer/config/options.h"
+#include "trainer/eval/evaluate.h"
+#include "trainer/eval/export_run.h"
+
+namespace dms {
+
+struct EvalConfig {
+  std::string model, original, data, json;
+  CachePolicy policy = CachePolicy::dms;
+  int64_t budget = 0;
+  bool match_budget = false, compare = false;
+  EvalOptions opts;
+  int64_t threads = 0;
+};
+const std::vector<Field<EvalConfig>>& eval_fields();
+
+struct GenerateConfig {
+  std::string model, tokenizer, prompt, prompt_ids;
+  int64_t steps = 256;
+  double temperature = 0.0, top_p = 0.9;
+  uint64_t seed = 42;
+  int64_t threads = 0;
+  std::string policy;  // "": dms for a DMS model, none otherwise
+  int64_t budget = 0, sinks = 4;
+};
+const std::vector<Field<GenerateConfig>>& generate_fields();
+
+// --input (a list of files) is registered beside the table.
+const std::vector<Field<PrepareOptions>>& prepare_fields();
+
+struct SampleConfig {
+  std::string model;
+  SampleOptions opts;
+};
+const std::vector<Field<SampleConfig>>& sample_fields();
+
+const std::vector<Field<ExportRequest>>& export_fields();
+
+}  // namespace dms
