@@ -8,7 +8,7 @@
 #include <iostream>
 
 #include "checkpoints/load_model.h"
-#include "trainer/loop/losses.h"
+#include "trainer/train/losses.h"
 
 using namespace dms;
 

@@ -10,8 +10,8 @@
 
 #include "bench/bench_util.h"
 #include "checkpoints/load_model.h"
-#include "trainer/loop/optimizer.h"
-#include "trainer/loop/step.h"
+#include "trainer/train/optimizer.h"
+#include "trainer/train/step.h"
 
 using namespace dms;
 

@@ -10,7 +10,7 @@
 #include "model/attention.h"
 #include "model/transformer.h"
 #include "test_util.h"
-#include "trainer/loop/losses.h"
+#include "trainer/train/losses.h"
 
 namespace dms {
 namespace {

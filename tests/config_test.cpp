@@ -11,7 +11,7 @@
 #include "checkpoints/train_state.h"
 #include "common/error.h"
 #include "tests/test_util.h"
-#include "trainer/config/commands.h"
+#include "trainer/cli/commands.h"
 #include "trainer/config/retrofit_config.h"
 
 namespace fs = std::filesystem;

@@ -7,10 +7,10 @@
 #include "checkpoints/safetensors.h"
 #include "checkpoints/train_state.h"
 #include "tests/test_util.h"
-#include "trainer/loop/losses.h"
-#include "trainer/loop/optimizer.h"
-#include "trainer/loop/schedule.h"
-#include "trainer/loop/step.h"
+#include "trainer/train/losses.h"
+#include "trainer/train/optimizer.h"
+#include "trainer/train/schedule.h"
+#include "trainer/train/step.h"
 
 namespace fs = std::filesystem;
 

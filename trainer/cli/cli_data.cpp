@@ -6,7 +6,7 @@
 #include "common/error.h"
 #include "data/prepare.h"
 #include "trainer/cli/cli.h"
-#include "trainer/config/commands.h"
+#include "trainer/cli/commands.h"
 #include "trainer/monitor/metrics.h"
 
 namespace dms {

@@ -9,7 +9,7 @@
 #include "common/error.h"
 #include "data/token_file.h"
 #include "trainer/cli/cli.h"
-#include "trainer/config/commands.h"
+#include "trainer/cli/commands.h"
 #include "trainer/eval/evaluate.h"
 
 namespace fs = std::filesystem;

@@ -10,7 +10,7 @@
 #include "data/tokenizer.h"
 #include "model/generate.h"
 #include "trainer/cli/cli.h"
-#include "trainer/config/commands.h"
+#include "trainer/cli/commands.h"
 
 namespace dms {
 

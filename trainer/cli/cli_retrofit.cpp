@@ -3,10 +3,10 @@
 
 #include "common/error.h"
 #include "trainer/cli/cli.h"
-#include "trainer/config/commands.h"
+#include "trainer/cli/commands.h"
 #include "trainer/dist/launcher.h"
 #include "trainer/eval/export_run.h"
-#include "trainer/loop/trainer.h"
+#include "trainer/trainer.h"
 #include "trainer/monitor/report.h"
 
 namespace dms {

@@ -10,8 +10,8 @@
 #include "model/attention.h"
 #include "model/dms.h"
 #include "trainer/config/options.h"
-#include "trainer/loop/losses.h"
-#include "trainer/loop/schedule.h"
+#include "trainer/train/losses.h"
+#include "trainer/train/schedule.h"
 
 namespace dms {
 

@@ -6,7 +6,7 @@
 // Shapes: B rows, T positions, V vocabulary.
 #pragma once
 #include "model/transformer.h"
-#include "trainer/loop/losses.h"
+#include "trainer/train/losses.h"
 
 namespace dms {
 

@@ -4,7 +4,7 @@
 #pragma once
 #include "data/token_file.h"
 #include "model/transformer.h"
-#include "trainer/loop/losses.h"
+#include "trainer/train/losses.h"
 #include "trainer/monitor/sinks.h"
 
 namespace dms {

@@ -1,5 +1,6 @@
-#include "trainer/loop/faults.h"
+#include "trainer/train/faults.h"
 
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <sstream>
@@ -7,15 +8,28 @@
 #include <string>
 
 #include "common/error.h"
-#include "trainer/config/options.h"
 
 namespace dms {
+
+namespace {
+
+// The whole of s as a step number.
+bool parse_step(const std::string& s, int64_t& out) {
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(s.c_str(), &end, 10);
+  if (s.empty() || *end != '\0' || errno == ERANGE) return false;
+  out = v;
+  return true;
+}
+
+}  // namespace
 
 FaultInjection FaultInjection::from_env() {
   FaultInjection f;
   if (const char* s = std::getenv("DMS_TEST_FAIL_CHECKPOINT_AT")) {
-    const std::string e = parse_int(s, f.fail_checkpoint_at);
-    require(e.empty(), "DMS_TEST_FAIL_CHECKPOINT_AT", e);
+    require(parse_step(s, f.fail_checkpoint_at), "DMS_TEST_FAIL_CHECKPOINT_AT",
+            "'" + std::string(s) + "' is not a step number");
   }
   if (const char* s = std::getenv("DMS_TEST_INJECT")) {
     std::stringstream in(s);
@@ -23,7 +37,7 @@ FaultInjection FaultInjection::from_env() {
     while (std::getline(in, item, ',')) {
       const auto at = item.find('@');
       int64_t step = 0;
-      require(at != std::string::npos && parse_int(item.substr(at + 1), step).empty(),
+      require(at != std::string::npos && parse_step(item.substr(at + 1), step),
               "DMS_TEST_INJECT", "'" + item + "' is not kind@step");
       const std::string kind = item.substr(0, at);
       require(kind == "nan" || kind == "spike", "DMS_TEST_INJECT",

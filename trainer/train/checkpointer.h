@@ -7,7 +7,7 @@
 #include <string>
 
 #include "checkpoints/train_state.h"
-#include "trainer/loop/faults.h"
+#include "trainer/train/faults.h"
 
 namespace dms {
 

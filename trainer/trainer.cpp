@@ -1,4 +1,4 @@
-#include "trainer/loop/trainer.h"
+#include "trainer/trainer.h"
 
 #include <ATen/Parallel.h>
 
@@ -22,11 +22,11 @@
 #include "data/token_file.h"
 #include "trainer/dist/distributed.h"
 #include "trainer/eval/validator.h"
-#include "trainer/loop/checkpointer.h"
-#include "trainer/loop/faults.h"
-#include "trainer/loop/optimizer.h"
-#include "trainer/loop/schedule.h"
-#include "trainer/loop/step.h"
+#include "trainer/train/checkpointer.h"
+#include "trainer/train/faults.h"
+#include "trainer/train/optimizer.h"
+#include "trainer/train/schedule.h"
+#include "trainer/train/step.h"
 #include "trainer/monitor/alerts.h"
 #include "trainer/monitor/sinks.h"
 

@@ -1,4 +1,4 @@
-#include "trainer/loop/optimizer.h"
+#include "trainer/train/optimizer.h"
 
 #include <cmath>
 

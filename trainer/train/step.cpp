@@ -1,4 +1,4 @@
-#include "trainer/loop/step.h"
+#include "trainer/train/step.h"
 
 namespace dms {
 

@@ -6,8 +6,8 @@
 #include <ATen/ATen.h>
 
 #include "model/transformer.h"
-#include "trainer/loop/losses.h"
-#include "trainer/loop/step_metrics.h"
+#include "trainer/train/losses.h"
+#include "trainer/train/step_metrics.h"
 
 namespace dms {
 

@@ -1,4 +1,4 @@
-#include "trainer/loop/step_metrics.h"
+#include "trainer/train/step_metrics.h"
 
 #include <algorithm>
 

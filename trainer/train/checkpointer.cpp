@@ -1,4 +1,4 @@
-#include "trainer/loop/checkpointer.h"
+#include "trainer/train/checkpointer.h"
 
 #include <iostream>
 

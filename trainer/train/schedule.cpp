@@ -1,4 +1,4 @@
-#include "trainer/loop/schedule.h"
+#include "trainer/train/schedule.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,4 +1,4 @@
-#include "trainer/loop/losses.h"
+#include "trainer/train/losses.h"
 
 #include <torch/csrc/autograd/custom_function.h>
 

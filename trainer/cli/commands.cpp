@@ -1,4 +1,4 @@
-#include "trainer/config/commands.h"
+#include "trainer/cli/commands.h"
 
 namespace dms {
 
