@@ -49,13 +49,10 @@ struct Reader {
   }
 };
 
-}  // namespace
-
-ModelConfig parse_hf_config(const nlohmann::json& j, const std::string& source) {
-  require(j.is_object(), source, "config is not a JSON object");
-  Reader r{j, source};
-  ModelConfig c;
-
+// The architecture name, from 'architectures' or else 'model_type'; sets architecture and family.
+void read_architecture(const Reader& r, ModelConfig& c) {
+  const nlohmann::json& j = r.j;
+  const std::string& source = r.src;
   std::string arch;
   if (r.has("architectures")) {
     require(j["architectures"].is_array() && !j["architectures"].empty() &&
@@ -76,14 +73,18 @@ ModelConfig parse_hf_config(const nlohmann::json& j, const std::string& source) 
               "MistralForCausalLM)");
   c.architecture = arch;
   c.family = fam->second;
+}
 
+// Sizes, norms, RoPE base, embeddings tying, special tokens and dtype.
+void read_dimensions(const Reader& r, ModelConfig& c) {
+  const nlohmann::json& j = r.j;
   c.vocab_size = r.integer("vocab_size");
   c.hidden_size = r.integer("hidden_size");
   c.intermediate_size = r.integer("intermediate_size");
   c.n_layers = r.integer("num_hidden_layers");
   c.n_heads = r.integer("num_attention_heads");
   c.n_kv_heads = r.integer_or("num_key_value_heads", c.n_heads);
-  require(c.n_heads > 0, source, "num_attention_heads must be positive");
+  require(c.n_heads > 0, r.src, "num_attention_heads must be positive");
   c.head_dim = r.integer_or("head_dim", c.hidden_size / c.n_heads);
   c.max_position = r.integer_or("max_position_embeddings", 2048);
   c.rms_eps = r.number_or("rms_norm_eps", 1e-6);
@@ -93,9 +94,13 @@ ModelConfig parse_hf_config(const nlohmann::json& j, const std::string& source) 
   c.eos_id = r.token_id("eos_token_id");
   if (r.has("torch_dtype") && j["torch_dtype"].is_string()) c.dtype = j["torch_dtype"];
   if (r.has("dtype") && j["dtype"].is_string()) c.dtype = j["dtype"];
+}
 
+// What differs by family: the activation, the biases, QK norm and the sliding window.
+void read_family_options(const Reader& r, ModelConfig& c) {
+  const nlohmann::json& j = r.j;
   if (r.has("hidden_act")) {
-    require(j["hidden_act"] == "silu", source,
+    require(j["hidden_act"] == "silu", r.src,
             "unsupported hidden_act '" + j["hidden_act"].dump() + "' (only silu)");
   }
   const bool attention_bias = r.boolean_or("attention_bias", false);
@@ -112,30 +117,43 @@ ModelConfig parse_hf_config(const nlohmann::json& j, const std::string& source) 
   if (c.family == "mistral") {
     c.sliding_window = r.integer_or("sliding_window", 0);
   } else if (c.family == "qwen2" || c.family == "qwen3") {
-    require(!r.boolean_or("use_sliding_window", false), source,
+    require(!r.boolean_or("use_sliding_window", false), r.src,
             "use_sliding_window=true (per-layer sliding windows) is not supported");
   }
+}
 
-  if (r.has("rope_scaling")) {
-    const auto& s = j["rope_scaling"];
-    require(s.is_object(), source, "rope_scaling must be an object or null");
-    std::string type = s.value("rope_type", s.value("type", std::string()));
-    if (type == "llama3") {
-      c.rope_scaling.type = type;
-      Reader sr{s, source};
-      c.rope_scaling.factor = sr.number_or("factor", 8.0);
-      c.rope_scaling.low_freq_factor = sr.number_or("low_freq_factor", 1.0);
-      c.rope_scaling.high_freq_factor = sr.number_or("high_freq_factor", 4.0);
-      c.rope_scaling.original_max_position =
-          sr.integer_or("original_max_position_embeddings", 8192);
-      require(c.rope_scaling.factor > 0 &&
-                  c.rope_scaling.high_freq_factor > c.rope_scaling.low_freq_factor,
-              source, "rope_scaling factors are inconsistent");
-    } else {
-      require(type == "default" || type.empty(), source,
-              "unsupported rope_scaling type '" + type + "' (supported: llama3)");
-    }
+void read_rope_scaling(const Reader& r, ModelConfig& c) {
+  if (!r.has("rope_scaling")) return;
+  const std::string& source = r.src;
+  const auto& s = r.j["rope_scaling"];
+  require(s.is_object(), source, "rope_scaling must be an object or null");
+  std::string type = s.value("rope_type", s.value("type", std::string()));
+  if (type == "llama3") {
+    c.rope_scaling.type = type;
+    Reader sr{s, source};
+    c.rope_scaling.factor = sr.number_or("factor", 8.0);
+    c.rope_scaling.low_freq_factor = sr.number_or("low_freq_factor", 1.0);
+    c.rope_scaling.high_freq_factor = sr.number_or("high_freq_factor", 4.0);
+    c.rope_scaling.original_max_position = sr.integer_or("original_max_position_embeddings", 8192);
+    require(c.rope_scaling.factor > 0 &&
+                c.rope_scaling.high_freq_factor > c.rope_scaling.low_freq_factor,
+            source, "rope_scaling factors are inconsistent");
+  } else {
+    require(type == "default" || type.empty(), source,
+            "unsupported rope_scaling type '" + type + "' (supported: llama3)");
   }
+}
+
+}  // namespace
+
+ModelConfig parse_hf_config(const nlohmann::json& j, const std::string& source) {
+  require(j.is_object(), source, "config is not a JSON object");
+  Reader r{j, source};
+  ModelConfig c;
+  read_architecture(r, c);
+  read_dimensions(r, c);
+  read_family_options(r, c);
+  read_rope_scaling(r, c);
   validate_config(c, source);
   return c;
 }

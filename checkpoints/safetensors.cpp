@@ -10,118 +10,127 @@
 
 namespace dms {
 
-at::ScalarType safetensors_dtype(const std::string& name, const std::string& where) {
-  static const std::map<std::string, at::ScalarType> kinds = {
+namespace {
+
+// The safetensors dtype names, one table for both directions.
+const std::vector<std::pair<std::string, at::ScalarType>>& dtype_table() {
+  static const std::vector<std::pair<std::string, at::ScalarType>> kinds = {
       {"F32", at::kFloat}, {"BF16", at::kBFloat16}, {"F16", at::kHalf}, {"F64", at::kDouble},
       {"I64", at::kLong},  {"I32", at::kInt},       {"U8", at::kByte},  {"BOOL", at::kBool}};
-  auto it = kinds.find(name);
-  require(it != kinds.end(), where, "unsupported dtype '" + name + "'");
-  return it->second;
+  return kinds;
+}
+
+// The 8-byte little-endian header length, checked against the file size and our limit.
+uint64_t header_length(const SafetensorsFile& f) {
+  const uint64_t size = f.map->size;
+  require(size >= 8, f.path, "truncated: " + std::to_string(size) + " bytes, no header length");
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | f.map->data[i];
+  require(n <= size - 8, f.path,
+          "header length " + std::to_string(n) + " runs past the end of the file (" +
+              std::to_string(size) + " bytes)");
+  require(n <= kMaxSafetensorsHeader, f.path,
+          "header length " + std::to_string(n) + " over the limit");
+  return n;
+}
+
+nlohmann::json parse_header(const SafetensorsFile& f, uint64_t n) {
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(f.map->data + 8, f.map->data + 8 + n);
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(f.path + ": header is not valid JSON (" + std::string(e.what()) + ")");
+  }
+  require(header.is_object(), f.path, "header is not a JSON object");
+  return header;
+}
+
+void read_metadata(const nlohmann::json& v, SafetensorsFile& f) {
+  require(v.is_object(), f.path, "__metadata__ is not an object");
+  for (auto m = v.begin(); m != v.end(); ++m) {
+    require(m.value().is_string(), f.path, "__metadata__ value '" + m.key() + "' is not a string");
+    f.metadata[m.key()] = m.value().get<std::string>();
+  }
+}
+
+// One tensor's header entry, checked against the data area of data_size bytes.
+SafetensorsEntry parse_entry(const std::string& path, const std::string& name,
+                             const nlohmann::json& v, uint64_t data_size) {
+  const std::string where = path + ": tensor '" + name + "'";
+  auto fail = [&](const std::string& what) { throw InputError(where + ": " + what); };
+  if (!v.is_object()) fail("entry is not an object");
+  if (!v.contains("dtype") || !v["dtype"].is_string()) fail("missing dtype");
+  if (!v.contains("shape") || !v["shape"].is_array()) fail("missing shape");
+  if (!v.contains("data_offsets") || !v["data_offsets"].is_array() || v["data_offsets"].size() != 2)
+    fail("missing data_offsets [begin, end]");
+  SafetensorsEntry e;
+  e.name = name;
+  e.dtype = v["dtype"].get<std::string>();
+  const at::ScalarType st = safetensors_dtype(e.dtype, where);
+  uint64_t numel = 1;
+  for (const auto& s : v["shape"]) {
+    if (!s.is_number_unsigned()) fail("shape has a non-integer or negative dimension");
+    const uint64_t dim = s.get<uint64_t>();
+    if (dim > (uint64_t(1) << 40) || (dim && numel > (uint64_t(1) << 48) / dim))
+      fail("shape is implausibly large");
+    numel *= dim;
+    e.shape.push_back(int64_t(dim));
+  }
+  for (const auto& o : v["data_offsets"])
+    if (!o.is_number_unsigned()) fail("data_offsets are not non-negative integers");
+  e.begin = v["data_offsets"][0].get<uint64_t>();
+  e.end = v["data_offsets"][1].get<uint64_t>();
+  if (e.begin > e.end) fail("data_offsets begin > end");
+  if (e.end > data_size)
+    fail("data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
+         ") out of range (data area is " + std::to_string(data_size) + " bytes)");
+  const uint64_t expect = numel * c10::elementSize(st);
+  if (expect != e.end - e.begin)
+    fail("shape x dtype is " + std::to_string(expect) + " bytes but data_offsets span " +
+         std::to_string(e.end - e.begin));
+  return e;
+}
+
+void require_no_overlap(const SafetensorsFile& f) {
+  std::vector<const SafetensorsEntry*> by_offset;
+  for (const auto& e : f.entries) by_offset.push_back(&e);
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](auto* a, auto* b) { return a->begin < b->begin; });
+  for (size_t i = 1; i < by_offset.size(); ++i)
+    require(by_offset[i]->begin >= by_offset[i - 1]->end, f.path,
+            "tensors '" + by_offset[i - 1]->name + "' and '" + by_offset[i]->name +
+                "' overlap in the data area");
+}
+
+}  // namespace
+
+at::ScalarType safetensors_dtype(const std::string& name, const std::string& where) {
+  for (const auto& [n, t] : dtype_table())
+    if (n == name) return t;
+  throw InputError(where + ": unsupported dtype '" + name + "'");
 }
 
 std::string safetensors_dtype_name(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return "F32";
-    case at::kBFloat16:
-      return "BF16";
-    case at::kHalf:
-      return "F16";
-    case at::kDouble:
-      return "F64";
-    case at::kLong:
-      return "I64";
-    case at::kInt:
-      return "I32";
-    case at::kByte:
-      return "U8";
-    case at::kBool:
-      return "BOOL";
-    default:
-      throw std::runtime_error("safetensors: cannot store dtype " + std::string(c10::toString(t)));
-  }
+  for (const auto& [n, k] : dtype_table())
+    if (k == t) return n;
+  throw std::runtime_error("safetensors: cannot store dtype " + std::string(c10::toString(t)));
 }
 
 SafetensorsFile open_safetensors(const std::string& path) {
   SafetensorsFile f;
   f.path = path;
   f.map = map_file(path);
-  const uint64_t size = f.map->size;
-  require(size >= 8, path, "truncated: " + std::to_string(size) + " bytes, no header length");
-  uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | f.map->data[i];
-  require(n <= size - 8, path,
-          "header length " + std::to_string(n) + " runs past the end of the file (" +
-              std::to_string(size) + " bytes)");
-  require(n <= kMaxSafetensorsHeader, path,
-          "header length " + std::to_string(n) + " over the limit");
+  const uint64_t n = header_length(f);
   f.data_offset = 8 + n;
-  const uint64_t data_size = size - f.data_offset;
-
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(f.map->data + 8, f.map->data + 8 + n);
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError(path + ": header is not valid JSON (" + std::string(e.what()) + ")");
-  }
-  require(header.is_object(), path, "header is not a JSON object");
-
+  const uint64_t data_size = f.map->size - f.data_offset;
+  const nlohmann::json header = parse_header(f, n);
   for (auto it = header.begin(); it != header.end(); ++it) {
-    const std::string& name = it.key();
-    const nlohmann::json& v = it.value();
-    if (name == "__metadata__") {
-      require(v.is_object(), path, "__metadata__ is not an object");
-      for (auto m = v.begin(); m != v.end(); ++m) {
-        require(m.value().is_string(), path,
-                "__metadata__ value '" + m.key() + "' is not a string");
-        f.metadata[m.key()] = m.value().get<std::string>();
-      }
-      continue;
-    }
-    const std::string where = path + ": tensor '" + name + "'";
-    auto fail = [&](const std::string& what) { throw InputError(where + ": " + what); };
-    if (!v.is_object()) fail("entry is not an object");
-    if (!v.contains("dtype") || !v["dtype"].is_string()) fail("missing dtype");
-    if (!v.contains("shape") || !v["shape"].is_array()) fail("missing shape");
-    if (!v.contains("data_offsets") || !v["data_offsets"].is_array() ||
-        v["data_offsets"].size() != 2)
-      fail("missing data_offsets [begin, end]");
-    SafetensorsEntry e;
-    e.name = name;
-    e.dtype = v["dtype"].get<std::string>();
-    const at::ScalarType st = safetensors_dtype(e.dtype, where);
-    uint64_t numel = 1;
-    for (const auto& s : v["shape"]) {
-      if (!s.is_number_unsigned()) fail("shape has a non-integer or negative dimension");
-      const uint64_t dim = s.get<uint64_t>();
-      if (dim > (uint64_t(1) << 40) || (dim && numel > (uint64_t(1) << 48) / dim))
-        fail("shape is implausibly large");
-      numel *= dim;
-      e.shape.push_back(int64_t(dim));
-    }
-    for (const auto& o : v["data_offsets"])
-      if (!o.is_number_unsigned()) fail("data_offsets are not non-negative integers");
-    e.begin = v["data_offsets"][0].get<uint64_t>();
-    e.end = v["data_offsets"][1].get<uint64_t>();
-    if (e.begin > e.end) fail("data_offsets begin > end");
-    if (e.end > data_size)
-      fail("data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
-           ") out of range (data area is " + std::to_string(data_size) + " bytes)");
-    const uint64_t expect = numel * c10::elementSize(st);
-    if (expect != e.end - e.begin)
-      fail("shape x dtype is " + std::to_string(expect) + " bytes but data_offsets span " +
-           std::to_string(e.end - e.begin));
-    f.entries.push_back(std::move(e));
+    if (it.key() == "__metadata__")
+      read_metadata(it.value(), f);
+    else
+      f.entries.push_back(parse_entry(path, it.key(), it.value(), data_size));
   }
-
-  std::vector<const SafetensorsEntry*> by_offset;
-  for (const auto& e : f.entries) by_offset.push_back(&e);
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](auto* a, auto* b) { return a->begin < b->begin; });
-  for (size_t i = 1; i < by_offset.size(); ++i)
-    require(by_offset[i]->begin >= by_offset[i - 1]->end, path,
-            "tensors '" + by_offset[i - 1]->name + "' and '" + by_offset[i]->name +
-                "' overlap in the data area");
+  require_no_overlap(f);
   return f;
 }
 

@@ -95,20 +95,22 @@ std::string get_string_attr(hid_t obj, const std::string& name, const std::strin
   return s;
 }
 
-int64_t get_int_attr(hid_t obj, const std::string& name, const std::string& file) {
+// A scalar attribute read as mem_type; `kind` names it in the error ("an integer").
+template <typename T>
+static T get_scalar_attr(hid_t obj, const std::string& name, const std::string& file,
+                         hid_t mem_type, const char* kind) {
   Handle a = open_attr(obj, name, file);
-  int64_t v = 0;
-  require(H5Aread(a.get(), H5T_NATIVE_INT64, &v) >= 0, file,
-          "attribute '" + name + "' is not an integer");
+  T v = 0;
+  require(H5Aread(a.get(), mem_type, &v) >= 0, file, "attribute '" + name + "' is not " + kind);
   return v;
 }
 
+int64_t get_int_attr(hid_t obj, const std::string& name, const std::string& file) {
+  return get_scalar_attr<int64_t>(obj, name, file, H5T_NATIVE_INT64, "an integer");
+}
+
 double get_double_attr(hid_t obj, const std::string& name, const std::string& file) {
-  Handle a = open_attr(obj, name, file);
-  double v = 0;
-  require(H5Aread(a.get(), H5T_NATIVE_DOUBLE, &v) >= 0, file,
-          "attribute '" + name + "' is not a number");
-  return v;
+  return get_scalar_attr<double>(obj, name, file, H5T_NATIVE_DOUBLE, "a number");
 }
 
 void write_array(hid_t file, const std::string& name, const void* data, hid_t mem_type,

@@ -48,23 +48,27 @@ bool goes_to_validation(uint64_t seed, int64_t doc, double fraction) {
   return double(x >> 11) * (1.0 / 9007199254740992.0) < fraction;
 }
 
-}  // namespace
-
-PrepareResult prepare_data(const PrepareOptions& o,
-                           const std::function<void(uint64_t, uint64_t)>& progress) {
+void check_options(const PrepareOptions& o) {
   require(!o.inputs.empty(), "--input", "no input files");
   require(o.seq_len >= 2, "--seq-len", "must be at least 2");
   require(o.val_fraction >= 0 && o.val_fraction < 1, "--val-fraction", "must be in [0, 1)");
   require(o.doc_sep == "blank" || o.doc_sep == "line", "--doc-sep", "must be 'blank' or 'line'");
-  Tokenizer tok = load_tokenizer(o.tokenizer);
+}
+
+// Checks that every input exists with a type we read; returns their total size in bytes.
+uint64_t input_bytes(const std::vector<std::string>& inputs) {
   uint64_t total = 0;
-  for (const auto& f : o.inputs) {
+  for (const auto& f : inputs) {
     require(fs::is_regular_file(f), f, "input file not found");
     const std::string ext = fs::path(f).extension().string();
     require(ext == ".txt" || ext == ".jsonl" || ext == ".json", f,
             "unsupported input type (use .txt or .jsonl)");
     total += fs::file_size(f);
   }
+  return total;
+}
+
+TokenFileInfo token_file_info(const PrepareOptions& o, const Tokenizer& tok) {
   TokenFileInfo info;
   info.vocab_size = tok.vocab_size();
   info.tokenizer_hash = sha256_file(o.tokenizer);
@@ -72,60 +76,86 @@ PrepareResult prepare_data(const PrepareOptions& o,
   info.eos_id = o.add_eos ? tok.eos_id() : -1;
   for (const auto& f : o.inputs)
     info.source += (info.source.empty() ? "" : ", ") + fs::path(f).filename().string();
+  return info;
+}
+
+// The text of one JSON-lines record (line line_no of file f).
+std::string jsonl_text(const std::string& line, const std::string& f, int64_t line_no,
+                       const std::string& field) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(line);
+  } catch (const nlohmann::json::exception&) {
+    throw InputError(f + ":" + std::to_string(line_no) + ": not a JSON object");
+  }
+  require(j.is_object() && j.contains(field) && j[field].is_string(),
+          f + ":" + std::to_string(line_no), "no string field '" + field + "' (see --field)");
+  return j[field].get<std::string>();
+}
+
+// Bytes read so far against the total, reported every 256 lines.
+struct Progress {
+  const std::function<void(uint64_t, uint64_t)>& report;
+  uint64_t done = 0, total = 0;
+};
+
+// Splits input file f into documents (JSON-lines records, lines, or blank-line separated
+// paragraphs, as the options say) and hands each to emit.
+void read_documents(const std::string& f, const PrepareOptions& o,
+                    const std::function<void(const std::string&)>& emit, Progress& progress) {
+  std::ifstream in(f);
+  require(bool(in), f, "cannot read");
+  const bool jsonl = fs::path(f).extension() != ".txt";
+  std::string line, doc;
+  int64_t line_no = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    progress.done += line.size() + 1;
+    if (jsonl) {
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      emit(jsonl_text(line, f, line_no, o.jsonl_field));
+    } else if (o.doc_sep == "line") {
+      emit(line);
+    } else if (line.find_first_not_of(" \t\r") == std::string::npos) {
+      emit(doc);
+      doc.clear();
+    } else {
+      doc += doc.empty() ? line : "\n" + line;
+    }
+    if (progress.report && (line_no % 256 == 0)) progress.report(progress.done, progress.total);
+  }
+  if (!doc.empty()) emit(doc);
+}
+
+}  // namespace
+
+PrepareResult prepare_data(const PrepareOptions& o,
+                           const std::function<void(uint64_t, uint64_t)>& progress) {
+  check_options(o);
+  Tokenizer tok = load_tokenizer(o.tokenizer);
+  Progress bytes{progress};
+  bytes.total = input_bytes(o.inputs);
+  TokenFileInfo info = token_file_info(o, tok);
 
   PrepareResult r;
   r.train_path = o.out;
   r.val_path = validation_path(o.out);
   Packer train(r.train_path, o.seq_len, info), val(r.val_path, o.seq_len, info);
-  int64_t docs = 0, train_docs = 0, val_docs = 0;
-  uint64_t done = 0;
+  int64_t docs = 0, train_docs = 0;
   auto emit = [&](const std::string& text) {
     if (text.find_first_not_of(" \t\r\n") == std::string::npos) return;
     std::vector<int64_t> ids = tok.encode(text, /*add_bos=*/true, /*add_eos=*/o.add_eos);
     r.tokens += int64_t(ids.size());
     if (goes_to_validation(o.seed, docs, o.val_fraction)) {
       val.add(ids);
-      ++val_docs;
     } else {
       train.add(ids);
       ++train_docs;
     }
     ++docs;
   };
-  for (const auto& f : o.inputs) {
-    std::ifstream in(f);
-    require(bool(in), f, "cannot read");
-    const bool jsonl = fs::path(f).extension() != ".txt";
-    std::string line, doc;
-    int64_t line_no = 0;
-    while (std::getline(in, line)) {
-      ++line_no;
-      done += line.size() + 1;
-      if (jsonl) {
-        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-        nlohmann::json j;
-        try {
-          j = nlohmann::json::parse(line);
-        } catch (const nlohmann::json::exception&) {
-          throw InputError(f + ":" + std::to_string(line_no) + ": not a JSON object");
-        }
-        require(j.is_object() && j.contains(o.jsonl_field) && j[o.jsonl_field].is_string(),
-                f + ":" + std::to_string(line_no),
-                "no string field '" + o.jsonl_field + "' (see --field)");
-        emit(j[o.jsonl_field].get<std::string>());
-      } else if (o.doc_sep == "line") {
-        emit(line);
-      } else if (line.find_first_not_of(" \t\r") == std::string::npos) {
-        emit(doc);
-        doc.clear();
-      } else {
-        doc += doc.empty() ? line : "\n" + line;
-      }
-      if (progress && (line_no % 256 == 0)) progress(done, total);
-    }
-    if (!doc.empty()) emit(doc);
-  }
-  if (progress) progress(total, total);
+  for (const auto& f : o.inputs) read_documents(f, o, emit, bytes);
+  if (progress) progress(bytes.total, bytes.total);
   r.documents = docs;
   require(train.writer.rows() > 0, o.out,
           "the inputs hold fewer than one row of " + std::to_string(o.seq_len) +
@@ -135,7 +165,6 @@ PrepareResult prepare_data(const PrepareOptions& o,
   r.train_rows = train.writer.rows();
   r.val_rows = val.writer.rows();
   val.writer.finish();
-  (void)val_docs;
   return r;
 }
 

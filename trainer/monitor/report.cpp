@@ -115,17 +115,24 @@ std::string line_chart(const std::string& id, const std::string& title,
   return o.str();
 }
 
+// The start of a heat map or bar chart: the <svg> element on a white ground, the title, and
+// a <g> of the given font size that the chart closes with "</g></svg>".
+void open_chart(std::ostream& o, const std::string& id, const std::string& title, double W,
+                double H, int font_size) {
+  o << "<svg id=\"" << id << "\" class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W
+    << "\" height=\"" << H
+    << "\"><rect width=\"100%\" height=\"100%\" fill=\"white\"/><text x=\"10\" y=\"18\" "
+       "font-size=\"14\" font-family=\"sans-serif\">"
+    << esc(title) << "</text><g font-size=\"" << font_size << "\" font-family=\"sans-serif\">";
+}
+
 // Layer x head heat map of values in [0, 1] (eviction rates).
 std::string heat_map(const std::string& id, const std::string& title, const nlohmann::json& m) {
   const size_t L = m.size(), K = L ? m[0].size() : 0;
   const double cell = 40, l = 70, t = 40;
   const double W = std::max(460.0, l + cell * double(K) + 20), H = t + cell * double(L) + 30;
   std::ostringstream o;
-  o << "<svg id=\"" << id << "\" class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W
-    << "\" height=\"" << H
-    << "\"><rect width=\"100%\" height=\"100%\" fill=\"white\"/><text x=\"10\" y=\"18\" "
-       "font-size=\"14\" font-family=\"sans-serif\">"
-    << esc(title) << "</text><g font-size=\"10\" font-family=\"sans-serif\">";
+  open_chart(o, id, title, W, H, 10);
   for (size_t i = 0; i < L; ++i) {
     o << "<text x=\"" << l - 6 << "\" y=\"" << t + cell * double(i) + cell / 2 + 3
       << "\" text-anchor=\"end\">layer " << i << "</text>";
@@ -161,11 +168,7 @@ std::string bar_chart(const std::string& id, const std::string& title, const nlo
   const double mx = v.empty() ? 1 : *std::max_element(v.begin(), v.end());
   const double bw = v.empty() ? 1 : (W - l - 20) / double(v.size());
   std::ostringstream o;
-  o << "<svg id=\"" << id << "\" class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W
-    << "\" height=\"" << H
-    << "\"><rect width=\"100%\" height=\"100%\" fill=\"white\"/><text x=\"10\" y=\"18\" "
-       "font-size=\"14\" font-family=\"sans-serif\">"
-    << esc(title) << "</text><g font-size=\"9\" font-family=\"sans-serif\">";
+  open_chart(o, id, title, W, H, 9);
   for (size_t i = 0; i < v.size(); ++i) {
     const double hgt = mx > 0 ? v[i] / mx * (H - t - b) : 0;
     o << "<rect class=\"bar\" x=\"" << l + bw * double(i) << "\" y=\"" << H - b - hgt
@@ -207,33 +210,40 @@ Series series_of(const std::vector<nlohmann::json>& recs, const std::string& key
   return s;
 }
 
-}  // namespace
+// A JSON file, or a discarded value where it does not parse.
+nlohmann::json read_json_lenient(const fs::path& p) {
+  std::ifstream in(p);
+  return nlohmann::json::parse(in, nullptr, false);
+}
 
-int write_report(const ReportOptions& o) {
-  const fs::path run(o.run);
-  require(fs::exists(run / "metrics.jsonl"), o.run,
-          "no metrics.jsonl (not a retrofit run directory?)");
-  require(o.format == "html" || o.format == "png", "--format", "html or png");
-  auto recs = read_metrics(run / "metrics.jsonl");
+// What the report shows of a run directory.
+struct RunData {
+  std::vector<nlohmann::json> recs;  // metrics.jsonl
   nlohmann::json cfg = nlohmann::json::object();
-  if (fs::exists(run / "config.json")) {
-    std::ifstream in(run / "config.json");
-    cfg = nlohmann::json::parse(in, nullptr, false);
-  }
-  nlohmann::json eval;
-  for (const fs::path& p : {run / "eval.json", run.parent_path() / "eval.json"})
-    if (eval.is_null() && fs::exists(p)) {
-      std::ifstream in(p);
-      eval = nlohmann::json::parse(in, nullptr, false);
-    }
-  nlohmann::json last_val;
+  nlohmann::json eval;      // eval.json of the run or of the folder above
+  nlohmann::json last_val;  // the last record with per-head validation stats
   std::vector<nlohmann::json> alerts;
-  for (const auto& r : recs) {
-    if (r.contains("val_eviction_rate_lh")) last_val = r;
-    if (r.contains("alert")) alerts.push_back(r);
-  }
+};
 
-  std::vector<std::pair<std::string, std::string>> charts;  // id, svg
+RunData read_run(const fs::path& run) {
+  RunData d;
+  d.recs = read_metrics(run / "metrics.jsonl");
+  if (fs::exists(run / "config.json")) d.cfg = read_json_lenient(run / "config.json");
+  for (const fs::path& p : {run / "eval.json", run.parent_path() / "eval.json"})
+    if (d.eval.is_null() && fs::exists(p)) d.eval = read_json_lenient(p);
+  for (const auto& r : d.recs) {
+    if (r.contains("val_eviction_rate_lh")) d.last_val = r;
+    if (r.contains("alert")) d.alerts.push_back(r);
+  }
+  return d;
+}
+
+using Charts = std::vector<std::pair<std::string, std::string>>;  // id, svg
+
+Charts make_charts(const RunData& d) {
+  const auto& recs = d.recs;
+  nlohmann::json last_val = d.last_val;  // non-const: a missing key reads as null
+  Charts charts;
   auto losses = [&](bool log_y) {
     return line_chart(log_y ? "chart-loss-log" : "chart-loss", "Losses",
                       {series_of(recs, "kd_loss", "KD (train)", "#d62728"),
@@ -273,42 +283,48 @@ int write_report(const ReportOptions& o) {
         bar_chart("chart-cache", "Tokens held per KV head (mean over queries, validation)",
                   last_val["val_cache_size_lh"]));
   }
+  return charts;
+}
 
-  if (o.format == "png") {
-    fs::create_directories(o.out);
-    for (const auto& [id, svg] : charts) {
-      const fs::path svg_path = fs::path(o.out) / (id + ".svg"),
-                     png = fs::path(o.out) / (id + ".png");
-      write_file_atomic(svg_path.string(), svg);
-      const std::string cmd =
-          "rsvg-convert -f png -o '" + png.string() + "' '" + svg_path.string() + "'";
-      if (std::system(cmd.c_str()) != 0)
-        throw std::runtime_error("rsvg-convert failed for " + svg_path.string() +
-                                 " (install librsvg2-bin for --format png)");
-    }
-    return int(charts.size());
+// --format png: each chart as <out>/<id>.svg and, through rsvg-convert, <out>/<id>.png.
+void write_png_charts(const Charts& charts, const std::string& out) {
+  fs::create_directories(out);
+  for (const auto& [id, svg] : charts) {
+    const fs::path svg_path = fs::path(out) / (id + ".svg"), png = fs::path(out) / (id + ".png");
+    write_file_atomic(svg_path.string(), svg);
+    const std::string cmd =
+        "rsvg-convert -f png -o '" + png.string() + "' '" + svg_path.string() + "'";
+    if (std::system(cmd.c_str()) != 0)
+      throw std::runtime_error("rsvg-convert failed for " + svg_path.string() +
+                               " (install librsvg2-bin for --format png)");
   }
+}
 
-  std::ostringstream h;
-  h << "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>dms report: " << esc(o.run)
+void html_head(std::ostream& h, const std::string& run, const RunData& d) {
+  h << "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>dms report: " << esc(run)
     << "</title><style>body{font-family:sans-serif;margin:24px;color:#222}h2{margin-top:28px}"
        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px "
        "8px;text-align:right}"
        "th{background:#f4f4f4}.chart{margin:6px 12px 6px 0;border:1px solid "
        "#ddd}.hidden{display:none}"
        ".alert{color:#b00}</style></head><body>";
-  h << "<h1>DMS retrofit report</h1><p>Run <code>" << esc(o.run) << "</code>: " << recs.size()
+  h << "<h1>DMS retrofit report</h1><p>Run <code>" << esc(run) << "</code>: " << d.recs.size()
     << " records";
-  if (!recs.empty() && recs.back().contains("step")) h << ", last step " << recs.back()["step"];
+  if (!d.recs.empty() && d.recs.back().contains("step"))
+    h << ", last step " << d.recs.back()["step"];
   h << ".</p>";
-  if (!alerts.empty()) {
+  if (!d.alerts.empty()) {
     h << "<h2>Alerts</h2><ul>";
-    for (const auto& a : alerts)
+    for (const auto& a : d.alerts)
       h << "<li class=\"alert\">step " << a.value("step", 0) << " "
         << esc(a.value("alert", std::string())) << ": " << esc(a.value("message", std::string()))
         << "</li>";
     h << "</ul>";
   }
+}
+
+// The charts, the two loss charts toggled by the log-scale checkbox.
+void html_charts(std::ostream& h, const Charts& charts) {
   h << "<h2>Training</h2><label><input type=\"checkbox\" id=\"logscale\"> log scale for "
        "losses</label><div>";
   for (const auto& [id, svg] : charts) {
@@ -322,25 +338,32 @@ int write_report(const ReportOptions& o) {
       h << svg;
   }
   h << "</div>";
-  if (eval.is_object() && eval.contains("rows")) {
-    // A figure that was not computed is null (or absent): "-".
-    auto fig = [&](const nlohmann::json& r, const char* key, int prec) {
-      return r.contains(key) && r[key].is_number() ? num(r[key].get<double>(), prec)
-                                                   : std::string("-");
-    };
-    h << "<h2>Evaluation</h2><table><tr><th>model</th><th>policy</th><th>budget</th><th>decision "
-         "CR</th><th>effective KV CR</th><th>ppl</th><th>KL(original||model)</th>"
-         "<th>KL(model||original)</th><th>greedy agreement</th></tr>";
-    for (const auto& r : eval["rows"])
-      h << "<tr><td>" << esc(r.value("model", std::string())) << "</td><td>"
-        << esc(r.value("policy", std::string())) << "</td><td>"
-        << (r.value("budget", 0) > 0 ? std::to_string(r.value("budget", 0)) : "-") << "</td><td>"
-        << fig(r, "decision_cr", 4) << "</td><td>" << fig(r, "effective_kv_cr", 4) << "</td><td>"
-        << fig(r, "ppl", 5) << "</td><td>" << fig(r, "kl_original_model", 4) << "</td><td>"
-        << fig(r, "kl_model_original", 4) << "</td><td>" << fig(r, "greedy_agreement", 3)
-        << "</td></tr>";
-    h << "</table>";
-  }
+}
+
+// A figure that was not computed is null (or absent): "-".
+std::string figure(const nlohmann::json& r, const char* key, int prec) {
+  return r.contains(key) && r[key].is_number() ? num(r[key].get<double>(), prec)
+                                               : std::string("-");
+}
+
+void html_eval_table(std::ostream& h, const nlohmann::json& eval) {
+  if (!eval.is_object() || !eval.contains("rows")) return;
+  h << "<h2>Evaluation</h2><table><tr><th>model</th><th>policy</th><th>budget</th><th>decision "
+       "CR</th><th>effective KV CR</th><th>ppl</th><th>KL(original||model)</th>"
+       "<th>KL(model||original)</th><th>greedy agreement</th></tr>";
+  for (const auto& r : eval["rows"])
+    h << "<tr><td>" << esc(r.value("model", std::string())) << "</td><td>"
+      << esc(r.value("policy", std::string())) << "</td><td>"
+      << (r.value("budget", 0) > 0 ? std::to_string(r.value("budget", 0)) : "-") << "</td><td>"
+      << figure(r, "decision_cr", 4) << "</td><td>" << figure(r, "effective_kv_cr", 4)
+      << "</td><td>" << figure(r, "ppl", 5) << "</td><td>" << figure(r, "kl_original_model", 4)
+      << "</td><td>" << figure(r, "kl_model_original", 4) << "</td><td>"
+      << figure(r, "greedy_agreement", 3) << "</td></tr>";
+  h << "</table>";
+}
+
+// The configuration table, then the log-scale toggle's script and the end of the page.
+void html_config_and_end(std::ostream& h, const nlohmann::json& cfg) {
   h << "<h2>Configuration</h2><table>";
   for (auto it = cfg.begin(); it != cfg.end(); ++it)
     h << "<tr><th style=\"text-align:left\">" << esc(it.key())
@@ -350,6 +373,26 @@ int write_report(const ReportOptions& o) {
        "document.getElementById('wrap-loss-log').classList.toggle('hidden',!e.target.checked);});</"
        "script>"
        "</body></html>\n";
+}
+
+}  // namespace
+
+int write_report(const ReportOptions& o) {
+  const fs::path run(o.run);
+  require(fs::exists(run / "metrics.jsonl"), o.run,
+          "no metrics.jsonl (not a retrofit run directory?)");
+  require(o.format == "html" || o.format == "png", "--format", "html or png");
+  const RunData d = read_run(run);
+  const Charts charts = make_charts(d);
+  if (o.format == "png") {
+    write_png_charts(charts, o.out);
+    return int(charts.size());
+  }
+  std::ostringstream h;
+  html_head(h, o.run, d);
+  html_charts(h, charts);
+  html_eval_table(h, d.eval);
+  html_config_and_end(h, d.cfg);
   if (fs::path(o.out).has_parent_path()) fs::create_directories(fs::path(o.out).parent_path());
   write_file_atomic(o.out, h.str());
   return int(charts.size());
