@@ -2,7 +2,6 @@
 
 #include <limits>
 
-#include "common/error.h"
 #include "model/transformer.h"
 #include "model/visibility.h"
 
@@ -10,12 +9,6 @@ namespace dms {
 
 std::string predictor_name(DmsPredictor p) {
   return p == DmsPredictor::adapter ? "adapter" : "query_neuron";
-}
-
-DmsPredictor parse_predictor(const std::string& s, const std::string& where) {
-  if (s == "adapter") return DmsPredictor::adapter;
-  if (s == "query_neuron" || s == "query-neuron" || s == "query") return DmsPredictor::query_neuron;
-  throw InputError(where + ": unknown DMS predictor '" + s + "' (adapter or query_neuron)");
 }
 
 void attach_dms(Model& m, const DmsConfig& c) {

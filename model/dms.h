@@ -26,7 +26,6 @@ struct DmsConfig {
 };
 
 std::string predictor_name(DmsPredictor p);  // "adapter" | "query_neuron"
-DmsPredictor parse_predictor(const std::string& s, const std::string& where);
 
 // teacher: eviction off (the original model). train: soft eviction bias with noise.
 // eval: hard eviction, no noise.

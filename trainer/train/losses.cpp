@@ -2,15 +2,8 @@
 
 #include <torch/csrc/autograd/custom_function.h>
 
-#include "common/error.h"
 
 namespace dms {
-
-KdDirection parse_kd_direction(const std::string& s) {
-  if (s == "student_teacher" || s == "forward") return KdDirection::student_teacher;
-  if (s == "teacher_student" || s == "reverse") return KdDirection::teacher_student;
-  throw InputError("--kd-direction: '" + s + "' (student_teacher or teacher_student)");
-}
 
 namespace {
 

@@ -7,7 +7,6 @@
 namespace dms {
 
 enum class KdDirection { student_teacher, teacher_student };
-KdDirection parse_kd_direction(const std::string& s);
 
 // Sum over positions n of weight[n] * KL, computed in fp32 (fp64 for fp64 inputs) over
 // chunks of `chunk` positions (0: about 2^18 logits per chunk, so that each chunk's
