@@ -64,6 +64,18 @@ TEST(RetrofitOptions, TableIsWellFormedAndRoundTrips) {
     EXPECT_EQ(f.parse(d, v.is_string() ? v.get<std::string>() : v.dump()), "") << f.name;
     EXPECT_EQ(f.get(d), v) << f.name;
   }
+  // A moved run directory or base model is no change of configuration (the base is checked
+  // by sha256), a changed data file is; configs written before the tables still read.
+  RetrofitConfig moved = c;
+  moved.run.out = "elsewhere";
+  moved.run.model = "moved-model";
+  EXPECT_TRUE(resume_conflicts(c, 1, moved, 1, 0).empty());
+  moved.run.data = "other-data";
+  EXPECT_EQ(resume_conflicts(c, 1, moved, 1, 0).size(), 1u);
+  nlohmann::json old_keys = j;
+  old_keys.erase("dist_timeout");
+  old_keys["dist_timeout_s"] = 30.0;
+  EXPECT_EQ(RetrofitConfig::from_json(old_keys, "old.json").dist.timeout_s, 30.0);
   // config.json from elsewhere: unknown keys and wrong types are errors naming the file.
   nlohmann::json bad = j;
   bad["max_step"] = 1;

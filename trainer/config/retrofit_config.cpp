@@ -24,9 +24,11 @@ std::string nonempty(const std::string& s) {
 
 std::vector<F> run_fields() {
   return {
+      // A resume may find the base elsewhere: its identity is checked by sha256 instead.
       text<C>("model", &C::run, &RunSection::model, "Model: HF directory or llama2.c .bin",
               nonempty)
-          .must(),
+          .must()
+          .resume(OnResume::free),
       text<C>("data", &C::run, &RunSection::data,
               "Training tokens (.h5 from 'dms data prepare/sample', or a .bin token stream)",
               nonempty)
@@ -37,7 +39,8 @@ std::vector<F> run_fields() {
                 "Row length for .bin token streams (nanoGPT/llm.c; HDF5 files carry theirs)"),
       text<C>("out", &C::run, &RunSection::out, "Run directory (must be empty unless --resume)",
               nonempty)
-          .must(),
+          .must()
+          .resume(OnResume::free),  // a run directory may be moved
       flag<C>("resume", &C::run, &RunSection::resume,
               "Continue the run in --out from its newest valid checkpoint")
           .resume(OnResume::free)
@@ -266,7 +269,13 @@ nlohmann::json RetrofitConfig::to_json() const {
 
 RetrofitConfig RetrofitConfig::from_json(const nlohmann::json& j, const std::string& where) {
   std::vector<std::string> problems;
-  RetrofitConfig c = fields_from_json(retrofit_fields(), j, problems);
+  nlohmann::json k = j;
+  // Written before the option tables: the one key whose name changed.
+  if (k.is_object() && k.contains("dist_timeout_s") && !k.contains("dist_timeout")) {
+    k["dist_timeout"] = k["dist_timeout_s"];
+    k.erase("dist_timeout_s");
+  }
+  RetrofitConfig c = fields_from_json(retrofit_fields(), k, problems);
   require(problems.empty(), where, "run configuration: " + join_problems(problems));
   return c;
 }
