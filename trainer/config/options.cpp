@@ -12,6 +12,7 @@ namespace dms {
 namespace {
 
 std::string num(double v) {
+  if (v == std::floor(v) && std::abs(v) < 1e15) return std::to_string(int64_t(v));  // 16777216
   std::ostringstream o;
   o << v;
   return o.str();

@@ -278,11 +278,11 @@ void add_fields(CLI::App* cmd, const std::vector<Field<C>>& table, C& cfg,
           f.help);
     } else {
       o = cmd->add_option_function<std::string>(opt, store, f.help);
-      o->type_name(f.values.size() < 40 ? f.values : "TEXT");
+      o->type_name(f.values == "text" || f.values.size() >= 40 ? "TEXT" : f.values);
       o->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later override wins
     }
     nlohmann::json d = f.get(defaults);
-    if (!f.required && !(d.is_string() && d.get<std::string>().empty()))
+    if (!f.required && !f.flag && !(d.is_string() && d.get<std::string>().empty()))
       o->default_str(d.is_string() ? d.get<std::string>() : d.dump());
     if (f.required) o->required();
     if (!f.group.empty()) o->group(f.group);
