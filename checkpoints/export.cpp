@@ -108,15 +108,18 @@ void put_in_place(const fs::path& stage, const fs::path& out) {
 
 }  // namespace
 
+void check_export_target(const std::string& dir, bool overwrite) {
+  if (!fs::exists(dir) || (fs::is_directory(dir) && fs::is_empty(dir))) return;
+  require(overwrite, dir, "already exists (choose another --out or pass --force)");
+  require(is_dms_export(dir), dir,
+          "is not an export written by dms export: --force replaces only those "
+          "(nothing was deleted)");
+}
+
 void write_hf_model(const Model& m, const std::string& dir, const ExportExtras& extras,
                     bool overwrite) {
   const fs::path out(dir);
-  if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out))) {
-    require(overwrite, dir, "already exists (choose another --out or pass --force)");
-    require(is_dms_export(dir), dir,
-            "is not an export written by dms export: --force replaces only those "
-            "(nothing was deleted)");
-  }
+  check_export_target(dir, overwrite);
   const fs::path parent = out.has_parent_path() ? out.parent_path() : fs::path(".");
   fs::create_directories(parent);
   const fs::path stage =

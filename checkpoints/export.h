@@ -29,6 +29,10 @@ struct ExportExtras {
 // them config.json with dms_* fields and dms_report.json.
 bool is_dms_export(const std::string& dir);
 
+// InputError unless `dir` may receive an export: absent, an empty directory, or (with
+// overwrite) one of our exports. Nothing is changed.
+void check_export_target(const std::string& dir, bool overwrite);
+
 void write_hf_model(const Model& m, const std::string& dir, const ExportExtras& extras = {},
                     bool overwrite = false);
 

@@ -7,9 +7,9 @@
 #include <cerrno>
 #include <cstring>
 
+#include "common/error.h"
 #include "common/json_file.h"
 #include "common/mapped_file.h"
-#include "common/error.h"
 
 namespace dms {
 
@@ -17,8 +17,19 @@ MappedFile::~MappedFile() {
   if (data && size) munmap(const_cast<uint8_t*>(data), size);
 }
 
+void require_regular_file(const std::string& path) {
+  struct stat st {};
+  require(::stat(path.c_str(), &st) == 0, path,
+          std::string("cannot open: ") + std::strerror(errno));
+  require(S_ISREG(st.st_mode), path,
+          S_ISDIR(st.st_mode) ? "is a directory, not a file"
+                              : "not a regular file (FIFO, device or socket)");
+}
+
 std::shared_ptr<MappedFile> map_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
+  require_regular_file(path);
+  // O_NONBLOCK: should the path become a FIFO after the check, open() must not wait for a writer.
+  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   require(fd >= 0, path, std::string("cannot open: ") + std::strerror(errno));
   struct stat st {};
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {

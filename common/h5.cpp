@@ -1,5 +1,7 @@
 #include "common/h5.h"
 
+#include "common/mapped_file.h"
+
 #include <stdexcept>
 
 #include "common/error.h"
@@ -36,6 +38,7 @@ Handle create_file(const std::string& path) {
 }
 
 Handle open_file(const std::string& path) {
+  require_regular_file(path);  // HDF5 would open a FIFO and wait
   quiet();
   require(H5Fis_hdf5(path.c_str()) > 0, path, "not an HDF5 file");
   hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);

@@ -15,6 +15,10 @@ struct MappedFile {
   ~MappedFile();
 };
 
+// InputError naming the path unless it is a regular file (after symlinks). Checked with
+// stat(), which opens nothing: opening a FIFO or a device to look at it can block forever.
+void require_regular_file(const std::string& path);
+
 // InputError naming the path when it is missing, not a regular file, or unmappable.
 std::shared_ptr<MappedFile> map_file(const std::string& path);
 

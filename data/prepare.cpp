@@ -4,6 +4,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "common/mapped_file.h"
 #include "common/sha256.h"
 #include "data/token_file.h"
 #include "data/tokenizer.h"
@@ -59,7 +60,7 @@ void check_options(const PrepareOptions& o) {
 uint64_t input_bytes(const std::vector<std::string>& inputs) {
   uint64_t total = 0;
   for (const auto& f : inputs) {
-    require(fs::is_regular_file(f), f, "input file not found");
+    require_regular_file(f);  // before anything opens it: a FIFO would block
     const std::string ext = fs::path(f).extension().string();
     require(ext == ".txt" || ext == ".jsonl" || ext == ".json", f,
             "unsupported input type (use .txt or .jsonl)");
@@ -103,7 +104,7 @@ struct Progress {
 // paragraphs, as the options say) and hands each to emit.
 void read_documents(const std::string& f, const PrepareOptions& o,
                     const std::function<void(const std::string&)>& emit, Progress& progress) {
-  std::ifstream in(f);
+  std::ifstream in(f);  // input_bytes checked it is a regular file
   require(bool(in), f, "cannot read");
   const bool jsonl = fs::path(f).extension() != ".txt";
   std::string line, doc;

@@ -3,6 +3,9 @@
 // ways a finished run used to be lost: --resume with a changed configuration, and
 // export --force onto something that is not an export.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <csignal>
 
 #include <filesystem>
 #include <map>
@@ -98,6 +101,18 @@ TEST(RetrofitOptions, EveryOptionReachesHelpTomlAndConfigJson) {
   defaults.optim.max_steps = 1;
   defaults.dms.window = 8;
   defaults.monitor.eval_every = 1;
+  // Values off their defaults, so a key that lands in the wrong field shows in config.json.
+  defaults.dms.tau = 0.2;
+  defaults.dms.alpha_per = AlphaPer::layer;
+  defaults.run.seed = 3;
+  defaults.optim.lr = 1e-3;
+  defaults.optim.lr_schedule = LrScheduleKind::cosine;
+  defaults.optim.kd_direction = KdDirection::teacher_student;
+  defaults.monitor.keep_checkpoints = 2;
+  defaults.monitor.alert_kd_spike = 12;
+  defaults.monitor.tensorboard = false;
+  defaults.dist.checksum_every = 7;
+  defaults.dist.timeout_s = 99;
   for (const auto& f : retrofit_fields()) {
     EXPECT_NE(help.out.find("--" + f.name), std::string::npos) << f.name << " not in --help";
     toml += f.name + " = " + f.get(defaults).dump() + "\n";
@@ -238,6 +253,38 @@ TEST(CommandOptions, EveryCommandChecksEveryOptionUpFront) {
                       "--tokenizer no-such --input no-such --out no-such.h5");
   check_command_table("data sample", sample_fields(), "--model no-such --out no-such.h5");
   check_command_table("export", export_fields(), "--run no-such --out no-such-dir");
+}
+
+TEST(SpecialFiles, AreRefusedWithoutOpeningThem) {
+  // A FIFO where a file is meant: opening it would wait for a writer for ever.
+  test::TempDir tmp;
+  for (const char* name : {"fifo", "fifo.h5", "fifo.safetensors", "fifo.bin", "fifo.json"})
+    ASSERT_EQ(::mkfifo(tmp.file(name).c_str(), 0600), 0) << name;
+  const std::string model = quote(asset("stories260K/stories260K.bin"));
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"inspect " + quote(tmp.file("fifo")), "fifo"},
+      {"inspect " + quote(tmp.file("fifo.h5")), "fifo.h5"},
+      {"inspect " + quote(tmp.file("fifo.safetensors")), "fifo.safetensors"},
+      {"inspect " + quote(tmp.file("fifo.bin")), "fifo.bin"},
+      {"inspect " + quote(tmp.file("fifo.json")), "fifo.json"},
+      {"inspect /dev/zero", "/dev/zero"},
+      {base_args(tmp.file("r1"), tmp.file("fifo.bin")), "fifo.bin"},
+      {"retrofit --model " + model + " --data " + quote(tmp.file("fifo.h5")) + " --out " +
+           quote(tmp.file("r2")),
+       "fifo.h5"},
+      {"eval --model " + model + " --data " + quote(tmp.file("fifo.h5")), "fifo.h5"},
+      {"data prepare --tokenizer " + quote(asset("stories260K/tok512.model")) + " --input " +
+           quote(tmp.file("fifo")) + " --out " + quote(tmp.file("p.h5")),
+       "fifo"}};
+  int i = 0;
+  for (const auto& [args, named] : cases) {
+    auto p = test::spawn_dms(args, "", tmp.path, "case" + std::to_string(i++));
+    const int code = p.wait(60);
+    if (code == -1) p.kill_group(SIGKILL);
+    EXPECT_EQ(code, 2) << args << " (-1: it hung): " << p.err();
+    EXPECT_NE(p.err().find(named), std::string::npos) << p.err();
+    EXPECT_NE(p.err().find("not a regular file"), std::string::npos) << p.err();
+  }
 }
 
 // A 4-step run with checkpoints at 2 and 4 and a validation file.

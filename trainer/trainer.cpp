@@ -22,13 +22,13 @@
 #include "data/token_file.h"
 #include "trainer/dist/distributed.h"
 #include "trainer/eval/validator.h"
+#include "trainer/monitor/alerts.h"
+#include "trainer/monitor/sinks.h"
 #include "trainer/train/checkpointer.h"
 #include "trainer/train/faults.h"
 #include "trainer/train/optimizer.h"
 #include "trainer/train/schedule.h"
 #include "trainer/train/step.h"
-#include "trainer/monitor/alerts.h"
-#include "trainer/monitor/sinks.h"
 
 namespace fs = std::filesystem;
 
@@ -176,7 +176,8 @@ Trainer::Trainer(const RetrofitConfig& cfg) : cfg_(cfg) {
   build_optimization();
   checkpoints_ =
       std::make_unique<Checkpointer>(cfg_.run.out, cfg_.monitor.keep_checkpoints, faults_);
-  if (cfg_.run.resume) resume();
+  if (cfg_.run.resume) resume();  // may adopt the checkpoint's final step
+  cr_ = CrSchedule{1.0, cfg_.dms.target_cr, cfg_.final_step()};
   alerts_ = std::make_unique<AlertMonitor>(AlertConfig{
       cfg_.monitor.alert_kd_spike, cfg_.monitor.alert_grad, 50, 10, cfg_.monitor.alert_cr_margin,
       cfg_.monitor.alert_cr_evals, cfg_.monitor.stop_on_alert});
@@ -206,7 +207,6 @@ void Trainer::build_optimization() {
   const OptimSection& o = cfg_.optim;
   opt_ =
       std::make_unique<AdamW>(models_.params, AdamWOptions{o.beta1, o.beta2, 1e-8, o.weight_decay});
-  cr_ = CrSchedule{1.0, cfg_.dms.target_cr, cfg_.final_step()};
   lr_ = LrSchedule{o.lr_schedule, o.lr, o.warmup_steps, o.max_steps, o.min_lr_ratio};
   // The global batch defines the data order and the noise; ranks take equal slices.
   global_batch_ = o.micro_batch * o.grad_accum * dist_->world();
@@ -241,7 +241,6 @@ void Trainer::resume() {
   require(flag.item<double>() == 0, cfg_.run.model,
           "--resume: this is not the base model the checkpoint was trained from" +
               (changed.empty() ? std::string() : " (" + changed + ", by sha256)"));
-  cr_ = CrSchedule{1.0, cfg_.dms.target_cr, cfg_.final_step()};
   restore(*c);
   if (lead_)
     std::cerr << "resuming from " << c->path << " (step " << c->state.step << ", written by "

@@ -4,6 +4,7 @@
 
 #include "checkpoints/hf_config.h"
 #include "checkpoints/load_model.h"
+#include "common/mapped_file.h"
 #include "checkpoints/safetensors.h"
 #include "checkpoints/train_state.h"
 #include "common/error.h"
@@ -90,6 +91,7 @@ void inspect_h5(const std::string& path) {
 
 void run_inspect(const std::string& path) {
   require(fs::exists(path), path, "no such file or directory");
+  if (!fs::is_directory(path)) require_regular_file(path);  // a FIFO or device: never open it
   const std::string ext = fs::path(path).extension().string();
   if (ext == ".h5" || ext == ".hdf5") return inspect_h5(path);
   if (ext == ".model") return inspect_tokenizer(path);

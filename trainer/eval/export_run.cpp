@@ -12,6 +12,7 @@
 #include "checkpoints/train_state.h"
 #include "common/error.h"
 #include "common/json_file.h"
+#include "common/mapped_file.h"
 #include "data/prepare.h"
 #include "data/token_file.h"
 #include "trainer/config/retrofit_config.h"
@@ -79,7 +80,9 @@ nlohmann::json build_report(const ExportRequest& req, const std::string& ck, con
                            {"data", cfg.run.data},
                            {"config", cfg.to_json()}};
   if (!s.base_json.empty()) report["base_model"] = nlohmann::json::parse(s.base_json);
-  std::ifstream metrics((fs::path(req.run_dir) / "metrics.jsonl").string());
+  const std::string metrics_path = (fs::path(req.run_dir) / "metrics.jsonl").string();
+  if (fs::exists(metrics_path)) require_regular_file(metrics_path);
+  std::ifstream metrics(metrics_path);
   std::string line, last_train, last_val;
   while (std::getline(metrics, line)) {
     if (line.find("\"kd_loss\"") != std::string::npos) last_train = line;
@@ -127,12 +130,7 @@ ExportExtras base_files(const std::string& base, const Model& m) {
 
 std::string export_run(const ExportRequest& req) {
   // The target first: nothing is read, let alone replaced, when it is not ours.
-  if (fs::exists(req.out) && !(fs::is_directory(req.out) && fs::is_empty(req.out))) {
-    require(req.force, req.out, "already exists (choose another --out or pass --force)");
-    require(is_dms_export(req.out), req.out,
-            "is not an export written by dms export: --force replaces only those "
-            "(nothing was deleted)");
-  }
+  check_export_target(req.out, req.force);
   auto [ck, s] = choose_checkpoint(req);
   const RetrofitConfig cfg = RetrofitConfig::from_json(nlohmann::json::parse(s.config_json), ck);
   std::string base;

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "common/atomic_file.h"
+#include "common/mapped_file.h"
 
 namespace fs = std::filesystem;
 
@@ -33,6 +34,7 @@ nlohmann::json matrix_json(const at::Tensor& t) {
 // dropped (they would be written again), so a resumed run's file equals an uninterrupted one's.
 void truncate_metrics(const fs::path& path, int64_t step) {
   if (!fs::exists(path)) return;
+  require_regular_file(path.string());
   std::ifstream in(path);
   std::string line, kept;
   while (std::getline(in, line)) {
