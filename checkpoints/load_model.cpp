@@ -143,9 +143,11 @@ std::map<std::string, int64_t> stored_dtypes(const std::string& path) {
 std::string find_tokenizer(const std::string& model_path, int64_t vocab_size) {
   fs::path p(model_path);
   fs::path dir = fs::is_directory(p) ? p : p.parent_path();
-  for (const fs::path& c :
-       {dir / ("tok" + std::to_string(vocab_size) + ".model"), dir / "tokenizer.model"})
+  for (const fs::path& c : {dir / "tokenizer.json", dir / ("tok" + std::to_string(vocab_size) + ".model"),
+                            dir / "tokenizer.model"})
     if (fs::is_regular_file(c)) return c.string();
+  if (fs::is_regular_file(dir / "vocab.json") && fs::is_regular_file(dir / "merges.txt"))
+    return (dir / "vocab.json").string();
   return "";
 }
 

@@ -27,8 +27,8 @@ Model load_model(const std::string& path, const LoadOptions& opts = {});
 // Tensor count per stored dtype ("F32" -> 201), read from headers only.
 std::map<std::string, int64_t> stored_dtypes(const std::string& path);
 
-// The tokenizer next to a model: tokenizer.model in the folder, or for a llama2.c file
-// tok<vocab>.model beside it. Empty when none is found.
+// The tokenizer next to a model: tokenizer.json, tok<vocab>.model (llama2.c),
+// tokenizer.model, or vocab.json (+ merges.txt) in its folder. Empty when none is found.
 std::string find_tokenizer(const std::string& model_path, int64_t vocab_size);
 
 }  // namespace dms

@@ -2,13 +2,17 @@
 
 #include <filesystem>
 #include <fstream>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "common/mapped_file.h"
 #include "common/sha256.h"
 #include "data/token_file.h"
-#include "data/tokenizer.h"
 #include "common/error.h"
+#include "data/tokenizer.h"
+#include "data/utf8.h"
 #include "model/generate.h"
 
 namespace fs = std::filesystem;
@@ -22,14 +26,16 @@ std::string validation_path(const std::string& train_path) {
 
 namespace {
 
-// Packs documents into fixed rows for one split.
+// Packs documents into fixed rows for one split; the tail that fills no row is dropped.
 struct Packer {
   TokenWriter writer;
-  int64_t T;
+  int64_t T, documents = 0, tokens = 0;
   std::vector<uint32_t> buf;
   Packer(const std::string& path, int64_t seq_len, const TokenFileInfo& info)
       : writer(path, seq_len, info), T(seq_len) {}
   void add(const std::vector<int64_t>& doc) {
+    ++documents;
+    tokens += int64_t(doc.size());
     for (int64_t id : doc) {
       buf.push_back(uint32_t(id));
       if (int64_t(buf.size()) == T) {
@@ -38,6 +44,7 @@ struct Packer {
       }
     }
   }
+  void finish() { writer.finish(documents, tokens); }
 };
 
 // Deterministic per-document split: a hash of (seed, index) against the fraction.
@@ -54,45 +61,63 @@ void check_options(const PrepareOptions& o) {
   require(o.seq_len >= 2, "--seq-len", "must be at least 2");
   require(o.val_fraction >= 0 && o.val_fraction < 1, "--val-fraction", "must be in [0, 1)");
   require(o.doc_sep == "blank" || o.doc_sep == "line", "--doc-sep", "must be 'blank' or 'line'");
+  require(o.threads >= 1 && o.threads <= 256, "--threads", "must be in [1, 256]");
 }
 
 // Checks that every input exists with a type we read; returns their total size in bytes.
-uint64_t input_bytes(const std::vector<std::string>& inputs) {
+uint64_t input_bytes(const std::vector<std::string>& inputs, bool chat) {
   uint64_t total = 0;
   for (const auto& f : inputs) {
     require_regular_file(f);  // before anything opens it: a FIFO would block
     const std::string ext = fs::path(f).extension().string();
-    require(ext == ".txt" || ext == ".jsonl" || ext == ".json", f,
-            "unsupported input type (use .txt or .jsonl)");
+    if (chat)
+      require(ext == ".jsonl" || ext == ".json", f, "--chat reads JSON lines (.jsonl)");
+    else
+      require(ext == ".txt" || ext == ".jsonl" || ext == ".json", f,
+              "unsupported input type (use .txt or .jsonl)");
     total += fs::file_size(f);
   }
   return total;
 }
 
-TokenFileInfo token_file_info(const PrepareOptions& o, const Tokenizer& tok) {
+// The framing: the tokenizer's (or, for chat, none: the template frames each
+// conversation), with --bos / --eos overriding either side.
+Framing framing_of(const PrepareOptions& o, const Tokenizer& tok) {
+  Framing f;
+  if (o.chat) f.rule = "chat template";
+  else f = tok.default_framing();
+  if (o.bos != "default") {
+    f.before = tok.framing_tokens(o.bos, "--bos");
+    f.rule += ", --bos " + o.bos;
+  }
+  if (o.eos != "default") {
+    f.after = tok.framing_tokens(o.eos, "--eos");
+    f.rule += ", --eos " + o.eos;
+  }
+  return f;
+}
+
+TokenFileInfo token_file_info(const PrepareOptions& o, const Tokenizer& tok, const Framing& f) {
   TokenFileInfo info;
   info.vocab_size = tok.vocab_size();
-  info.tokenizer_hash = sha256_file(o.tokenizer);
+  info.tokenizer_hash = tok.fingerprint();
   info.bos_id = tok.bos_id();
-  info.eos_id = o.add_eos ? tok.eos_id() : -1;
+  info.eos_id = tok.eos_id();
+  info.framing = tok.describe(f);
   for (const auto& f : o.inputs)
     info.source += (info.source.empty() ? "" : ", ") + fs::path(f).filename().string();
+  if (o.chat)
+    info.source += std::string(" (chat, reasoning ") +
+                   (o.reasoning == Reasoning::Keep ? "kept" : "dropped") + ")";
   return info;
 }
 
-// The text of one JSON-lines record (line line_no of file f).
-std::string jsonl_text(const std::string& line, const std::string& f, int64_t line_no,
-                       const std::string& field) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(line);
-  } catch (const nlohmann::json::exception&) {
-    throw InputError(f + ":" + std::to_string(line_no) + ": not a JSON object");
-  }
-  require(j.is_object() && j.contains(field) && j[field].is_string(),
-          f + ":" + std::to_string(line_no), "no string field '" + field + "' (see --field)");
-  return j[field].get<std::string>();
-}
+// One document as read: its text (or, for chat, its JSON record) and where it came from.
+struct Doc {
+  std::string text;
+  std::string where;  // file:line
+  bool json = false;  // a JSON-lines record
+};
 
 // Bytes read so far against the total, reported every 256 lines.
 struct Progress {
@@ -101,32 +126,193 @@ struct Progress {
 };
 
 // Splits input file f into documents (JSON-lines records, lines, or blank-line separated
-// paragraphs, as the options say) and hands each to emit.
+// paragraphs, as the options say) and hands each to emit. Every line is checked to be
+// UTF-8 first, so an error names the byte offset in the file.
 void read_documents(const std::string& f, const PrepareOptions& o,
-                    const std::function<void(const std::string&)>& emit, Progress& progress) {
-  std::ifstream in(f);  // input_bytes checked it is a regular file
+                    const std::function<void(Doc&&)>& emit, Progress& progress) {
+  std::ifstream in(f, std::ios::binary);  // input_bytes checked it is a regular file
   require(bool(in), f, "cannot read");
   const bool jsonl = fs::path(f).extension() != ".txt";
   std::string line, doc;
-  int64_t line_no = 0;
+  int64_t line_no = 0, doc_line = 1;
+  uint64_t offset = 0;
   while (std::getline(in, line)) {
     ++line_no;
+    const size_t bad = utf8::first_invalid(line);
+    require(bad == utf8::npos, f,
+            "invalid UTF-8 at byte " + std::to_string(offset + bad) + " (line " +
+                std::to_string(line_no) + ")");
+    offset += line.size() + 1;
     progress.done += line.size() + 1;
+    const std::string where = f + ":" + std::to_string(line_no);
     if (jsonl) {
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      emit(jsonl_text(line, f, line_no, o.jsonl_field));
+      if (line.find_first_not_of(" \t\r") != std::string::npos) emit({line, where, true});
     } else if (o.doc_sep == "line") {
-      emit(line);
+      emit({line, where});
     } else if (line.find_first_not_of(" \t\r") == std::string::npos) {
-      emit(doc);
+      emit({std::move(doc), f + ":" + std::to_string(doc_line)});
       doc.clear();
     } else {
+      if (doc.empty()) doc_line = line_no;
       doc += doc.empty() ? line : "\n" + line;
     }
     if (progress.report && (line_no % 256 == 0)) progress.report(progress.done, progress.total);
   }
-  if (!doc.empty()) emit(doc);
+  if (!doc.empty()) emit({std::move(doc), f + ":" + std::to_string(doc_line)});
 }
+
+nlohmann::ordered_json parse_record(const Doc& d) {
+  try {
+    return nlohmann::ordered_json::parse(d.text);
+  } catch (const nlohmann::json::exception&) {
+    throw InputError(d.where + ": not a JSON object");
+  }
+}
+
+// Turns documents into framed ids; runs on the worker threads.
+class DocEncoder {
+ public:
+  DocEncoder(const PrepareOptions& o, const Tokenizer& tok, Framing f)
+      : o_(o), tok_(tok), framing_(std::move(f)) {
+    if (o.chat) chat_ = std::make_unique<ChatRenderer>(tok, o.reasoning, o.chat_date);
+  }
+  // Empty when the document has no text.
+  std::vector<int64_t> encode(const Doc& d) const {
+    std::string text;
+    if (chat_) {
+      text = chat_->render(parse_record(d), d.where);
+    } else if (d.json) {
+      const nlohmann::ordered_json j = parse_record(d);
+      require(j.is_object() && j.contains(o_.jsonl_field) && j[o_.jsonl_field].is_string(),
+              d.where, "no string field '" + o_.jsonl_field + "' (see --field)");
+      text = j[o_.jsonl_field].get<std::string>();
+    } else {
+      text = d.text;
+    }
+    if (text.find_first_not_of(" \t\r\n") == std::string::npos) return {};
+    std::vector<int64_t> ids = framing_.before;
+    try {
+      for (int64_t id : tok_.encode(text)) ids.push_back(id);
+    } catch (const InputError& e) {
+      throw InputError(d.where + ": " + e.what());
+    }
+    ids.insert(ids.end(), framing_.after.begin(), framing_.after.end());
+    return ids;
+  }
+
+ private:
+  const PrepareOptions& o_;
+  const Tokenizer& tok_;
+  Framing framing_;
+  std::unique_ptr<ChatRenderer> chat_;
+};
+
+// Threads that live as long as the prepare run (so their per-thread BPE caches stay warm).
+// run(f) calls f(0) on the caller and f(1..n-1) on the workers, and returns when all are
+// done, rethrowing the first exception.
+class WorkerPool {
+ public:
+  explicit WorkerPool(size_t threads) : n_(threads) {
+    for (size_t k = 1; k < n_; ++k) workers_.emplace_back([this, k] { loop(k); });
+  }
+  ~WorkerPool() {
+    {
+      std::lock_guard<std::mutex> l(m_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+  size_t size() const { return n_; }
+
+  void run(const std::function<void(size_t)>& f) {
+    {
+      std::lock_guard<std::mutex> l(m_);
+      job_ = &f;
+      ++generation_;
+      pending_ = n_ - 1;
+      error_ = nullptr;
+    }
+    wake_.notify_all();
+    std::exception_ptr mine;
+    try {
+      f(0);
+    } catch (...) {
+      mine = std::current_exception();
+    }
+    std::unique_lock<std::mutex> l(m_);
+    done_.wait(l, [this] { return pending_ == 0; });
+    job_ = nullptr;
+    if (mine) std::rethrow_exception(mine);
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  void loop(size_t k) {
+    uint64_t seen = 0;
+    for (;;) {
+      const std::function<void(size_t)>* job;
+      {
+        std::unique_lock<std::mutex> l(m_);
+        wake_.wait(l, [&] { return stop_ || generation_ != seen; });
+        if (stop_) return;
+        seen = generation_;
+        job = job_;
+      }
+      std::exception_ptr err;
+      try {
+        (*job)(k);
+      } catch (...) {
+        err = std::current_exception();
+      }
+      std::lock_guard<std::mutex> l(m_);
+      if (err && !error_) error_ = err;
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  size_t n_;
+  std::vector<std::thread> workers_;
+  std::mutex m_;
+  std::condition_variable wake_, done_;
+  const std::function<void(size_t)>* job_ = nullptr;
+  uint64_t generation_ = 0;
+  size_t pending_ = 0;
+  bool stop_ = false;
+  std::exception_ptr error_;
+};
+
+// Encodes batches of documents on the pool and hands the results to `sink` in input
+// order, so the output is the same for any thread count.
+class ParallelEncoder {
+ public:
+  ParallelEncoder(const DocEncoder& enc, int64_t threads,
+                  std::function<void(const std::vector<int64_t>&)> sink)
+      : enc_(enc), pool_(size_t(threads)), sink_(std::move(sink)) {}
+  void add(Doc&& d) {
+    bytes_ += d.text.size();
+    batch_.push_back(std::move(d));
+    if (bytes_ >= kBatchBytes || batch_.size() >= kBatchDocs) flush();
+  }
+  void flush() {
+    std::vector<std::vector<int64_t>> ids(batch_.size());
+    const size_t n = pool_.size();
+    pool_.run([&](size_t part) {
+      for (size_t i = part; i < batch_.size(); i += n) ids[i] = enc_.encode(batch_[i]);
+    });
+    for (const auto& v : ids) sink_(v);
+    batch_.clear();
+    bytes_ = 0;
+  }
+
+ private:
+  static constexpr size_t kBatchBytes = 4 << 20, kBatchDocs = 8192;
+  const DocEncoder& enc_;
+  WorkerPool pool_;
+  std::function<void(const std::vector<int64_t>&)> sink_;
+  std::vector<Doc> batch_;
+  size_t bytes_ = 0;
+};
 
 }  // namespace
 
@@ -135,37 +321,32 @@ PrepareResult prepare_data(const PrepareOptions& o,
   check_options(o);
   Tokenizer tok = load_tokenizer(o.tokenizer);
   Progress bytes{progress};
-  bytes.total = input_bytes(o.inputs);
-  TokenFileInfo info = token_file_info(o, tok);
+  bytes.total = input_bytes(o.inputs, o.chat);
+  const Framing framing = framing_of(o, tok);
+  TokenFileInfo info = token_file_info(o, tok, framing);
+  DocEncoder encoder(o, tok, framing);
 
   PrepareResult r;
   r.train_path = o.out;
   r.val_path = validation_path(o.out);
   Packer train(r.train_path, o.seq_len, info), val(r.val_path, o.seq_len, info);
-  int64_t docs = 0, train_docs = 0;
-  auto emit = [&](const std::string& text) {
-    if (text.find_first_not_of(" \t\r\n") == std::string::npos) return;
-    std::vector<int64_t> ids = tok.encode(text, /*add_bos=*/true, /*add_eos=*/o.add_eos);
+  int64_t docs = 0;
+  ParallelEncoder parallel(encoder, o.threads, [&](const std::vector<int64_t>& ids) {
+    if (ids.empty()) return;
     r.tokens += int64_t(ids.size());
-    if (goes_to_validation(o.seed, docs, o.val_fraction)) {
-      val.add(ids);
-    } else {
-      train.add(ids);
-      ++train_docs;
-    }
-    ++docs;
-  };
-  for (const auto& f : o.inputs) read_documents(f, o, emit, bytes);
+    (goes_to_validation(o.seed, docs++, o.val_fraction) ? val : train).add(ids);
+  });
+  for (const auto& f : o.inputs) read_documents(f, o, [&](Doc&& d) { parallel.add(std::move(d)); }, bytes);
+  parallel.flush();
   if (progress) progress(bytes.total, bytes.total);
   r.documents = docs;
   require(train.writer.rows() > 0, o.out,
           "the inputs hold fewer than one row of " + std::to_string(o.seq_len) +
               " tokens for training");
-  info.documents = train_docs;
-  train.writer.finish();
+  train.finish();
   r.train_rows = train.writer.rows();
   r.val_rows = val.writer.rows();
-  val.writer.finish();
+  val.finish();
   return r;
 }
 
@@ -197,8 +378,7 @@ int64_t sample_teacher_data(const Model& m, const SampleOptions& o,
     done += b;
     if (progress) progress(uint64_t(done), uint64_t(o.count));
   }
-  info.tokens = o.count * o.length;
-  w.finish();
+  w.finish(o.count, o.count * o.length);
   return done;
 }
 

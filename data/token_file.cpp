@@ -38,6 +38,7 @@ TokenWriter::TokenWriter(const std::string& path, int64_t seq_len, const TokenFi
   h5::Handle plist(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
   hsize_t chunk[2] = {hsize_t(std::max<int64_t>(1, 65536 / seq_len)), hsize_t(seq_len)};
   H5Pset_chunk(plist.get(), 2, chunk);
+  H5Pset_obj_track_times(plist.get(), false);  // same rows, same bytes: no timestamps
   impl_->dset = h5::Handle(H5Dcreate2(impl_->file.get(), "tokens", H5T_STD_U32LE, space.get(),
                                       H5P_DEFAULT, plist.get(), H5P_DEFAULT),
                            H5Dclose);
@@ -67,8 +68,10 @@ void TokenWriter::add_row(const std::vector<uint32_t>& row) {
   ++rows_;
 }
 
-void TokenWriter::finish() {
+void TokenWriter::finish(int64_t documents, int64_t tokens) {
   hid_t f = impl_->file.get();
+  impl_->info.documents = documents;
+  impl_->info.tokens = tokens;
   const TokenFileInfo& i = impl_->info;
   h5::set_attr(f, "format", std::string("dms-retrofit tokens v1"));
   h5::set_attr(f, "vocab_size", i.vocab_size);
@@ -76,6 +79,7 @@ void TokenWriter::finish() {
   h5::set_attr(f, "bos_id", i.bos_id);
   h5::set_attr(f, "eos_id", i.eos_id);
   h5::set_attr(f, "source", i.source);
+  h5::set_attr(f, "framing", i.framing);
   h5::set_attr(f, "documents", i.documents);
   h5::set_attr(f, "tokens", i.tokens);
   h5::set_attr(f, "rows", rows_);
@@ -153,6 +157,7 @@ TokenData open_tokens(const std::string& path, int64_t bin_seq_len, const std::s
   if (h5::has_attr(f, "bos_id")) d.info.bos_id = h5::get_int_attr(f, "bos_id", path);
   if (h5::has_attr(f, "eos_id")) d.info.eos_id = h5::get_int_attr(f, "eos_id", path);
   if (h5::has_attr(f, "source")) d.info.source = h5::get_string_attr(f, "source", path);
+  if (h5::has_attr(f, "framing")) d.info.framing = h5::get_string_attr(f, "framing", path);
   if (h5::has_attr(f, "documents")) d.info.documents = h5::get_int_attr(f, "documents", path);
   if (h5::has_attr(f, "tokens")) d.info.tokens = h5::get_int_attr(f, "tokens", path);
   return d;

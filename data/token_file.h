@@ -13,7 +13,9 @@ namespace dms {
 struct TokenFileInfo {
   int64_t vocab_size = 0;
   std::string tokenizer_hash;  // sha256 of the tokenizer file ("" when unknown)
-  int64_t bos_id = -1, eos_id = -1;
+  int64_t bos_id = -1;  // the tokenizer's beginning-of-text token
+  int64_t eos_id = -1;  // its configured end token: what training masks, framed or not
+  std::string framing;  // how documents were framed, e.g. "before <s> (1), after none [...]"
   std::string source;  // what the rows came from (file names, "teacher samples", ...)
   int64_t documents = 0;
   int64_t tokens = 0;  // real tokens before packing/padding
@@ -25,7 +27,9 @@ class TokenWriter {
   TokenWriter(const std::string& path, int64_t seq_len, const TokenFileInfo& info);
   ~TokenWriter();
   void add_row(const std::vector<uint32_t>& row);  // exactly seq_len ids
-  void finish();                                   // writes attributes, closes, renames
+  // Writes the attributes (info as given, with the counts of what was written), closes,
+  // renames to the final name.
+  void finish(int64_t documents, int64_t tokens);
   int64_t rows() const { return rows_; }
 
  private:

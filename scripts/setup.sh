@@ -2,12 +2,22 @@
 # Installs the Debian packages dms-retrofit needs (only those missing), then
 # configures and builds into build/. Idempotent: a second run does no apt work.
 #   BUILD_DIR=build   CMAKE_ARGS="-DCMAKE_PREFIX_PATH=/path/to/libtorch"   JOBS=N
+#   --reference   also create .venv/, the Python environment of the independent references
+#                 the tests compare with (scripts/requirements-reference.txt, pinned). The
+#                 toolkit itself never needs it; scripts/test.sh asks for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+REFERENCE=0
+for arg in "$@"; do
+  case "$arg" in
+    --reference) REFERENCE=1 ;;
+    *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
 
 PACKAGES=(g++ make cmake pkg-config ccache libopenblas0-openmp protobuf-compiler libprotobuf-dev chromium librsvg2-bin
   libtorch-dev libgloo-dev
-  libsentencepiece-dev sentencepiece
+  libsentencepiece-dev sentencepiece libpcre2-dev libutf8proc-dev python3-venv
   libhdf5-dev libssl-dev libcli11-dev nlohmann-json3-dev libgtest-dev)
 
 missing=()
@@ -24,6 +34,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ "$REFERENCE" = 1 ]; then
+  # Recreated when the pinned list changes (its copy inside .venv/ says what was installed).
+  if ! cmp -s scripts/requirements-reference.txt .venv/requirements-reference.txt 2>/dev/null; then
+    echo "setup.sh: creating .venv (reference Python packages)"
+    rm -rf .venv
+    python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check -r scripts/requirements-reference.txt
+    cp scripts/requirements-reference.txt .venv/requirements-reference.txt
+  fi
 fi
 
 BUILD_DIR=${BUILD_DIR:-build}

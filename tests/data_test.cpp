@@ -103,7 +103,7 @@ TEST(Prepare, TextRowsDecodeBackToTheDocumentsInOrder) {
   EXPECT_EQ(train.info.vocab_size, 512);
   EXPECT_EQ(train.info.tokenizer_hash,
             "fec6aa960a1fb3ebf71d26f9b0e486afcbd76c34cf0fbfb93e21126ca9f778d3");
-  // The packed stream of both files is each split's documents, each as BOS + ids + EOS.
+  // The packed stream is the train documents, each as BOS + ids: stories260K never saw EOS.
   Tokenizer tok = load_tokenizer(o.tokenizer);
   std::vector<int64_t> stream;
   for (int64_t i = 0; i < train.n_rows; ++i) {
@@ -113,7 +113,7 @@ TEST(Prepare, TextRowsDecodeBackToTheDocumentsInOrder) {
   std::vector<int64_t> all_docs;
   int64_t n_train_docs = 0;
   for (size_t d = 0; d < docs.size() && all_docs.size() < stream.size(); ++d) {
-    auto ids = tok.encode(docs[d], true, true);
+    auto ids = tok.encode(docs[d], /*add_special_tokens=*/true);  // BOS + ids
     // A document belongs to train iff its ids appear at the current stream position.
     if (std::equal(ids.begin(), ids.begin() + std::min(ids.size(), stream.size() - all_docs.size()),
                    stream.begin() + int64_t(all_docs.size()))) {

@@ -19,8 +19,10 @@ void add_data_command(CLI::App& app) {
   auto p = std::make_shared<Parsed<PrepareOptions>>();
   CLI::App* prep = data->add_subcommand(
       "prepare",
-      "Tokenize .txt/.jsonl files with SentencePiece, add BOS (and EOS), pack into rows of "
-      "--seq-len tokens and write HDF5 (train to --out, held-out documents to <out>.val.h5).");
+      "Tokenize .txt/.jsonl files (or chat conversations with --chat) with the model's own "
+      "tokenizer, frame each document as the model was trained (see --bos/--eos), pack into "
+      "rows of --seq-len tokens and write HDF5 (train to --out, held-out documents to "
+      "<out>.val.h5).");
   prep->add_option("--input", p->cfg.inputs, "Input files (.txt or .jsonl)")->required();
   add_fields(prep, prepare_fields(), p->cfg, p->errors);
   prep->callback([p] {

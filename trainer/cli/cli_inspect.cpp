@@ -20,12 +20,56 @@ namespace dms {
 
 namespace {
 
+// A sample that shows what the tokenizer does with words, digits, CJK, emoji and its
+// own special-token spelling.
+constexpr const char* kTokenizerSample = "Hello, world! 12345 \u4f60\u597d \U0001F44B";
+
 void inspect_tokenizer(const std::string& path) {
   Tokenizer t = load_tokenizer(path);
-  std::cout << "tokenizer:       SentencePiece " << path << "\n"
+  auto token = [&](int64_t id) {
+    return id < 0 ? std::string("-") : "'" + t.piece(id) + "' (" + std::to_string(id) + ")";
+  };
+  std::cout << "tokenizer:       " << t.kind() << "  " << path << "\n"
+            << "config:          " << (t.config_path.empty() ? "-" : t.config_path) << "\n"
             << "vocab:           " << t.vocab_size() << "\n"
-            << "bos/eos:         " << t.bos_id() << " / " << t.eos_id() << "\n"
-            << "unk/pad:         " << t.unk_id() << " / " << t.pad_id() << "\n";
+            << "bos / eos:       " << token(t.bos_id()) << " / " << token(t.eos_id()) << "\n"
+            << "unk / pad:       " << token(t.unk_id()) << " / " << token(t.pad_id()) << "\n"
+            << "framing:         " << t.describe(t.default_framing()) << "\n"
+            << "chat template:   "
+            << (t.chat_template().empty() ? "none"
+                                          : std::to_string(t.chat_template().size()) + " chars")
+            << "\n";
+  const auto named = t.named_tokens();
+  std::cout << "added tokens:    " << named.size();
+  size_t shown = 0;
+  for (const auto& n : named) {
+    if (shown == 0) std::cout << " (";
+    if (shown == 12) {
+      std::cout << ", ...";
+      break;
+    }
+    std::cout << (shown ? ", " : "") << n.content << "=" << n.id << (n.special ? "" : " [not special]");
+    ++shown;
+  }
+  std::cout << (shown ? ")" : "") << "\n";
+  const std::string sample = kTokenizerSample;
+  std::cout << "sample:          " << sample << "\n  ids:          ";
+  for (int64_t id : t.encode(sample, /*add_special_tokens=*/true)) std::cout << " " << id;
+  std::cout << "\n  pieces:       ";
+  for (int64_t id : t.encode(sample, true)) std::cout << " '" << t.piece(id) << "'";
+  std::cout << "\n  decoded:       " << t.decode(t.encode(sample, true)) << "\n";
+}
+
+// A path that load_tokenizer reads: a .model, vocab.json / tokenizer.json, or a folder with
+// a tokenizer and no model config.
+bool is_tokenizer_path(const std::string& path) {
+  const fs::path p(path);
+  if (fs::is_directory(p))
+    return !fs::exists(p / "config.json") &&
+           (fs::exists(p / "tokenizer.json") || fs::exists(p / "vocab.json") ||
+            fs::exists(p / "tokenizer.model"));
+  const std::string name = p.filename().string();
+  return p.extension() == ".model" || name == "tokenizer.json" || name == "vocab.json";
 }
 
 void inspect_safetensors(const std::string& path) {
@@ -73,6 +117,7 @@ void inspect_h5(const std::string& path) {
               << "tokenizer sha256: "
               << (d.info.tokenizer_hash.empty() ? "-" : d.info.tokenizer_hash) << "\n"
               << "source:          " << d.info.source << "\n"
+              << "framing:         " << (d.info.framing.empty() ? "-" : d.info.framing) << "\n"
               << "documents:       " << d.info.documents << ", real tokens " << d.info.tokens
               << "\n"
               << "largest id:      " << d.max_id() << "\n";
@@ -94,7 +139,7 @@ void run_inspect(const std::string& path) {
   if (!fs::is_directory(path)) require_regular_file(path);  // a FIFO or device: never open it
   const std::string ext = fs::path(path).extension().string();
   if (ext == ".h5" || ext == ".hdf5") return inspect_h5(path);
-  if (ext == ".model") return inspect_tokenizer(path);
+  if (is_tokenizer_path(path)) return inspect_tokenizer(path);
   if (ext == ".safetensors") return inspect_safetensors(path);
   return inspect_model(path);
 }
@@ -106,8 +151,8 @@ void add_inspect_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "inspect",
       "Describe a file: HF model directory or config.json (family, layers, heads, parameter "
-      "count, rope), llama2.c .bin, .safetensors (tensors), SentencePiece .model (vocab, "
-      "special ids), token files and training checkpoints (.h5).");
+      "count, rope), llama2.c .bin, .safetensors (tensors), SentencePiece .model, tokenizers (tokenizer.json, vocab.json, a tokenizer folder: kind, special "
+      "tokens, framing, ids of a sample), token files and training checkpoints (.h5).");
   cmd->add_option("path", *path, "File or directory to describe")->required();
   cmd->callback([path] { run_inspect(*path); });
 }

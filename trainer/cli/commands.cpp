@@ -91,7 +91,12 @@ const std::vector<Field<GenerateConfig>>& generate_fields() {
 const std::vector<Field<PrepareOptions>>& prepare_fields() {
   using C = PrepareOptions;
   static const std::vector<Field<C>> table = {
-      text<C>("tokenizer", &C::tokenizer, "SentencePiece .model", nonempty).must(),
+      text<C>("tokenizer", &C::tokenizer,
+              "Tokenizer: tokenizer.json, a folder (tokenizer.json, vocab.json + merges.txt or "
+              "tokenizer.model), or a SentencePiece .model; tokenizer_config.json beside it "
+              "gives BOS/EOS and the chat template",
+              nonempty)
+          .must(),
       text<C>("out", &C::out, "Output .h5", nonempty).must(),
       number<C>("seq-len", &C::seq_len, between(2, kMaxTokens), "Tokens per row"),
       number<C>("val-fraction", &C::val_fraction, {0, 1, false, true},
@@ -101,6 +106,27 @@ const std::vector<Field<PrepareOptions>>& prepare_fields() {
                 return s == "blank" || s == "line" ? "" : "'" + s + "' is not one of blank|line";
               }),
       text<C>("field", &C::jsonl_field, "JSONL field holding the text", nonempty),
+      flag<C>("chat", &C::chat,
+              "JSONL records are conversations {\"messages\": [{role, content, "
+              "reasoning_content?}]}, rendered with the tokenizer's chat template"),
+      choice<C, Reasoning>("reasoning", &C::reasoning,
+                           {{"keep", Reasoning::Keep}, {"drop", Reasoning::Drop}},
+                           "--chat: keep reasoning_content for the template, or drop it (and "
+                           "inline <think>...</think>)"),
+      text<C>("chat-date", &C::chat_date,
+              "--chat: date_string given to the template (default: the template's own "
+              "fallback, so the data do not depend on the day)"),
+      text<C>("bos", &C::bos,
+              "Token before each document: default (the tokenizer's framing: SentencePiece "
+              "BOS, the post-processor's, none for --chat), none, or a token's text",
+              nonempty),
+      text<C>("eos", &C::eos,
+              "Token after each document: default (the post-processor's, else <|endoftext|> "
+              "when the vocabulary has it; none for SentencePiece and --chat), none, or a "
+              "token's text",
+              nonempty),
+      number<C>("threads", &C::threads, between(1, 256),
+                "Encoding threads (the output is the same for any count)"),
       number<C>("seed", &C::seed, any_finite(), "Seed of the train/validation split"),
   };
   return table;
