@@ -2507,7 +2507,8 @@ class Renderer {
       if (v.kind == Value::kInt || v.kind == Value::kBool) return integer(v.i);
       if (v.kind == Value::kStr)
         if (auto i = parse_int(v.s())) return integer(*i);
-      if (ok && (std::isnan(d) || std::fabs(d) >= 9.2e18)) fail("cannot convert float to integer");
+      if (ok && (std::isnan(d) || std::fabs(d) >= 9.2e18))
+        fail("integer overflow (integers beyond 64 bits are unsupported)");
       return ok ? integer(static_cast<int64_t>(d)) : p[0] ? *p[0] : integer(0);
     }
     if (name == "abs") {

@@ -6,7 +6,8 @@
 // ensure_ascii=False) and the `raise_exception` global. `strftime_now` is deliberately absent, so
 // templates take their documented fallback date (callers may put `date_string` in the context).
 //
-// Supported (everything else is rejected when the template is constructed, naming the construct):
+// Supported subset (outside it: tags, filters and tests are rejected, named, when the template is
+// constructed; unknown functions and methods when they are called):
 //  - Syntax: {{ }}, {% %}, {# #}, `-` and `+` whitespace control, trim_blocks, lstrip_blocks,
 //    \r\n -> \n and the dropped final newline of the source, as jinja2 does.
 //  - Tags: if/elif/else, for (one or several targets, `if` filter, else, loop.*, break, continue),
@@ -27,9 +28,11 @@
 //    capitalize find rfind count join splitlines; dict items keys values get. Mutating methods
 //    (list.append, dict.update, ...) fail as in the immutable sandbox.
 //  - Globals: namespace, range (at most 100000 items, as the sandbox), dict, raise_exception.
-// Values print as Python does (True, None, 1.0, ['a', 1], {'k': 'v'}). Known gaps: integers are
-// 64-bit (overflow is an error), dict keys must be strings, case mapping covers Latin-1, Latin
-// Extended-A, Greek and Cyrillic only, and str % formatting / str.format are unsupported.
+// Values print as Python does (True, None, 1.0, ['a', 1], {'k': 'v'}). Known gaps, each an error
+// rather than a different output unless noted: integers are 64-bit, dict keys must be strings,
+// str % formatting, str.format and \N{...} escapes are unsupported; case mapping covers Latin-1,
+// Latin Extended-A, Greek and Cyrillic (other scripts stay as they are); printing a method or a
+// dict view (d.keys()) directly differs from Python's repr.
 //
 // Limits, since a template is untrusted input: expression and block nesting 256, values nested
 // 512 deep, strings and the output 256 MiB, lists 4M items, and an evaluation budget (steps and

@@ -218,6 +218,20 @@ std::string string_pattern(const json& p, const Ctx& c) {
   c.fail("expected {\"String\": ...}");
 }
 
+// A Sequence component: the steps of list `key`, each built by `make`, applied in order.
+template <class Arg>
+std::function<void(Arg&)> sequence(const json& j, const char* key, const Ctx& c,
+                                   std::function<void(Arg&)> (*make)(const json&, const Ctx&)) {
+  if (c.field.size() > 256) c.fail("components nested too deeply");  // untrusted nesting
+  const json& list = need(j, key, c);
+  if (!list.is_array()) c.at(key).fail("expected a list");
+  std::vector<std::function<void(Arg&)>> steps;
+  for (size_t i = 0; i < list.size(); ++i) steps.push_back(make(list[i], c.at(key).index(i)));
+  return [steps](Arg& x) {
+    for (const auto& f : steps) f(x);
+  };
+}
+
 // ---- normalizers ----------------------------------------------------------------------------
 
 Normalizer unicode_normalizer(int options) {
@@ -235,17 +249,6 @@ Normalizer unicode_normalizer(int options) {
 
 Normalizer make_normalizer(const json& j, const Ctx& c);
 
-Normalizer sequence_normalizer(const json& j, const Ctx& c) {
-  const json& list = need(j, "normalizers", c);
-  if (!list.is_array()) c.at("normalizers").fail("expected a list");
-  std::vector<Normalizer> steps;
-  for (size_t i = 0; i < list.size(); ++i)
-    steps.push_back(make_normalizer(list[i], c.at("normalizers").index(i)));
-  return [steps](std::string& s) {
-    for (const auto& f : steps) f(s);
-  };
-}
-
 Normalizer make_normalizer(const json& j, const Ctx& c) {
   const std::string t = type_of(j, c);
   if (t == "NFC") return unicode_normalizer(UTF8PROC_STABLE | UTF8PROC_COMPOSE);
@@ -253,7 +256,7 @@ Normalizer make_normalizer(const json& j, const Ctx& c) {
   if (t == "NFKC") return unicode_normalizer(UTF8PROC_STABLE | UTF8PROC_COMPOSE | UTF8PROC_COMPAT);
   if (t == "NFKD")
     return unicode_normalizer(UTF8PROC_STABLE | UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT);
-  if (t == "Sequence") return sequence_normalizer(j, c);
+  if (t == "Sequence") return sequence<std::string>(j, "normalizers", c, make_normalizer);
   if (t == "Prepend") {
     const std::string p = str(need(j, "prepend", c), c.at("prepend"));
     return [p](std::string& s) {
@@ -423,20 +426,9 @@ PreTokenizer metaspace_pre_tokenizer(const json& j, const Ctx& c) {
 
 PreTokenizer make_pre_tokenizer(const json& j, const Ctx& c);
 
-PreTokenizer sequence_pre_tokenizer(const json& j, const Ctx& c) {
-  const json& list = need(j, "pretokenizers", c);
-  if (!list.is_array()) c.at("pretokenizers").fail("expected a list");
-  std::vector<PreTokenizer> steps;
-  for (size_t i = 0; i < list.size(); ++i)
-    steps.push_back(make_pre_tokenizer(list[i], c.at("pretokenizers").index(i)));
-  return [steps](Pieces& p) {
-    for (const auto& f : steps) f(p);
-  };
-}
-
 PreTokenizer make_pre_tokenizer(const json& j, const Ctx& c) {
   const std::string t = type_of(j, c);
-  if (t == "Sequence") return sequence_pre_tokenizer(j, c);
+  if (t == "Sequence") return sequence<Pieces>(j, "pretokenizers", c, make_pre_tokenizer);
   if (t == "ByteLevel")
     return byte_level_pre_tokenizer(flag(j, "add_prefix_space", false, c),
                                     flag(j, "use_regex", true, c), c);
@@ -525,17 +517,6 @@ Decoder metaspace_decoder(const json& j, const Ctx& c) {
 
 Decoder make_decoder(const json& j, const Ctx& c);
 
-Decoder sequence_decoder(const json& j, const Ctx& c) {
-  const json& list = need(j, "decoders", c);
-  if (!list.is_array()) c.at("decoders").fail("expected a list");
-  std::vector<Decoder> steps;
-  for (size_t i = 0; i < list.size(); ++i)
-    steps.push_back(make_decoder(list[i], c.at("decoders").index(i)));
-  return [steps](std::vector<std::string>& t) {
-    for (const auto& f : steps) f(t);
-  };
-}
-
 Decoder make_decoder(const json& j, const Ctx& c) {
   const std::string t = type_of(j, c);
   if (t == "ByteLevel") return byte_level_decode;
@@ -548,7 +529,7 @@ Decoder make_decoder(const json& j, const Ctx& c) {
     };
   if (t == "Strip") return strip_decoder(j, c);
   if (t == "Metaspace") return metaspace_decoder(j, c);
-  if (t == "Sequence") return sequence_decoder(j, c);
+  if (t == "Sequence") return sequence<std::vector<std::string>>(j, "decoders", c, make_decoder);
   if (t == "Replace") {
     const std::string from = string_pattern(need(j, "pattern", c), c.at("pattern"));
     const std::string to = str(need(j, "content", c), c.at("content"));
@@ -870,6 +851,7 @@ void post_processor(const json& j, const Ctx& c, HfTokenizer& t) {
   if (type == "ByteLevel") return;  // offsets only: ids are unchanged
   if (type == "TemplateProcessing") return template_processing(j, c, t);
   if (type == "Sequence") {
+    if (c.field.size() > 256) c.fail("components nested too deeply");
     const json& list = need(j, "processors", c);
     if (!list.is_array()) c.at("processors").fail("expected a list");
     for (size_t i = 0; i < list.size(); ++i) post_processor(list[i], c.at("processors").index(i), t);

@@ -2,9 +2,11 @@
 
 #include <filesystem>
 #include <fstream>
+#include <atomic>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <nlohmann/json.hpp>
 
 #include "common/mapped_file.h"
@@ -207,15 +209,20 @@ class DocEncoder {
   std::unique_ptr<ChatRenderer> chat_;
 };
 
-// Threads that live as long as the prepare run (so their per-thread BPE caches stay warm).
-// run(f) calls f(0) on the caller and f(1..n-1) on the workers, and returns when all are
-// done, rethrowing the first exception.
-class WorkerPool {
+// Encodes documents on `threads` threads, the caller's included: batches are handed out a
+// document at a time (an atomic cursor), so the workers keep encoding while the caller
+// reads the next batch and packs the previous one, and the caller joins the encoding when
+// its batch is full. Results reach `sink` in input order: the output is the same for any
+// thread count. The workers live as long as the run, so their per-thread BPE caches stay
+// warm.
+class ParallelEncoder {
  public:
-  explicit WorkerPool(size_t threads) : n_(threads) {
-    for (size_t k = 1; k < n_; ++k) workers_.emplace_back([this, k] { loop(k); });
+  ParallelEncoder(const DocEncoder& enc, int64_t threads,
+                  std::function<void(const std::vector<int64_t>&)> sink)
+      : enc_(enc), sink_(std::move(sink)) {
+    for (int64_t k = 1; k < threads; ++k) workers_.emplace_back([this] { work(); });
   }
-  ~WorkerPool() {
+  ~ParallelEncoder() {
     {
       std::lock_guard<std::mutex> l(m_);
       stop_ = true;
@@ -223,95 +230,98 @@ class WorkerPool {
     wake_.notify_all();
     for (auto& t : workers_) t.join();
   }
-  size_t size() const { return n_; }
 
-  void run(const std::function<void(size_t)>& f) {
-    {
-      std::lock_guard<std::mutex> l(m_);
-      job_ = &f;
-      ++generation_;
-      pending_ = n_ - 1;
-      error_ = nullptr;
-    }
-    wake_.notify_all();
-    std::exception_ptr mine;
-    try {
-      f(0);
-    } catch (...) {
-      mine = std::current_exception();
-    }
-    std::unique_lock<std::mutex> l(m_);
-    done_.wait(l, [this] { return pending_ == 0; });
-    job_ = nullptr;
-    if (mine) std::rethrow_exception(mine);
-    if (error_) std::rethrow_exception(error_);
+  void add(Doc&& d) {
+    bytes_ += d.text.size();
+    reading_.push_back(std::move(d));
+    if (bytes_ >= kBatchBytes || reading_.size() >= kBatchDocs) cycle();
+  }
+  // Encodes and hands over everything added so far.
+  void finish() {
+    cycle();
+    cycle();
   }
 
  private:
-  void loop(size_t k) {
-    uint64_t seen = 0;
-    for (;;) {
-      const std::function<void(size_t)>* job;
-      {
-        std::unique_lock<std::mutex> l(m_);
-        wake_.wait(l, [&] { return stop_ || generation_ != seen; });
-        if (stop_) return;
-        seen = generation_;
-        job = job_;
-      }
+  // Finishes the batch in flight, puts the batch read so far in flight, and packs the
+  // finished one while the workers start on the new one.
+  void cycle() {
+    help();
+    {
+      std::unique_lock<std::mutex> l(m_);
+      // Every document encoded, and no worker still inside the old batch.
+      finished_.wait(l, [this] { return done_ >= in_flight_.size() && active_ == 0; });
+      if (error_) std::rethrow_exception(error_);
+      std::swap(encoded_, packing_);
+      std::swap(in_flight_, reading_);
+      encoded_.assign(in_flight_.size(), {});
+      next_ = 0;
+      done_ = 0;
+      ++generation_;
+    }
+    wake_.notify_all();
+    reading_.clear();
+    bytes_ = 0;
+    for (const auto& v : packing_) sink_(v);
+    packing_.clear();
+  }
+
+  // Encodes documents of the batch in flight until none is left to take. Returns false
+  // when a document failed (the error is kept for cycle() to rethrow).
+  bool take_documents(size_t n) {
+    for (size_t i; (i = next_.fetch_add(1)) < n;) {
       std::exception_ptr err;
       try {
-        (*job)(k);
+        encoded_[i] = enc_.encode(in_flight_[i]);
       } catch (...) {
         err = std::current_exception();
       }
       std::lock_guard<std::mutex> l(m_);
       if (err && !error_) error_ = err;
-      if (--pending_ == 0) done_.notify_one();
+      if (++done_ >= n) finished_.notify_all();
+      if (error_) {
+        next_ = n;  // stop handing out work; count the rest as done
+        done_ = n;
+        finished_.notify_all();
+        return false;
+      }
+    }
+    return true;
+  }
+  void help() { take_documents(in_flight_.size()); }
+
+  void work() {
+    uint64_t seen = 0;
+    for (;;) {
+      size_t n;
+      {
+        std::unique_lock<std::mutex> l(m_);
+        wake_.wait(l, [&] { return stop_ || generation_ != seen; });
+        if (stop_) return;
+        seen = generation_;
+        n = in_flight_.size();
+        ++active_;
+      }
+      take_documents(n);
+      std::lock_guard<std::mutex> l(m_);
+      if (--active_ == 0) finished_.notify_all();
     }
   }
 
-  size_t n_;
-  std::vector<std::thread> workers_;
+  static constexpr size_t kBatchBytes = 1 << 20, kBatchDocs = 4096;
+  const DocEncoder& enc_;
+  std::function<void(const std::vector<int64_t>&)> sink_;
+  std::vector<Doc> reading_, in_flight_;
+  std::vector<std::vector<int64_t>> encoded_, packing_;
+  size_t bytes_ = 0;
+  std::atomic<size_t> next_{0};
+  size_t done_ = 0, active_ = 0;  // guarded by m_: documents done, workers in a batch
   std::mutex m_;
-  std::condition_variable wake_, done_;
-  const std::function<void(size_t)>* job_ = nullptr;
+  std::condition_variable wake_, finished_;
   uint64_t generation_ = 0;
-  size_t pending_ = 0;
   bool stop_ = false;
   std::exception_ptr error_;
-};
-
-// Encodes batches of documents on the pool and hands the results to `sink` in input
-// order, so the output is the same for any thread count.
-class ParallelEncoder {
- public:
-  ParallelEncoder(const DocEncoder& enc, int64_t threads,
-                  std::function<void(const std::vector<int64_t>&)> sink)
-      : enc_(enc), pool_(size_t(threads)), sink_(std::move(sink)) {}
-  void add(Doc&& d) {
-    bytes_ += d.text.size();
-    batch_.push_back(std::move(d));
-    if (bytes_ >= kBatchBytes || batch_.size() >= kBatchDocs) flush();
-  }
-  void flush() {
-    std::vector<std::vector<int64_t>> ids(batch_.size());
-    const size_t n = pool_.size();
-    pool_.run([&](size_t part) {
-      for (size_t i = part; i < batch_.size(); i += n) ids[i] = enc_.encode(batch_[i]);
-    });
-    for (const auto& v : ids) sink_(v);
-    batch_.clear();
-    bytes_ = 0;
-  }
-
- private:
-  static constexpr size_t kBatchBytes = 4 << 20, kBatchDocs = 8192;
-  const DocEncoder& enc_;
-  WorkerPool pool_;
-  std::function<void(const std::vector<int64_t>&)> sink_;
-  std::vector<Doc> batch_;
-  size_t bytes_ = 0;
+  std::vector<std::thread> workers_;  // last: they stop before the state they use goes
 };
 
 }  // namespace
@@ -337,7 +347,7 @@ PrepareResult prepare_data(const PrepareOptions& o,
     (goes_to_validation(o.seed, docs++, o.val_fraction) ? val : train).add(ids);
   });
   for (const auto& f : o.inputs) read_documents(f, o, [&](Doc&& d) { parallel.add(std::move(d)); }, bytes);
-  parallel.flush();
+  parallel.finish();
   if (progress) progress(bytes.total, bytes.total);
   r.documents = docs;
   require(train.writer.rows() > 0, o.out,

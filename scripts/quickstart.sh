@@ -62,7 +62,7 @@ $DMS eval --model "$RUN/export" --data "$RUN/data/heldout.h5" --compare --rows 3
   --json "$RUN/eval.json" | tee "$RUN/eval.txt"
 if [ -f "$RUN/data/train.val.h5" ]; then
   echo
-  echo "held-out TinyStories text (packed documents; see docs/results.md on why window wins perplexity here):"
+  echo "held-out TinyStories text (documents packed BOS-framed, as llama2.c trained; see docs/results.md):"
   $DMS eval --model "$RUN/export" --data "$RUN/data/train.val.h5" --compare --rows 32 \
     --json "$RUN/eval_text.json" | tee "$RUN/eval_text.txt"
 fi
