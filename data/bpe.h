@@ -38,6 +38,7 @@ class BpeModel {
   // The piece of `id`, or nullptr for an id the vocabulary does not hold.
   const std::string* piece_of(int32_t id) const;
   int32_t max_id() const { return int32_t(pieces_.size()) - 1; }
+  size_t piece_count() const { return to_id_.size(); }  // the vocabulary's entries
   size_t merge_count() const { return merges_.size(); }
   const BpeOptions& options() const { return options_; }
 

@@ -664,7 +664,36 @@ class HfTokenizer final : public TokenizerBackend {
   std::unordered_map<int32_t, size_t> added_by_id;
   std::set<std::string> special_contents;
 
+  // Gives the added tokens their ids as `tokenizers`' AddedVocabulary::add_tokens does (the
+  // ids written in the file are only checked there, with a warning): a content already in
+  // the vocabulary or added before keeps that id; a new one gets the next id past both the
+  // vocabulary and the added tokens. A repeated content keeps its id and takes the later
+  // flags. Then builds the matchers.
   void finish_added_tokens() {
+    std::map<std::string, int32_t> id_of_content;
+    std::map<std::string, size_t> kept_at;
+    std::vector<AddedToken> kept;
+    int32_t max_added = -1;
+    for (AddedToken t : added) {
+      auto seen = id_of_content.find(t.content);
+      if (seen != id_of_content.end()) {
+        t.id = seen->second;
+        kept[kept_at[t.content]] = t;
+        continue;
+      }
+      const int32_t in_vocab = model->id_of(t.content);
+      if (in_vocab >= 0) {
+        t.id = in_vocab;
+      } else {
+        const int32_t vocab = int32_t(model->piece_count());
+        t.id = max_added < 0 ? vocab : (max_added >= vocab || vocab == 0 ? max_added + 1 : vocab);
+      }
+      id_of_content[t.content] = t.id;
+      max_added = std::max(max_added, t.id);
+      kept_at[t.content] = kept.size();
+      kept.push_back(t);
+    }
+    added = std::move(kept);
     for (size_t i = 0; i < added.size(); ++i) {
       (added[i].normalized ? normalized_matcher : raw_matcher).add(added[i]);
       added_by_id[added[i].id] = i;

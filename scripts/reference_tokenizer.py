@@ -254,6 +254,110 @@ def cmd_bench(args):
     return 0
 
 
+
+# Components the five real tokenizers do not use, each a small edit of a real file: the
+# C++ tokenizer must match `tokenizers` on them too.
+def _added(content, **kw):
+    t = {"id": None, "content": content, "single_word": False, "lstrip": False,
+         "rstrip": False, "normalized": False, "special": True}
+    t.update(kw)
+    return t
+
+
+def _byte_level(**kw):
+    b = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+         "use_regex": False}
+    b.update(kw)
+    return b
+
+
+def _split(pattern, behavior, invert=False):
+    return {"type": "Split", "pattern": pattern, "behavior": behavior, "invert": invert}
+
+
+VARIANTS = {
+    # name: (base tokenizer.json, edit of its JSON)
+    "added_strip_word": ("qwen2", lambda j: j["added_tokens"].extend([
+        _added("<L>", lstrip=True), _added("<R>", rstrip=True),
+        _added("cat", single_word=True, special=False),
+        _added("Hello", normalized=True, special=False),
+        _added("<LR>", lstrip=True, rstrip=True)])),
+    "split_removed": ("qwen2", lambda j: j.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [
+        _split({"String": " "}, "Removed"), _byte_level()]})),
+    "split_merged_prev": ("qwen2", lambda j: j.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [
+        _split({"Regex": "\\d+"}, "MergedWithPrevious"), _byte_level()]})),
+    "split_merged_next": ("qwen2", lambda j: j.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [
+        _split({"Regex": "\\s+"}, "MergedWithNext"), _byte_level()]})),
+    "split_contiguous_invert": ("qwen2", lambda j: j.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [
+        _split({"Regex": "\\p{L}"}, "Contiguous", invert=True), _byte_level()]})),
+    "gpt2_byte_level": ("qwen2", lambda j: j.update(
+        pre_tokenizer=_byte_level(add_prefix_space=True, use_regex=True), normalizer=None)),
+    "nfkc_replace": ("qwen2", lambda j: j.update(normalizer={"type": "Sequence", "normalizers": [
+        {"type": "NFKC"}, {"type": "Replace", "pattern": {"String": "ab"}, "content": "ba"}]})),
+    "nfd_no_decoder": ("qwen2", lambda j: j.update(normalizer={"type": "NFD"}, decoder=None)),
+    "metaspace_always_split": ("mistral", lambda j: j.update(pre_tokenizer={
+        "type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": True})),
+    "metaspace_never": ("mistral", lambda j: (j.update(pre_tokenizer={
+        "type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "never", "split": False}),
+        j.update(decoder={"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "never",
+                          "split": False}))),
+    "unk_fused_no_fallback": ("mistral", lambda j: j["model"].update(byte_fallback=False, fuse_unk=True)),
+    "unk_unfused": ("mistral", lambda j: j["model"].update(byte_fallback=False, fuse_unk=False)),
+    "template_suffix": ("mistral", lambda j: j.update(post_processor={
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                   {"SpecialToken": {"id": "</s>", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]},
+                           "</s>": {"id": "</s>", "ids": [2], "tokens": ["</s>"]}}})),
+    "strip_decoder": ("qwen2", lambda j: j.update(decoder={"type": "Sequence", "decoders": [
+        _byte_level(), {"type": "Strip", "content": " ", "start": 2, "stop": 0}]})),  # stop > 0 panics in tokenizers on an empty text
+}
+
+VARIANT_TEXTS = [
+    "Hello world", " Hello  world ", "a <L> b <R> c", "x<L>y<R>z", "  <LR>  ", "cat concat cat_ cat.",
+    "Hello, Hello! HelloHello", "\uff21\uff22\u2460 \ufb01 e\u0301 \u212b", "ab abab cab",
+    "12 apples and 345 pears 6789", "tab\there\nnew  line", "\u4f60\u597d\uff0c\u4e16\u754c",
+    "\U0001F468\u200D\U0001F469\u200D\U0001F467", "\u0645\u0631\u062d\u0628\u0627", "",
+    "   leading", "trailing   ", "[INST] hi [/INST]</s>", "<s>x</s>", "\u2581already", "a\u2581b",
+    "caf\u00e9 na\u00efve r\u00e9sum\u00e9", "\u0e2a\u0e27\u0e31\u0e2a\u0e14\u0e35", "x" * 300,
+]
+
+
+def cmd_variants(args):
+    tokenizers = require("tokenizers")
+    os.makedirs(args.out, exist_ok=True)
+    corpus = split_lines(read_text(args.corpus))[:args.lines] if args.corpus else []
+    texts = VARIANT_TEXTS + corpus
+    names = []
+    for name, (base, edit) in VARIANTS.items():
+        with open(os.path.join(args.assets, base, "tokenizer.json"), encoding="utf-8") as f:
+            j = json.load(f)
+        edit(j)
+        next_id = max(t["id"] for t in j["added_tokens"] if t["id"] is not None) + 1
+        for t in j["added_tokens"]:
+            if t["id"] is None:
+                t["id"] = next_id
+                next_id += 1
+        path = os.path.join(args.out, name + ".json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(j, f, ensure_ascii=False)
+        tok = tokenizers.Tokenizer.from_file(path)
+        with open(os.path.join(args.out, name + ".jsonl"), "w", encoding="utf-8") as f:
+            for text in texts:
+                ids = tok.encode(text, add_special_tokens=False).ids
+                f.write(json.dumps({"text": text, "ids": ids,
+                                    "ids_special": tok.encode(text, add_special_tokens=True).ids,
+                                    "decoded": tok.decode(ids, skip_special_tokens=False),
+                                    "decoded_skip": tok.decode(ids, skip_special_tokens=True)},
+                                   ensure_ascii=False) + "\n")
+        names.append(name)
+    with open(os.path.join(args.out, "manifest.json"), "w") as f:
+        json.dump(names, f)
+    print("variants: %d tokenizers x %d texts -> %s" % (len(names), len(texts), args.out),
+          file=sys.stderr)
+    return 0
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0].replace("\n", " "),
@@ -282,6 +386,14 @@ def main(argv=None):
                    help="drop: delete every reasoning_content key and the inline "
                    "<think>...</think> of assistant content first (default: %(default)s)")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("variants", help="edited copies of real tokenizer.json files "
+                       "exercising components the real ones do not use, with their outputs")
+    p.add_argument("--assets", required=True, help="the tokenizers folder of the shared assets")
+    p.add_argument("--out", required=True, help="folder for <name>.json, <name>.jsonl, manifest.json")
+    p.add_argument("--corpus", help="also encode the first --lines lines of this file")
+    p.add_argument("--lines", type=int, default=300)
+    p.set_defaults(func=cmd_variants)
 
     p = sub.add_parser("bench", help="single-threaded encode speed, one line at a time")
     p.add_argument("--tokenizer", required=True, metavar="PATH",

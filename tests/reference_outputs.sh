@@ -34,5 +34,7 @@ for n in qwen3 qwen2.5 llama3; do
     pids+=($!)
   done
 done
+ref variants --assets "$tok" --out "$out/variants" --corpus "$corpus" --lines 300 &
+pids+=($!)
 for p in "${pids[@]}"; do wait "$p"; done
 echo "reference outputs in $out"

@@ -149,6 +149,9 @@ void Dist::fail(const std::string& what, const std::exception& e) {
     for (int r = 0; r < env_.world; ++r)
       if (r != env_.rank && steps[size_t(r)] < newest)
         lost += (lost.empty() ? "" : ", ") + std::to_string(r);
+    if (lost.empty() && env_.world == 2)  // a collective of two failed: the peer is the one
+      lost = std::to_string(1 - env_.rank) + " (the only peer; both had reached step " +
+             std::to_string(newest) + ")";
     if (lost.empty())
       lost = "unknown (every rank reached the same step; one hung or died inside it)";
   } catch (const std::exception&) {
