@@ -4,6 +4,7 @@
 // framing of prepared data and the errors for bad tokenizer files and bad text.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -317,6 +318,48 @@ TEST(BadTokenizer, FilesAreInputErrorsNamingTheProblem) {
   }
   test::write_bytes(tmp.file("good.json"), good);
   EXPECT_EQ(load_tokenizer(tmp.file("good.json")).encode("abab"), (std::vector<int64_t>{2, 2}));
+}
+
+// The GPT-2 form: each of its three files checked, the problem named with the file.
+TEST(BadTokenizer, Gpt2FormFilesAreChecked) {
+  test::TempDir tmp;
+  struct Case {
+    std::string name, vocab, merges, config, error_file, error;
+  };
+  const std::string vocab = R"({"a": 0, "b": 1, "ab": 2})", merges = "#version: 0.2\na b\n",
+                    config = R"({"tokenizer_class": "GPT2Tokenizer"})";
+  const std::vector<Case> cases = {
+      {"merge3", vocab, "a b c\n", config, "merges.txt:1", "expected \"left right\""},
+      {"merge_missing", vocab, "a x\n", config, "merges.txt", "not in the vocabulary"},
+      {"vocab_type", R"({"a": "0"})", merges, config, "vocab.json", "expected an integer"},
+      {"class", vocab, merges, R"({"tokenizer_class": "BertTokenizer"})", "tokenizer_config.json",
+       "'BertTokenizer' is not supported"},
+      {"no_config", vocab, merges, "", "tokenizer_config.json", "missing"},
+      {"added_key", vocab, merges,
+       R"({"tokenizer_class": "GPT2Tokenizer", "added_tokens_decoder": {"x": {"content": "<q>"}}})",
+       "tokenizer_config.json", "key is not a token id"},
+  };
+  for (const auto& c : cases) {
+    const std::string dir = tmp.file(c.name);
+    std::filesystem::create_directories(dir);
+    test::write_bytes(dir + "/vocab.json", c.vocab);
+    test::write_bytes(dir + "/merges.txt", c.merges);
+    if (!c.config.empty()) test::write_bytes(dir + "/tokenizer_config.json", c.config);
+    try {
+      load_tokenizer(dir);
+      ADD_FAILURE() << c.name << ": loaded";
+    } catch (const InputError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find(dir + "/" + c.error_file), std::string::npos) << c.name << ": " << msg;
+      EXPECT_NE(msg.find(c.error), std::string::npos) << c.name << ": " << msg;
+    }
+  }
+  const std::string ok = tmp.file("ok");
+  std::filesystem::create_directories(ok);
+  test::write_bytes(ok + "/vocab.json", vocab);
+  test::write_bytes(ok + "/merges.txt", merges);
+  test::write_bytes(ok + "/tokenizer_config.json", config);
+  EXPECT_EQ(load_tokenizer(ok + "/vocab.json").encode("abab"), (std::vector<int64_t>{2, 2}));
 }
 
 // The CLI: bad tokenizer and invalid UTF-8 text exit 2 with one line naming the file.
