@@ -4,7 +4,9 @@
 #include <stdio.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
+#include <map>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -18,7 +20,7 @@ namespace fs = std::filesystem;
 
 namespace dms {
 
-nlohmann::json hf_config_json(const Model& m, const nlohmann::json& base) {
+nlohmann::json hf_config_json(const Model& m, const nlohmann::json& base, at::ScalarType dtype) {
   const ModelConfig& c = m.config;
   nlohmann::json j = base.is_object() ? base : nlohmann::json::object();
   j["architectures"] = {c.architecture};
@@ -51,9 +53,10 @@ nlohmann::json hf_config_json(const Model& m, const nlohmann::json& base) {
         {"low_freq_factor", c.rope_scaling.low_freq_factor},
         {"high_freq_factor", c.rope_scaling.high_freq_factor},
         {"original_max_position_embeddings", c.rope_scaling.original_max_position}};
-  j["torch_dtype"] = std::string(m.embed.scalar_type() == at::kBFloat16 ? "bfloat16"
-                                 : m.embed.scalar_type() == at::kHalf   ? "float16"
-                                                                        : "float32");
+  const at::ScalarType t = dtype == at::ScalarType::Undefined ? m.embed.scalar_type() : dtype;
+  j["torch_dtype"] = std::string(t == at::kBFloat16 ? "bfloat16"
+                                 : t == at::kHalf   ? "float16"
+                                                    : "float32");
   if (m.dms.enabled) j.update(dms_config_json(m.dms));
   return j;
 }
@@ -69,6 +72,7 @@ bool is_dms_export(const std::string& dir) {
                                               "generation_config.json",
                                               "vocab.json",
                                               "merges.txt",
+                                              "chat_template.jinja",
                                               "configuration_dms.py",
                                               "modeling_dms.py"};
   std::error_code ec;
@@ -116,6 +120,41 @@ void check_export_target(const std::string& dir, bool overwrite) {
           "(nothing was deleted)");
 }
 
+namespace {
+
+// The weights in the export's dtype (floating tensors cast; at::Tensor::to rounds to nearest
+// even), into one model.safetensors or, past max_shard_bytes, shards with an index.
+void write_weights(const Model& m, const fs::path& stage, const ExportExtras& x) {
+  std::vector<std::vector<std::pair<std::string, at::Tensor>>> shards(1);
+  uint64_t shard_bytes = 0, total = 0;
+  for (auto& [name, t] : weight_list(m)) {
+    at::Tensor w = t.is_floating_point() ? t.to(x.dtype).contiguous() : t.contiguous();
+    const uint64_t bytes = uint64_t(w.numel()) * w.element_size();
+    if (shard_bytes > 0 && shard_bytes + bytes > x.max_shard_bytes) {
+      shards.emplace_back();
+      shard_bytes = 0;
+    }
+    shards.back().emplace_back(name, w);
+    shard_bytes += bytes;
+    total += bytes;
+  }
+  const std::map<std::string, std::string> meta = {{"format", "pt"}, {"producer", "dms-retrofit"}};
+  if (shards.size() == 1) {
+    write_safetensors((stage / "model.safetensors").string(), shards[0], meta);
+    return;
+  }
+  nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", nlohmann::json::object()}};
+  char name[64];
+  for (size_t i = 0; i < shards.size(); ++i) {
+    std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+    write_safetensors((stage / name).string(), shards[i], meta);
+    for (const auto& [n, w] : shards[i]) index["weight_map"][n] = name;
+  }
+  write_file_atomic((stage / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+}
+
+}  // namespace
+
 void write_hf_model(const Model& m, const std::string& dir, const ExportExtras& extras,
                     bool overwrite) {
   const fs::path out(dir);
@@ -127,14 +166,15 @@ void write_hf_model(const Model& m, const std::string& dir, const ExportExtras& 
   fs::remove_all(stage);
   fs::create_directories(stage);
   try {
-    write_safetensors((stage / "model.safetensors").string(), weight_list(m),
-                      {{"format", "pt"}, {"producer", "dms-retrofit"}});
+    write_weights(m, stage, extras);
     write_file_atomic((stage / "config.json").string(),
-                      hf_config_json(m, extras.base_config).dump(2) + "\n");
+                      hf_config_json(m, extras.base_config, extras.dtype).dump(2) + "\n");
     if (!extras.report.is_null())
       write_file_atomic((stage / "dms_report.json").string(), extras.report.dump(2) + "\n");
-    for (const auto& f : extras.copy_files)
-      fs::copy_file(f, stage / fs::path(f).filename(), fs::copy_options::overwrite_existing);
+    for (const auto& [from, name] : extras.copy_files)
+      fs::copy_file(from, stage / name, fs::copy_options::overwrite_existing);
+    for (const auto& [name, text] : extras.text_files)
+      write_file_atomic((stage / name).string(), text);
     put_in_place(stage, out);
   } catch (...) {
     std::error_code ec;

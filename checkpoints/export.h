@@ -11,13 +11,23 @@ namespace dms {
 
 // config.json contents for `m`: `base` (the source's original config, if any) with our
 // architecture fields set and, for a DMS model, the dms_* fields added.
+// torch_dtype names the weights' dtype: `dtype` (the export's), else the model's own.
 nlohmann::json hf_config_json(const Model& m,
-                              const nlohmann::json& base = nlohmann::json::object());
+                              const nlohmann::json& base = nlohmann::json::object(),
+                              at::ScalarType dtype = at::ScalarType::Undefined);
 
 struct ExportExtras {
   nlohmann::json base_config = nlohmann::json::object();
-  std::vector<std::string> copy_files;  // e.g. tokenizer files, copied into the directory
-  nlohmann::json report;                // written as dms_report.json when not null
+  // (source path, name in the export): tokenizer files under the names Hugging Face reads.
+  std::vector<std::pair<std::string, std::string>> copy_files;
+  // (name, contents): files made for the export (tokenizer_config.json, generation_config.json).
+  std::vector<std::pair<std::string, std::string>> text_files;
+  nlohmann::json report;  // written as dms_report.json when not null
+  // The weights' dtype in the export (floating tensors are cast, rounding to nearest even).
+  at::ScalarType dtype = at::kFloat;
+  // Over this many bytes the weights are sharded (model-0000i-of-0000n.safetensors plus
+  // model.safetensors.index.json), as transformers' save_pretrained does at 5 GB.
+  uint64_t max_shard_bytes = 5'000'000'000ull;
 };
 
 // Writes into a staging directory next to `dir` and puts it in place with one atomic

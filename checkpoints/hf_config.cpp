@@ -1,5 +1,6 @@
 #include "checkpoints/hf_config.h"
 
+#include <cmath>
 #include <map>
 
 #include "common/json_file.h"
@@ -158,6 +159,9 @@ ModelConfig parse_hf_config(const nlohmann::json& j, const std::string& source) 
   return c;
 }
 
+// The official configuration's defaults (its Qwen3ConfigDMS) apply to absent fields:
+// alpha scale 100, offset 5, tau 0.1, dms_separate_alpha false (the query-neuron
+// predictor), per head, dms_cr 8.
 DmsConfig parse_dms_config(const nlohmann::json& j, const std::string& source) {
   DmsConfig d;
   if (!j.is_object() || !j.contains("dms_window_size")) return d;
@@ -167,23 +171,43 @@ DmsConfig parse_dms_config(const nlohmann::json& j, const std::string& source) {
   d.scale = r.number_or("dms_alpha_scale", d.scale);
   d.offset = r.number_or("dms_initial_alpha_offset", d.offset);
   d.tau = r.number_or("dms_tau", d.tau);
+  d.target_cr = r.number_or("dms_cr", d.target_cr);
   d.predictor =
-      r.boolean_or("dms_separate_alpha", true) ? DmsPredictor::adapter : DmsPredictor::query_neuron;
+      r.boolean_or("dms_separate_alpha", false) ? DmsPredictor::adapter : DmsPredictor::query_neuron;
   const std::string per = j.value("dms_alpha_per", std::string("head"));
   require(per == "head" || per == "layer", source, "dms_alpha_per must be 'head' or 'layer'");
   d.per_layer = per == "layer";
   require(d.window >= 0, source, "dms_window_size must not be negative");
   require(d.tau > 0, source, "dms_tau must be positive");
+  require(!r.boolean_or("dms_disable_eviction", false), source,
+          "dms_disable_eviction is true: this export is meant to run as the plain base model "
+          "(remove the dms_* fields to load it so)");
   return d;
 }
 
+// The official paged cache's block: its configuration requires 0 < block < window. The
+// largest power of two below the window, at most the official default of 256.
+int64_t paged_block_size(int64_t window) {
+  int64_t b = 1;
+  while (b * 2 < window && b * 2 <= 256) b *= 2;
+  return b;
+}
+
 nlohmann::json dms_config_json(const DmsConfig& d) {
+  const bool integral = d.target_cr == std::floor(d.target_cr) && d.target_cr < 1e9;
   return {{"dms_window_size", d.window},
           {"dms_alpha_scale", d.scale},
           {"dms_initial_alpha_offset", d.offset},
           {"dms_tau", d.tau},
           {"dms_separate_alpha", d.predictor == DmsPredictor::adapter},
-          {"dms_alpha_per", d.per_layer ? "layer" : "head"}};
+          {"dms_alpha_per", d.per_layer ? "layer" : "head"},
+          {"dms_cr", integral ? nlohmann::json(int64_t(d.target_cr)) : nlohmann::json(d.target_cr)},
+          {"dms_paged_attention_block_size", paged_block_size(d.window)},
+          {"dms_disable_eviction", false},
+          {"dms_compile_limit", 72},
+          {"dms_manual_inference_mode", false},
+          {"dms_chunked_prefill", nullptr},
+          {"dms_preallocate_for_tokens", 4096}};
 }
 
 ModelConfig read_hf_config(const std::string& path) {

@@ -23,6 +23,7 @@ struct DmsConfig {
   double tau = 0.1;        // temperature of the soft decisions in train mode
   double scale = 100.0;    // s in z = s * (...) - o
   double offset = 5.0;     // o; at init z = -o, so nothing is evicted
+  double target_cr = 8.0;  // the compression the retrofit aimed at (dms_cr; documentation only)
 };
 
 std::string predictor_name(DmsPredictor p);  // "adapter" | "query_neuron"

@@ -179,6 +179,102 @@ TEST(Llama2c, SizeNotMatchingTheHeaderIsRejected) {
 namespace dms {
 namespace {
 
+// The official configuration's constraints (its Qwen3ConfigDMS asserts them) hold for every
+// window we allow from 2 up: 0 < dms_paged_attention_block_size < dms_window_size, alpha per
+// head or layer; and every official field is written.
+TEST(Export, OfficialConfigFieldsAndConstraints) {
+  for (int64_t w : {2, 3, 8, 16, 32, 100, 256, 257, 512, 4096}) {
+    DmsConfig d;
+    d.window = w;
+    const auto j = dms_config_json(d);
+    EXPECT_GT(j["dms_paged_attention_block_size"].get<int64_t>(), 0) << w;
+    EXPECT_LT(j["dms_paged_attention_block_size"].get<int64_t>(), w) << w;
+    EXPECT_LE(j["dms_paged_attention_block_size"].get<int64_t>(), 256) << w;
+    for (const char* k : {"dms_alpha_scale", "dms_initial_alpha_offset", "dms_window_size",
+                          "dms_paged_attention_block_size", "dms_cr", "dms_disable_eviction",
+                          "dms_separate_alpha", "dms_alpha_per", "dms_tau", "dms_compile_limit",
+                          "dms_manual_inference_mode", "dms_chunked_prefill",
+                          "dms_preallocate_for_tokens"})
+      EXPECT_TRUE(j.contains(k)) << k;
+    EXPECT_EQ(j["dms_disable_eviction"], false);
+    const DmsConfig back = parse_dms_config(j, "test");
+    EXPECT_EQ(back.window, w);
+    EXPECT_EQ(back.predictor, d.predictor);
+  }
+  DmsConfig d;
+  d.target_cr = 12;
+  EXPECT_EQ(dms_config_json(d)["dms_cr"], 12);  // an integer, as the official default 8 is
+  d.target_cr = 6.5;
+  EXPECT_EQ(dms_config_json(d)["dms_cr"], 6.5);
+}
+
+// An official export's config may leave fields out: they take the official defaults
+// (dms_separate_alpha false = the query-neuron predictor; scale 100, offset 5, tau 0.1).
+TEST(Import, AbsentOfficialFieldsTakeTheOfficialDefaults) {
+  const DmsConfig d = parse_dms_config({{"model_type", "qwen3"}, {"dms_window_size", 256}}, "c");
+  EXPECT_TRUE(d.enabled);
+  EXPECT_EQ(d.predictor, DmsPredictor::query_neuron);
+  EXPECT_FALSE(d.per_layer);
+  EXPECT_EQ(d.scale, 100.0);
+  EXPECT_EQ(d.offset, 5.0);
+  EXPECT_EQ(d.tau, 0.1);
+  EXPECT_EQ(d.target_cr, 8.0);
+  EXPECT_THROW(parse_dms_config({{"dms_window_size", 256}, {"dms_disable_eviction", true}}, "c"),
+               InputError);
+  // A Qwen3 model whose config.json is official-style: no architectures, only the window.
+  test::TempDir tmp;
+  const std::string src = test::asset("hf-tiny/qwen3");
+  fs::create_directories(tmp.file("q"));
+  auto cfg = test::read_json(src + "/config.json");
+  cfg.erase("architectures");
+  cfg["dms_window_size"] = 8;
+  test::write_bytes(tmp.file("q/config.json"), cfg.dump());
+  fs::copy_file(src + "/model.safetensors", tmp.file("q/model.safetensors"));
+  Model m = load_model(tmp.file("q"));
+  EXPECT_TRUE(m.dms.enabled);
+  EXPECT_EQ(m.dms.predictor, DmsPredictor::query_neuron);
+  EXPECT_EQ(m.config.family, "qwen3");
+}
+
+// Weights keep or change dtype as asked (rounded to nearest even), and past the shard size
+// they go into shards with an index that load_model reads back to the same logits.
+TEST(Export, DtypeAndShards) {
+  Model m = load_model(test::asset("stories260K/stories260K.bin"));
+  DmsConfig d;
+  d.window = 16;
+  attach_dms(m, d);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
+  for (auto& w : m.layers) w.dms_proj.normal_(0.0, 0.05, gen);
+  test::TempDir tmp;
+  ExportExtras x;
+  write_hf_model(m, tmp.file("f32"), x);
+  x.dtype = at::kBFloat16;
+  write_hf_model(m, tmp.file("bf16"), x);
+  const double f32 = double(fs::file_size(tmp.file("f32/model.safetensors")));
+  const double bf16 = double(fs::file_size(tmp.file("bf16/model.safetensors")));
+  EXPECT_NEAR(bf16 / f32, 0.5, 0.02);
+  EXPECT_EQ(test::read_json(tmp.file("bf16/config.json"))["torch_dtype"], "bfloat16");
+  SafetensorsFile f = open_safetensors(tmp.file("bf16/model.safetensors"));
+  const at::Tensor w = f.tensor("model.layers.0.self_attn.dms_proj_alpha.weight");
+  EXPECT_EQ(w.scalar_type(), at::kBFloat16);
+  EXPECT_TRUE(at::equal(w, m.layers[0].dms_proj.to(at::kBFloat16)));  // RNE, as torch rounds
+  Model back = load_model(tmp.file("bf16"));
+  EXPECT_TRUE(back.dms.enabled);
+
+  x.dtype = at::kFloat;
+  x.max_shard_bytes = 300'000;  // stories260K is ~1 MB in fp32: four shards
+  x.report = {{"note", "sharded"}};
+  write_hf_model(m, tmp.file("sharded"), x);
+  EXPECT_TRUE(fs::exists(tmp.file("sharded/model.safetensors.index.json")));
+  EXPECT_FALSE(fs::exists(tmp.file("sharded/model.safetensors")));
+  EXPECT_TRUE(fs::exists(tmp.file("sharded/model-00001-of-00004.safetensors")));
+  EXPECT_TRUE(is_dms_export(tmp.file("sharded")));  // so --force may replace it
+  Model s = load_model(tmp.file("sharded"));
+  at::Tensor tokens = at::arange(1, 60, at::kLong).unsqueeze(0);
+  EXPECT_TRUE(at::equal(forward_full(m, tokens, {}, ForwardOptions{}).logits,
+                        forward_full(s, tokens, {}, ForwardOptions{}).logits));
+}
+
 TEST(Export, DmsModelRoundTripsBitForBit) {
   Model m = load_model(test::asset("stories260K/stories260K.bin"));
   DmsConfig d;
@@ -191,10 +287,10 @@ TEST(Export, DmsModelRoundTripsBitForBit) {
   test::TempDir tmp;
   const std::string out = tmp.file("export");
   ExportExtras x;
-  x.copy_files = {test::asset("stories260K/tok512.model")};
+  x.copy_files = {{test::asset("stories260K/tok512.model"), "tokenizer.model"}};
   x.report = {{"note", "test"}};
   write_hf_model(m, out, x);
-  EXPECT_TRUE(fs::exists(out + "/tok512.model"));
+  EXPECT_TRUE(fs::exists(out + "/tokenizer.model"));
   EXPECT_TRUE(fs::exists(out + "/dms_report.json"));
   auto cfg = test::read_json(out + "/config.json");
   EXPECT_EQ(cfg["dms_window_size"], 16);

@@ -107,7 +107,7 @@ TEST(Cli, GenerateReportsCompressionForDmsAndBaselines) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(1234);
   for (auto& w : m.layers) w.dms_proj.normal_(0.0, 0.05, gen);
   ExportExtras x;
-  x.copy_files = {asset("stories260K/tok512.model")};
+  x.copy_files = {{asset("stories260K/tok512.model"), "tokenizer.model"}};
   write_hf_model(m, tmp.file("dms"), x);
 
   auto r = test::run_dms("inspect " + quote(tmp.file("dms")));

@@ -210,6 +210,21 @@ TEST(RetrofitRun, AdapterModeTrainsOnlyAdaptersAndExportsTheMeasuredReport) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto report = test::read_json(tmp.file("exp/dms_report.json"));
   EXPECT_EQ(report["steps"], 6);
+  // Files under the names Hugging Face reads; BOS/EOS for its tokenizer and generation.
+  EXPECT_TRUE(fs::exists(tmp.file("exp/tokenizer.model")));
+  EXPECT_FALSE(fs::exists(tmp.file("exp/tok512.model")));
+  auto tc = test::read_json(tmp.file("exp/tokenizer_config.json"));
+  EXPECT_EQ(tc["bos_token"], "<s>");
+  EXPECT_EQ(tc["eos_token"], "</s>");
+  EXPECT_EQ(tc["add_eos_token"], false);
+  auto gc = test::read_json(tmp.file("exp/generation_config.json"));
+  EXPECT_EQ(gc["bos_token_id"], 1);
+  EXPECT_EQ(gc["eos_token_id"], 2);
+  auto cfg = test::read_json(tmp.file("exp/config.json"));
+  EXPECT_EQ(cfg["dms_cr"], 4);  // the run's target
+  EXPECT_EQ(cfg["dms_window_size"], 8);
+  EXPECT_LT(cfg["dms_paged_attention_block_size"].get<int64_t>(), 8);
+  EXPECT_EQ(cfg["torch_dtype"], "float32");  // the source's dtype (llama2.c: fp32)
   EXPECT_EQ(report["measured"]["eviction_rate_per_layer_head"].size(), 5u);
   // Base weights are bit-identical to the source model; adapters moved off zero.
   Model orig = load_model(model);

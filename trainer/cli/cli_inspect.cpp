@@ -90,11 +90,17 @@ void inspect_model(const std::string& path) {
   std::cout << "model:           " << path << "\n" << describe_config(c);
   const fs::path cfg = fs::is_directory(path) ? fs::path(path) / "config.json" : fs::path(path);
   if (cfg.extension() == ".json") {
-    DmsConfig d = parse_dms_config(read_json_file(cfg.string()), cfg.string());
+    const nlohmann::json j = read_json_file(cfg.string());
+    DmsConfig d = parse_dms_config(j, cfg.string());
     if (d.enabled)
       std::cout << "dms:             " << predictor_name(d.predictor) << " predictor, per "
                 << (d.per_layer ? "layer" : "KV head") << ", window " << d.window << ", tau "
                 << d.tau << ", scale " << d.scale << ", offset " << d.offset << "\n";
+    for (auto it = j.begin(); it != j.end(); ++it)  // every dms_* field, as written
+      if (it.key().rfind("dms_", 0) == 0)
+        std::cout << "  " << it.key() << std::string(it.key().size() < 32 ? 32 - it.key().size() : 1, ' ')
+                  << it.value().dump() << "\n";
+    if (j.contains("torch_dtype")) std::cout << "torch_dtype:     " << j["torch_dtype"].dump() << "\n";
   }
   auto dtypes = stored_dtypes(path);
   if (!dtypes.empty()) {

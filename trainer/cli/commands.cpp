@@ -158,6 +158,13 @@ const std::vector<Field<ExportRequest>>& export_fields() {
       flag<C>("force", &C::force, "Replace --out when it is an earlier export (atomically)"),
       text<C>("base", &C::base,
               "The base model's location when it moved since training (checked by sha256)"),
+      choice<C, ExportDtype>("dtype", &C::dtype,
+                             {{"source", ExportDtype::source},
+                              {"f32", ExportDtype::f32},
+                              {"bf16", ExportDtype::bf16},
+                              {"f16", ExportDtype::f16}},
+                             "Weights' dtype: source (the base model's own; bf16 in, bf16 out), "
+                             "f32, bf16 or f16 (rounded to nearest even)"),
   };
   return table;
 }

@@ -258,6 +258,7 @@ DmsConfig RetrofitConfig::dms_config() const {
   d.offset = dms.offset;
   d.predictor = dms.predictor;
   d.per_layer = dms.alpha_per == AlphaPer::layer;
+  d.target_cr = dms.target_cr;
   return d;
 }
 

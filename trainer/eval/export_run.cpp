@@ -14,6 +14,7 @@
 #include "common/json_file.h"
 #include "common/mapped_file.h"
 #include "data/prepare.h"
+#include "data/tokenizer.h"
 #include "data/token_file.h"
 #include "trainer/config/retrofit_config.h"
 #include "trainer/eval/forced.h"
@@ -112,18 +113,74 @@ nlohmann::json build_report(const ExportRequest& req, const std::string& ck, con
   return report;
 }
 
+// tokenizer_config.json for a tokenizer that came without one: its class and BOS/EOS/UNK,
+// so that transformers' AutoTokenizer loads it and frames text as the model was trained.
+std::string tokenizer_config_for(const Tokenizer& t, const Model& m, bool sentencepiece) {
+  nlohmann::json j = {{"tokenizer_class", sentencepiece ? "LlamaTokenizer" : "PreTrainedTokenizerFast"},
+                      {"model_max_length", m.config.max_position > 0 ? m.config.max_position : 2048},
+                      {"clean_up_tokenization_spaces", false}};
+  auto name = [&](int64_t id) { return id >= 0 ? nlohmann::json(t.piece(id)) : nlohmann::json(); };
+  j["bos_token"] = name(t.bos_id());
+  j["eos_token"] = name(t.eos_id());
+  j["unk_token"] = name(t.unk_id());
+  if (sentencepiece) {
+    j["add_bos_token"] = t.bos_id() >= 0;  // llama2.c and Llama 2: BOS, no EOS
+    j["add_eos_token"] = false;
+    j["legacy"] = true;
+  }
+  return j.dump(2) + "\n";
+}
+
+// The base's tokenizer and generation files under the names Hugging Face reads; a
+// tokenizer_config.json and generation_config.json made from the tokenizer and the model's
+// BOS/EOS when the base has none (a llama2.c .bin has only tok<N>.model beside it).
 ExportExtras base_files(const std::string& base, const Model& m) {
   ExportExtras x;
+  const fs::path dir = fs::is_directory(base) ? fs::path(base) : fs::path(base).parent_path();
   if (fs::is_directory(base)) {
-    x.base_config = read_json_file((fs::path(base) / "config.json").string());
+    x.base_config = read_json_file((dir / "config.json").string());
     for (const char* f : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                          "special_tokens_map.json", "generation_config.json"})
-      if (fs::exists(fs::path(base) / f)) x.copy_files.push_back((fs::path(base) / f).string());
-  } else {
-    const std::string tok = find_tokenizer(base, m.config.vocab_size);
-    if (!tok.empty()) x.copy_files.push_back(tok);
+                          "special_tokens_map.json", "generation_config.json", "vocab.json",
+                          "merges.txt", "chat_template.jinja"})
+      if (fs::exists(dir / f)) x.copy_files.emplace_back((dir / f).string(), f);
+  }
+  const std::string tok_path = find_tokenizer(base, m.config.vocab_size);
+  auto copied = [&](const std::string& name) {
+    for (const auto& [from, n] : x.copy_files)
+      if (n == name) return true;
+    return false;
+  };
+  if (!tok_path.empty()) {
+    const fs::path p(tok_path);
+    const bool sentencepiece = p.extension() == ".model";
+    const std::string name = sentencepiece ? "tokenizer.model" : p.filename().string();
+    if (!copied(name)) x.copy_files.emplace_back(tok_path, name);
+    if (name == "vocab.json" && !copied("merges.txt"))
+      x.copy_files.emplace_back((p.parent_path() / "merges.txt").string(), "merges.txt");
+    if (!copied("tokenizer_config.json"))
+      x.text_files.emplace_back("tokenizer_config.json",
+                                tokenizer_config_for(load_tokenizer(tok_path), m, sentencepiece));
+  }
+  if (!copied("generation_config.json")) {
+    nlohmann::json g = {{"_from_model_config", true}};
+    if (m.config.bos_id >= 0) g["bos_token_id"] = m.config.bos_id;
+    if (m.config.eos_id >= 0) g["eos_token_id"] = m.config.eos_id;
+    x.text_files.emplace_back("generation_config.json", g.dump(2) + "\n");
   }
   return x;
+}
+
+// The export's dtype: the source's own unless --dtype says otherwise.
+at::ScalarType export_dtype(const ExportRequest& req, const Model& m) {
+  switch (req.dtype) {
+    case ExportDtype::f32: return at::kFloat;
+    case ExportDtype::bf16: return at::kBFloat16;
+    case ExportDtype::f16: return at::kHalf;
+    case ExportDtype::source: break;
+  }
+  return m.config.dtype == "bfloat16" ? at::kBFloat16
+         : m.config.dtype == "float16" ? at::kHalf
+                                       : at::kFloat;
 }
 
 }  // namespace
@@ -142,7 +199,9 @@ std::string export_run(const ExportRequest& req) {
     require(fs::exists(base), base, "the base model is not there (moved?): give it with --base");
   }
   Model m = build_model(ck, s, cfg, base);
+  m.dms.target_cr = cfg.dms.target_cr;  // the run's target, whatever the checkpoint recorded
   ExportExtras x = base_files(base, m);
+  x.dtype = export_dtype(req, m);
   x.report = build_report(req, ck, s, cfg, base, m);
   write_hf_model(m, req.out, x, req.force);
   return ck;

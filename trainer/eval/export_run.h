@@ -7,12 +7,16 @@
 
 namespace dms {
 
+// The dtype of an export's weights: the source model's own (bf16 in, bf16 out), or forced.
+enum class ExportDtype { source, f32, bf16, f16 };
+
 struct ExportRequest {
   std::string run_dir;
   int64_t step = 0;  // <= 0: the newest checkpoint that reads back intact
   std::string out;
   bool force = false;  // replace `out` when it is one of our exports
   std::string base;    // the base model's new location, when it moved since training
+  ExportDtype dtype = ExportDtype::source;
 };
 
 // Returns the checkpoint used. InputError (exit 2) for a bad target, a missing checkpoint,
