@@ -476,6 +476,7 @@ CacheStats cache_stats(const KVCache& kc) {
   s.effective_kv_cr = used > 0 ? full / used : 1.0;
   s.mean_live = live / double(std::max<int64_t>(1, kc.L * kc.B * kc.K));
   s.full_tokens = kc.length;
+  s.end_kv_cr = s.mean_live > 0 ? double(kc.length) / s.mean_live : 1.0;
   return s;
 }
 

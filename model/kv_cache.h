@@ -97,6 +97,7 @@ struct CacheStats {
   int64_t peak_tokens = 0;       // largest per-head peak
   double mean_live = 0.0;        // mean tokens held per head now
   int64_t full_tokens = 0;       // what a full cache would hold per head now
+  double end_kv_cr = 1.0;        // the official figure: tokens seen / tokens held now (mean)
   at::Tensor live_lh;            // [L, K] tokens held now (batch row 0)
   at::Tensor effective_cr_lh;    // [L, K]
 };

@@ -121,6 +121,7 @@ TEST(Cli, GenerateReportsCompressionForDmsAndBaselines) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out.rfind("Once upon a time", 0), 0u) << r.out;
   EXPECT_NE(r.err.find("policy dms, effective KV CR "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("end-of-sequence KV CR "), std::string::npos) << r.err;
   const double cr = std::stod(r.err.substr(r.err.find("KV CR ") + 6));
   EXPECT_GT(cr, 1.3) << r.err;
   EXPECT_NE(r.err.find("peak "), std::string::npos) << r.err;

@@ -5,6 +5,7 @@
 
 #include "checkpoints/load_model.h"
 #include "checkpoints/safetensors.h"
+#include "data/token_file.h"
 #include "checkpoints/train_state.h"
 #include "tests/test_util.h"
 #include "trainer/train/losses.h"
@@ -176,6 +177,41 @@ void prepare_small(const test::TempDir& tmp) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
 }
 
+// A bf16 source exports as bf16 (about half the bytes of --dtype f32), both load, and
+// the bf16 export's base weights are the source's bits.
+TEST(RetrofitRun, ExportKeepsTheSourceDtypeUnlessAsked) {
+  test::TempDir tmp;
+  const std::string model = asset("hf-tiny/llama_bf16");
+  auto r = test::run_dms("data sample --model " + quote(model) + " --count 8 --length 32 --out " +
+                         quote(tmp.file("s.h5")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = test::run_dms("retrofit --model " + quote(model) + " --data " + quote(tmp.file("s.h5")) +
+                    " --out " + quote(tmp.file("run")) +
+                    " --window 4 --target-cr 2 --max-steps 2 --micro-batch 2");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = test::run_dms("export --run " + quote(tmp.file("run")) + " --out " + quote(tmp.file("bf16")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = test::run_dms("export --run " + quote(tmp.file("run")) + " --dtype f32 --out " +
+                    quote(tmp.file("f32")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(test::read_json(tmp.file("bf16/config.json"))["torch_dtype"], "bfloat16");
+  EXPECT_EQ(test::read_json(tmp.file("f32/config.json"))["torch_dtype"], "float32");
+  const double ratio = double(fs::file_size(tmp.file("bf16/model.safetensors"))) /
+                       double(fs::file_size(tmp.file("f32/model.safetensors")));
+  EXPECT_NEAR(ratio, 0.5, 0.03);
+  SafetensorsFile src = open_safetensors(model + "/model.safetensors");
+  SafetensorsFile out = open_safetensors(tmp.file("bf16/model.safetensors"));
+  EXPECT_TRUE(at::equal(src.tensor("model.layers.1.mlp.down_proj.weight"),
+                        out.tensor("model.layers.1.mlp.down_proj.weight")));
+  EXPECT_EQ(out.tensor("model.layers.0.self_attn.dms_proj_alpha.weight").scalar_type(),
+            at::kBFloat16);
+  for (const char* d : {"bf16", "f32"}) {
+    r = test::run_dms("inspect " + quote(tmp.file(d)));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("dms_paged_attention_block_size"), std::string::npos) << r.out;
+  }
+}
+
 TEST(RetrofitRun, AdapterModeTrainsOnlyAdaptersAndExportsTheMeasuredReport) {
   test::TempDir tmp;
   prepare_small(tmp);
@@ -257,6 +293,40 @@ TEST(RetrofitRun, AdapterModeTrainsOnlyAdaptersAndExportsTheMeasuredReport) {
   }
   EXPECT_GE(table["rows"][1]["kl_original_model"].get<double>(), 0.0);
   EXPECT_GE(table["rows"][1]["kl_model_original"].get<double>(), 0.0);
+  // The official end-of-sequence KV CR, named: 1 for the full cache; for a window of B
+  // tokens exactly T / B (the cache holds B tokens after the last one); for DMS, tokens
+  // seen over tokens held after the last token, which counts evicted tokens still inside
+  // the delay window as held.
+  const double T = double(open_tokens(tmp.file("d.val.h5")).seq_len);
+  EXPECT_EQ(table["rows"][0]["end_of_sequence_kv_cr"].get<double>(), 1.0);
+  EXPECT_NEAR(table["rows"][2]["end_of_sequence_kv_cr"].get<double>(),
+              T / table["rows"][2]["budget"].get<double>(), 1e-9);
+  EXPECT_GT(table["rows"][1]["end_of_sequence_kv_cr"].get<double>(), 1.0);
+  // Round trip: the export (--dtype f32), evaluated by `dms eval` on the rows the run
+  // validated (eval-batches 2 x micro-batch 2), gives the run's own last validation figures.
+  r = test::run_dms("export --run " + quote(tmp.file("run")) + " --dtype f32 --out " +
+                    quote(tmp.file("exp32")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = test::run_dms("eval --model " + quote(tmp.file("exp32")) + " --data " +
+                    quote(tmp.file("d.val.h5")) + " --policy dms --rows 4 --gen-rows 0 --json " +
+                    quote(tmp.file("rt.json")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  {
+    const auto row = test::read_json(tmp.file("rt.json"))["rows"][0];
+    nlohmann::json last_val;
+    std::ifstream m(tmp.file("run/metrics.jsonl"));
+    for (std::string l; std::getline(m, l);)
+      if (l.find("val_kd_loss") != std::string::npos) last_val = nlohmann::json::parse(l);
+    ASSERT_EQ(last_val["step"], 6);
+    EXPECT_NEAR(row["decision_cr"].get<double>(), last_val["val_decision_cr"].get<double>(), 1e-9);
+    EXPECT_NEAR(row["effective_kv_cr"].get<double>(), last_val["val_effective_kv_cr"].get<double>(),
+                1e-9);
+    EXPECT_NEAR(row["end_of_sequence_kv_cr"].get<double>(),
+                last_val["val_end_of_sequence_kv_cr"].get<double>(), 1e-9);
+    EXPECT_NEAR(row["kl_model_original"].get<double>(),
+                last_val["val_kl_student_teacher"].get<double>(), 1e-6);
+    EXPECT_NEAR(std::log(row["ppl"].get<double>()), last_val["val_lm_loss"].get<double>(), 1e-6);
+  }
   // Without the greedy check its figure is "-" (null), not a perfect agreement.
   r = test::run_dms("eval --model " + quote(tmp.file("exp")) + " --data " +
                     quote(tmp.file("d.val.h5")) + " --rows 2 --gen-rows 0 --json " +

@@ -105,7 +105,8 @@ void run_generate(const GenerateConfig& a) {
   const CacheStats st = cache_stats(cache);
   std::cerr << "kv cache: policy " << policy_name(co.policy);
   if (co.budget > 0) std::cerr << " (budget " << co.budget << ")";
-  std::cerr << ", effective KV CR " << st.effective_kv_cr << "x, peak " << st.peak_tokens
+  std::cerr << ", effective KV CR " << st.effective_kv_cr << "x, end-of-sequence KV CR "
+            << st.end_kv_cr << "x, peak " << st.peak_tokens
             << " tokens per head (full cache " << st.full_tokens << "), now " << st.mean_live
             << " on average\n";
   std::cerr << "generated " << produced << " tokens in " << secs << " s, "

@@ -22,6 +22,7 @@ nlohmann::json EvalRow::to_json() const {
           {"budget", budget},
           {"decision_cr", figure(decision_cr)},
           {"effective_kv_cr", effective_kv_cr},
+          {"end_of_sequence_kv_cr", end_kv_cr},
           {"ppl", ppl},
           {"kl_original_model", kl_original_model},
           {"kl_model_original", kl_model_original},
@@ -54,8 +55,10 @@ double full_keys(const Model& m, int64_t rows, int64_t T) {
 
 // One batch under a cache policy: the evicting cache, token by token, against the
 // original's logits. Adds the keys read to `used` and raises `peak`.
+// `held` adds the tokens held per head at the end, times the batch rows.
 ForcedSums cached_batch(const Model& model, const Model& original, const at::Tensor& x,
-                        CachePolicy policy, int64_t budget, double& used, int64_t& peak) {
+                        CachePolicy policy, int64_t budget, double& used, double& held,
+                        int64_t& peak) {
   ForwardOptions teacher;
   teacher.mode = AttentionMode::teacher;
   const at::Tensor ref = forward_full(original, x, {}, teacher).logits;  // [b, T, V]
@@ -66,6 +69,7 @@ ForcedSums cached_batch(const Model& model, const Model& original, const at::Ten
   const at::Tensor logits = forward_cached(model, x, cache);
   const CacheStats cs = cache_stats(cache);
   used += full_keys(model, x.size(0), x.size(1)) / cs.effective_kv_cr;
+  held += cs.mean_live * double(x.size(0));
   peak = std::max(peak, cs.peak_tokens);
   return compare_logits(logits, ref, x);
 }
@@ -98,12 +102,13 @@ EvalRow evaluate(const Model& model, const Model& original, const TokenData& dat
   const int64_t n = o.rows > 0 ? std::min(o.rows, data.n_rows) : data.n_rows;
   const bool forced = policy == CachePolicy::full || policy == CachePolicy::dms;
   ForcedSums s;
-  double used = 0, full = 0;
+  double used = 0, full = 0, held = 0, seen = 0;
   for (int64_t r0 = 0; r0 < n; r0 += o.batch) {
     std::vector<int64_t> idx;
     for (int64_t i = r0; i < std::min(n, r0 + o.batch); ++i) idx.push_back(i);
     const at::Tensor x = data.rows(idx);  // [b, T]
     full += full_keys(model, x.size(0), x.size(1));
+    seen += double(x.size(0) * x.size(1));
     if (forced) {
       ForcedOptions fo;
       fo.mode = policy == CachePolicy::dms ? AttentionMode::eval : AttentionMode::teacher;
@@ -113,7 +118,7 @@ EvalRow evaluate(const Model& model, const Model& original, const TokenData& dat
             std::max(row.peak_tokens, b.compression.visible_keys.max().item<int64_t>());
       s += b;
     } else {
-      s += cached_batch(model, original, x, policy, budget, used, row.peak_tokens);
+      s += cached_batch(model, original, x, policy, budget, used, held, row.peak_tokens);
     }
   }
   const CompressionStats& cs = s.compression;
@@ -127,6 +132,10 @@ EvalRow evaluate(const Model& model, const Model& original, const TokenData& dat
   row.kl_original_model = s.kl_ref_model_mean();
   row.kl_model_original = s.kl_model_ref_mean();
   row.effective_kv_cr = used > 0 ? full / used : 1.0;
+  row.end_kv_cr = policy == CachePolicy::dms    ? cs.end_kv_cr()
+                  : policy == CachePolicy::full ? 1.0
+                  : held > 0                    ? seen / held
+                                                : 1.0;
   // Only DMS makes per-token decisions; a full cache decides nothing (CR 1).
   row.decision_cr = policy == CachePolicy::dms    ? cs.decision_cr()
                     : policy == CachePolicy::full ? 1.0
@@ -148,6 +157,7 @@ std::string format_table(const std::vector<EvalRow>& rows) {
   std::ostringstream o;
   o << std::left << std::setw(10) << "model" << std::setw(8) << "policy" << std::right
     << std::setw(8) << "budget" << std::setw(13) << "decision CR" << std::setw(14) << "effective CR"
+    << std::setw(12) << "end CR"
     << std::setw(10) << "ppl" << std::setw(14) << "KL(orig||m)" << std::setw(14) << "KL(m||orig)"
     << std::setw(12) << "greedy =="
     << "\n";
@@ -155,6 +165,7 @@ std::string format_table(const std::vector<EvalRow>& rows) {
     o << std::left << std::setw(10) << r.model << std::setw(8) << r.policy << std::right
       << std::setw(8) << (r.budget > 0 ? std::to_string(r.budget) : std::string("-"))
       << std::setw(13) << cell(r.decision_cr, 2) << std::setw(14) << cell(r.effective_kv_cr, 2)
+      << std::setw(12) << cell(r.end_kv_cr, 2)
       << std::setw(10) << cell(r.ppl, 3) << std::setw(14) << cell(r.kl_original_model, 4)
       << std::setw(14) << cell(r.kl_model_original, 4) << std::setw(12)
       << cell(r.greedy_agreement, 3) << "\n";

@@ -19,7 +19,8 @@ struct EvalRow {
   std::string policy;        // none | dms | window | h2o | tova
   int64_t budget = 0;        // tokens per head (baselines)
   double decision_cr = 1.0;  // NaN for baselines (they make no per-token decisions)
-  double effective_kv_cr = 1.0;
+  double effective_kv_cr = 1.0;  // ours: full-cache reads / reads, over every step
+  double end_kv_cr = 1.0;        // the official code's: tokens seen / tokens held at the end
   double ppl = 0;
   double kl_original_model = 0;   // mean over positions of KL(p_original || p_model)
   double kl_model_original = 0;   // mean over positions of KL(p_model || p_original)

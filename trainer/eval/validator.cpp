@@ -29,6 +29,7 @@ ValidationRecord validate_heldout(const Model& student, const Model& teacher, co
   v.lm = s.nll_mean();
   v.decision_cr = 1.0 / std::max(1e-9, 1.0 - cs.eviction_rate());
   v.effective_kv_cr = cs.effective_kv_cr();
+  v.end_kv_cr = cs.end_kv_cr();
   return v;
 }
 

@@ -265,7 +265,9 @@ Charts make_charts(const RunData& d) {
                   series_of(recs, "decision_cr", "decision (train)", "#1f77b4"),
                   series_of(recs, "effective_kv_cr", "effective KV (train)", "#ff7f0e"),
                   series_of(recs, "val_decision_cr", "decision (val)", "#aec7e8"),
-                  series_of(recs, "val_effective_kv_cr", "effective KV (val)", "#ffbb78")},
+                  series_of(recs, "val_effective_kv_cr", "effective KV (val)", "#ffbb78"),
+                  series_of(recs, "val_end_of_sequence_kv_cr", "end-of-sequence KV (val)",
+                            "#2ca02c")},
                  false, "step"));
   charts.emplace_back(
       "chart-throughput",
@@ -349,13 +351,14 @@ std::string figure(const nlohmann::json& r, const char* key, int prec) {
 void html_eval_table(std::ostream& h, const nlohmann::json& eval) {
   if (!eval.is_object() || !eval.contains("rows")) return;
   h << "<h2>Evaluation</h2><table><tr><th>model</th><th>policy</th><th>budget</th><th>decision "
-       "CR</th><th>effective KV CR</th><th>ppl</th><th>KL(original||model)</th>"
+       "CR</th><th>effective KV CR</th><th>end-of-sequence KV CR</th><th>ppl</th><th>KL(original||model)</th>"
        "<th>KL(model||original)</th><th>greedy agreement</th></tr>";
   for (const auto& r : eval["rows"])
     h << "<tr><td>" << esc(r.value("model", std::string())) << "</td><td>"
       << esc(r.value("policy", std::string())) << "</td><td>"
       << (r.value("budget", 0) > 0 ? std::to_string(r.value("budget", 0)) : "-") << "</td><td>"
       << figure(r, "decision_cr", 4) << "</td><td>" << figure(r, "effective_kv_cr", 4)
+      << "</td><td>" << figure(r, "end_of_sequence_kv_cr", 4)
       << "</td><td>" << figure(r, "ppl", 5) << "</td><td>" << figure(r, "kl_original_model", 4)
       << "</td><td>" << figure(r, "kl_model_original", 4) << "</td><td>"
       << figure(r, "greedy_agreement", 3) << "</td></tr>";

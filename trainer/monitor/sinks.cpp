@@ -99,6 +99,7 @@ void MetricsSinks::validation(const ValidationRecord& v) {
                {"val_lm_loss", v.lm},
                {"val_decision_cr", v.decision_cr},
                {"val_effective_kv_cr", v.effective_kv_cr},
+               {"val_end_of_sequence_kv_cr", v.end_kv_cr},
                {"val_eviction_rate_lh", matrix_json(v.eviction_lh)},
                {"val_cache_size_lh", matrix_json(v.cache_lh)}});
   if (!events_) return;
@@ -106,7 +107,8 @@ void MetricsSinks::validation(const ValidationRecord& v) {
       {"val/kd_loss", float(v.kd)},
       {"val/lm_loss", float(v.lm)},
       {"val/decision_cr", float(v.decision_cr)},
-      {"val/effective_kv_cr", float(v.effective_kv_cr)}};
+      {"val/effective_kv_cr", float(v.effective_kv_cr)},
+      {"val/end_of_sequence_kv_cr", float(v.end_kv_cr)}};
   at::Tensor per_layer = v.eviction_lh.mean(1);
   for (int64_t l = 0; l < per_layer.size(0); ++l)
     s.emplace_back("val_layer_decision_cr/layer_" + std::to_string(l),

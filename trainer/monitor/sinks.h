@@ -25,6 +25,7 @@ struct ValidationRecord {
   double kd = 0;  // the KL that trains (--kd-direction), as val_kd_loss
   double kl_student_teacher = 0, kl_teacher_student = 0;  // both directions, named
   double lm = 0, decision_cr = 1, effective_kv_cr = 1;
+  double end_kv_cr = 1;    // tokens seen / tokens held after the last token (official figure)
   at::Tensor eviction_lh;  // [L, K] eviction rate per layer and head
   at::Tensor cache_lh;     // [L, K] mean keys held per query
 };
