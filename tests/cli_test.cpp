@@ -3,6 +3,8 @@
 
 #include "checkpoints/export.h"
 #include "checkpoints/load_model.h"
+#include "checkpoints/safetensors.h"
+#include "data/token_file.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
@@ -96,6 +98,39 @@ TEST(Cli, GenerateFromIdsWithoutTokenizer) {
     want += std::to_string(id.get<int64_t>()) + " ";
   want.back() = '\n';
   EXPECT_EQ(r.out, want);
+}
+
+// --dump-logits: the per-position logits and hard decisions of what eval measured, for
+// comparing with other code (the Python remote code, transformers).
+TEST(Cli, EvalDumpsLogitsAndDecisions) {
+  test::TempDir tmp;
+  Model m = load_model(asset("stories260K/stories260K.bin"));
+  DmsConfig d;
+  d.window = 16;
+  attach_dms(m, d);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(99);
+  for (auto& w : m.layers) w.dms_proj.normal_(0.0, 0.05, gen);
+  write_hf_model(m, tmp.file("dms"), ExportExtras{});
+  const std::string data = test::small_token_file();
+  auto r = test::run_dms("eval --model " + quote(tmp.file("dms")) + " --data " + quote(data) +
+                         " --rows 3 --gen-rows 0 --json " + quote(tmp.file("e.json")) +
+                         " --dump-logits " + quote(tmp.file("d.safetensors")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  SafetensorsFile f = open_safetensors(tmp.file("d.safetensors"));
+  const at::Tensor tokens = f.tensor("tokens"), logits = f.tensor("logits");
+  ASSERT_EQ(tokens.size(0), 3);
+  Model back = load_model(tmp.file("dms"));
+  ForwardOptions fo;
+  fo.mode = AttentionMode::eval;
+  const ForwardResult want = forward_full(back, tokens, {}, fo);
+  EXPECT_TRUE(at::allclose(logits, want.logits, 1e-6, 1e-5));
+  EXPECT_TRUE(at::equal(f.tensor("decisions"), want.decisions.to(at::kFloat)));
+  EXPECT_GT(f.tensor("decisions").sum().item<double>(), 0.0);
+  r = test::run_dms("eval --model " + quote(tmp.file("dms")) + " --data " + quote(data) +
+                    " --policy window --budget 8 --rows 1 --gen-rows 0 --dump-logits " +
+                    quote(tmp.file("w.safetensors")));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--dump-logits"), std::string::npos) << r.err;
 }
 
 TEST(Cli, GenerateReportsCompressionForDmsAndBaselines) {

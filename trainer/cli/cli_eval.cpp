@@ -19,6 +19,10 @@ namespace dms {
 namespace {
 
 void run_eval(const EvalConfig& a) {
+  // Before any work: a dump of the baselines' logits is not offered.
+  require(a.dump_logits.empty() || (!a.compare && (a.policy == CachePolicy::dms ||
+                                                   a.policy == CachePolicy::full)),
+          "--dump-logits", "needs --policy dms or none, without --compare");
   if (a.threads > 0) at::set_num_threads(int(a.threads));
   Model m = load_model(a.model);
   // The original: --original, else the same weights with eviction off (exact for adapter
@@ -57,6 +61,11 @@ void run_eval(const EvalConfig& a) {
     run(p == CachePolicy::dms ? m : orig, policy_name(p), p, budget);
   }
   std::cout << format_table(rows);
+  if (!a.dump_logits.empty()) {
+    dump_logits(a.policy == CachePolicy::dms ? m : orig, data, a.opts.rows, a.policy,
+                a.dump_logits);
+    std::cerr << "wrote " << a.dump_logits << "\n";
+  }
   if (!a.json.empty()) {
     nlohmann::json j = {
         {"model", a.model},

@@ -39,6 +39,10 @@ const std::vector<Field<EvalConfig>>& eval_fields() {
       flag<C>("match-budget", &C::match_budget, "Budget giving the DMS model's effective KV CR"),
       flag<C>("compare", &C::compare, "Original, DMS and all baselines in one table"),
       text<C>("json", &C::json, "Also write the table as JSON"),
+      text<C>("dump-logits", &C::dump_logits,
+              "Also write the evaluated rows' per-position logits (F32 [R, T, V]), tokens (I64 "
+              "[R, T]) and, for DMS, hard decisions and decision logits (F32 [L, R, K, T]) to "
+              "this safetensors file (--policy dms or none), for comparing with other code"),
       number_at<C, int64_t>(
           "rows", [](auto& c) -> auto& { return c.opts.rows; }, between(0, kMaxRows),
           "Held-out rows to evaluate (0: all)"),

@@ -14,6 +14,7 @@ namespace dms {
 
 struct EvalConfig {
   std::string model, original, data, json;
+  std::string dump_logits;  // safetensors of tokens, logits (and DMS decisions) per position
   CachePolicy policy = CachePolicy::dms;
   int64_t budget = 0;
   bool match_budget = false, compare = false;

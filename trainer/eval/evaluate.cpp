@@ -4,6 +4,8 @@
 #include <iomanip>
 #include <sstream>
 
+#include "checkpoints/safetensors.h"
+#include "common/error.h"
 #include "model/generate.h"
 
 namespace dms {
@@ -144,6 +146,27 @@ EvalRow evaluate(const Model& model, const Model& original, const TokenData& dat
                              ? greedy_agreement(model, original, data, policy, budget, o)
                              : std::nan("");
   return row;
+}
+
+void dump_logits(const Model& model, const TokenData& data, int64_t rows, CachePolicy policy,
+                 const std::string& path) {
+  require(policy == CachePolicy::dms || policy == CachePolicy::full, "--dump-logits",
+          "needs --policy dms or none (the baselines' logits come from the cache, token by token)");
+  at::NoGradGuard ng;
+  const int64_t n = rows > 0 ? std::min(rows, data.n_rows) : data.n_rows;
+  std::vector<int64_t> idx;
+  for (int64_t i = 0; i < n; ++i) idx.push_back(i);
+  const at::Tensor x = data.rows(idx);
+  ForwardOptions fo;
+  fo.mode = policy == CachePolicy::dms ? AttentionMode::eval : AttentionMode::teacher;
+  const ForwardResult r = forward_full(model, x, {}, fo);
+  std::vector<std::pair<std::string, at::Tensor>> out = {
+      {"tokens", x.contiguous()}, {"logits", r.logits.to(at::kFloat).contiguous()}};
+  if (policy == CachePolicy::dms && r.decisions.defined()) {
+    out.emplace_back("decisions", r.decisions.to(at::kFloat).contiguous());
+    out.emplace_back("decision_logits", r.z.to(at::kFloat).contiguous());
+  }
+  write_safetensors(path, out, {{"policy", policy_name(policy)}, {"producer", "dms eval"}});
 }
 
 static std::string cell(double v, int precision) {

@@ -45,6 +45,12 @@ int64_t budget_for_cr(double cr, int64_t T);
 EvalRow evaluate(const Model& model, const Model& original, const TokenData& data,
                  CachePolicy policy, int64_t budget, const EvalOptions& o);
 
+// Per-position figures of the first `rows` rows under `policy` (dms: hard eviction; full:
+// eviction off) into a safetensors file: tokens [R, T] I64, logits [R, T, V] F32 and, for
+// DMS, decisions and decision_logits [L, R, K, T] F32. InputError for other policies.
+void dump_logits(const Model& model, const TokenData& data, int64_t rows, CachePolicy policy,
+                 const std::string& path);
+
 // The comparison table, one line per row.
 std::string format_table(const std::vector<EvalRow>& rows);
 
