@@ -233,7 +233,8 @@ TEST(RetrofitRun, AdapterModeTrainsOnlyAdaptersAndExportsTheMeasuredReport) {
       ++train;
       for (const char* k :
            {"step", "tokens", "kd_loss", "dms_loss", "lm_loss", "target_cr", "decision_cr",
-            "effective_kv_cr", "lr", "grad_norm", "tokens_per_s", "elapsed_s"})
+            "effective_kv_cr", "end_of_sequence_kv_cr", "lr", "grad_norm", "tokens_per_s",
+            "elapsed_s"})
         EXPECT_TRUE(j.contains(k)) << k;
     }
     if (j.contains("val_kd_loss")) ++val;

@@ -383,6 +383,7 @@ void Trainer::train_step(int64_t step) {
                       cr_.cr(step),
                       m.decision_cr(global_batch_),
                       m.effective_kv_cr(),
+                      m.end_kv_cr(),
                       lr,
                       grad_norm,
                       m.tokens / dt,

@@ -264,6 +264,8 @@ Charts make_charts(const RunData& d) {
                  {series_of(recs, "target_cr", "target", "#7f7f7f"),
                   series_of(recs, "decision_cr", "decision (train)", "#1f77b4"),
                   series_of(recs, "effective_kv_cr", "effective KV (train)", "#ff7f0e"),
+                  series_of(recs, "end_of_sequence_kv_cr", "end-of-sequence KV (train)",
+                            "#98df8a"),
                   series_of(recs, "val_decision_cr", "decision (val)", "#aec7e8"),
                   series_of(recs, "val_effective_kv_cr", "effective KV (val)", "#ffbb78"),
                   series_of(recs, "val_end_of_sequence_kv_cr", "end-of-sequence KV (val)",

@@ -71,6 +71,7 @@ void MetricsSinks::train(const TrainRecord& r, bool record) {
                  {"target_cr", r.target_cr},
                  {"decision_cr", r.decision_cr},
                  {"effective_kv_cr", r.effective_kv_cr},
+                 {"end_of_sequence_kv_cr", r.end_kv_cr},
                  {"lr", r.lr},
                  {"grad_norm", r.grad_norm},
                  {"tokens_per_s", r.tokens_per_s},
@@ -83,6 +84,7 @@ void MetricsSinks::train(const TrainRecord& r, bool record) {
                               {"compression/target_cr", float(r.target_cr)},
                               {"compression/decision_cr", float(r.decision_cr)},
                               {"compression/effective_kv_cr", float(r.effective_kv_cr)},
+                              {"compression/end_of_sequence_kv_cr", float(r.end_kv_cr)},
                               {"train/lr", float(r.lr)},
                               {"train/grad_norm", float(r.grad_norm)},
                               {"perf/tokens_per_s", float(r.tokens_per_s)}});

@@ -16,6 +16,7 @@ struct TrainRecord {
   int64_t step = 0, tokens = 0;  // steps done, tokens seen in all
   double kd = 0, dms = 0, lm = 0;
   double target_cr = 1, decision_cr = 1, effective_kv_cr = 1;
+  double end_kv_cr = 1;  // tokens seen / tokens held after each row's last token
   double lr = 0, grad_norm = 0;
   double tokens_per_s = 0, allreduce_s = 0, elapsed_s = 0;
 };

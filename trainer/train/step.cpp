@@ -46,6 +46,8 @@ StepMetrics accumulate_gradients(const StepInputs& in, const at::Tensor& tokens,
                                                      student.config.sliding_window);
     st.visible_keys += cs.visible_sum;
     st.full_keys += cs.full_sum;
+    st.seen_end += cs.seen_sum;
+    st.held_end += cs.held_end_sum;
   }
   st.tokens = double(b * T);
   return st;

@@ -19,6 +19,8 @@ struct StepMetrics {
   double evicted = 0;         // per-sample fraction of closed decisions, summed over samples
   double visible_keys = 0;    // keys visible to each query under hard decisions, summed
   double full_keys = 0;       // the same for a cache that keeps everything
+  double seen_end = 0;        // end of each row: tokens seen, summed over layers and heads
+  double held_end = 0;        // ... and tokens the DMS cache holds after the last one
   double stop_requested = 0;  // > 0 when any rank caught SIGINT/SIGTERM
 
   void all_reduce(Dist& dist, const at::Device& device);
@@ -30,6 +32,7 @@ struct StepMetrics {
   double eviction_rate(int64_t rows) const { return evicted / double(rows); }
   double decision_cr(int64_t rows) const;
   double effective_kv_cr() const { return visible_keys > 0 ? full_keys / visible_keys : 1.0; }
+  double end_kv_cr() const { return held_end > 0 ? seen_end / held_end : 1.0; }
 };
 
 }  // namespace dms
