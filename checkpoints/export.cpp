@@ -12,6 +12,7 @@
 #include <set>
 
 #include "checkpoints/hf_config.h"
+#include "checkpoints/remote_code.h"
 #include "checkpoints/safetensors.h"
 #include "common/atomic_file.h"
 #include "common/error.h"
@@ -57,7 +58,14 @@ nlohmann::json hf_config_json(const Model& m, const nlohmann::json& base, at::Sc
   j["torch_dtype"] = std::string(t == at::kBFloat16 ? "bfloat16"
                                  : t == at::kHalf   ? "float16"
                                                     : "float32");
-  if (m.dms.enabled) j.update(dms_config_json(m.dms));
+  if (m.dms.enabled) {
+    j.update(dms_config_json(m.dms));
+    // With trust_remote_code=True transformers builds our DMS class; without it, model_type
+    // (the base family's) gives the plain base model.
+    j["architectures"] = {"DmsForCausalLM"};
+    j["auto_map"] = {{"AutoConfig", "configuration_dms.DmsConfig"},
+                     {"AutoModelForCausalLM", "modeling_dms.DmsForCausalLM"}};
+  }
   return j;
 }
 
@@ -171,6 +179,10 @@ void write_hf_model(const Model& m, const std::string& dir, const ExportExtras& 
                       hf_config_json(m, extras.base_config, extras.dtype).dump(2) + "\n");
     if (!extras.report.is_null())
       write_file_atomic((stage / "dms_report.json").string(), extras.report.dump(2) + "\n");
+    if (m.dms.enabled) {
+      write_file_atomic((stage / "configuration_dms.py").string(), remote_configuration_py());
+      write_file_atomic((stage / "modeling_dms.py").string(), remote_modeling_py());
+    }
     for (const auto& [from, name] : extras.copy_files)
       fs::copy_file(from, stage / name, fs::copy_options::overwrite_existing);
     for (const auto& [name, text] : extras.text_files)

@@ -60,7 +60,11 @@ void read_architecture(const Reader& r, ModelConfig& c) {
                 j["architectures"][0].is_string(),
             source, "'architectures' must be a list of names");
     arch = j["architectures"][0].get<std::string>();
-  } else if (r.has("model_type") && j["model_type"].is_string()) {
+  }
+  // Our exports name the remote-code class; the family is the model_type's.
+  if ((arch.empty() || arch == "DmsForCausalLM") && r.has("model_type") &&
+      j["model_type"].is_string()) {
+    arch.clear();
     for (const auto& [a, fam] : kFamilies)
       if (fam == j["model_type"].get<std::string>()) arch = a;
     require(!arch.empty(), source,
