@@ -147,7 +147,7 @@ int main(int argc, char** argv) {
                                {"tokenizer_load_s", load_s},
                                {"identical", same},
                                {"machine", bench::machine_info()}});
-  if (!std::getenv("DMS_BENCH_KEEP")) for (const char* f : {"/tokenizer_bench_1.h5", "/tokenizer_bench_2.h5", "/tokenizer_bench_1.val.h5",
+  for (const char* f : {"/tokenizer_bench_1.h5", "/tokenizer_bench_2.h5", "/tokenizer_bench_1.val.h5",
                         "/tokenizer_bench_2.val.h5", "/tokenizer_bench_corpus.txt"})
     std::remove((tmp + f).c_str());
   return same ? 0 : 1;

@@ -141,7 +141,8 @@ class Regex {
       c.fail("regex does not compile at offset " + std::to_string(off) + ": " +
              reinterpret_cast<char*>(msg));
     }
-    jit_ = pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE) == 0;
+    // Without JIT (an unsupported CPU) pcre2_match interprets: slower, same matches.
+    pcre2_jit_compile(code_, PCRE2_JIT_COMPLETE);
   }
   ~Regex() { pcre2_code_free(code_); }
   Regex(const Regex&) = delete;
@@ -180,12 +181,10 @@ class Regex {
                                          ? utf8::char_len(static_cast<unsigned char>(text[ov[1]]))
                                          : 1);
     }
-    (void)jit_;
   }
 
  private:
   pcre2_code* code_ = nullptr;
-  bool jit_ = false;
 };
 
 // ---- the pipeline's pieces ----------------------------------------------------------------

@@ -10,7 +10,6 @@
 #include <nlohmann/json.hpp>
 
 #include "common/mapped_file.h"
-#include "common/sha256.h"
 #include "data/token_file.h"
 #include "common/error.h"
 #include "data/tokenizer.h"
@@ -246,7 +245,7 @@ class ParallelEncoder {
   // Finishes the batch in flight, puts the batch read so far in flight, and packs the
   // finished one while the workers start on the new one.
   void cycle() {
-    help();
+    take_documents(in_flight_.size());  // the caller joins the encoding
     {
       std::unique_lock<std::mutex> l(m_);
       // Every document encoded, and no worker still inside the old batch.
@@ -266,9 +265,9 @@ class ParallelEncoder {
     packing_.clear();
   }
 
-  // Encodes documents of the batch in flight until none is left to take. Returns false
-  // when a document failed (the error is kept for cycle() to rethrow).
-  bool take_documents(size_t n) {
+  // Encodes documents of the batch in flight (n of them) until none is left to take; a
+  // failure is kept for cycle() to rethrow and stops the handing out.
+  void take_documents(size_t n) {
     for (size_t i; (i = next_.fetch_add(1)) < n;) {
       std::exception_ptr err;
       try {
@@ -283,12 +282,10 @@ class ParallelEncoder {
         next_ = n;  // stop handing out work; count the rest as done
         done_ = n;
         finished_.notify_all();
-        return false;
+        return;
       }
     }
-    return true;
   }
-  void help() { take_documents(in_flight_.size()); }
 
   void work() {
     uint64_t seen = 0;

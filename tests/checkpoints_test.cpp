@@ -239,12 +239,7 @@ TEST(Import, AbsentOfficialFieldsTakeTheOfficialDefaults) {
 // Weights keep or change dtype as asked (rounded to nearest even), and past the shard size
 // they go into shards with an index that load_model reads back to the same logits.
 TEST(Export, DtypeAndShards) {
-  Model m = load_model(test::asset("stories260K/stories260K.bin"));
-  DmsConfig d;
-  d.window = 16;
-  attach_dms(m, d);
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
-  for (auto& w : m.layers) w.dms_proj.normal_(0.0, 0.05, gen);
+  const Model m = test::stories_with_adapters(16, 7);
   test::TempDir tmp;
   ExportExtras x;
   write_hf_model(m, tmp.file("f32"), x);

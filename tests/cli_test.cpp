@@ -104,17 +104,11 @@ TEST(Cli, GenerateFromIdsWithoutTokenizer) {
 // comparing with other code (the Python remote code, transformers).
 TEST(Cli, EvalDumpsLogitsAndDecisions) {
   test::TempDir tmp;
-  Model m = load_model(asset("stories260K/stories260K.bin"));
-  DmsConfig d;
-  d.window = 16;
-  attach_dms(m, d);
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(99);
-  for (auto& w : m.layers) w.dms_proj.normal_(0.0, 0.05, gen);
+  const Model m = test::stories_with_adapters(16, 99);
   write_hf_model(m, tmp.file("dms"), ExportExtras{});
   const std::string data = test::small_token_file();
   auto r = test::run_dms("eval --model " + quote(tmp.file("dms")) + " --data " + quote(data) +
-                         " --rows 3 --gen-rows 0 --json " + quote(tmp.file("e.json")) +
-                         " --dump-logits " + quote(tmp.file("d.safetensors")));
+                         " --rows 3 --gen-rows 0 --dump-logits " + quote(tmp.file("d.safetensors")));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   SafetensorsFile f = open_safetensors(tmp.file("d.safetensors"));
   const at::Tensor tokens = f.tensor("tokens"), logits = f.tensor("logits");
@@ -135,12 +129,7 @@ TEST(Cli, EvalDumpsLogitsAndDecisions) {
 
 TEST(Cli, GenerateReportsCompressionForDmsAndBaselines) {
   test::TempDir tmp;
-  Model m = load_model(asset("stories260K/stories260K.bin"));
-  DmsConfig d;
-  d.window = 16;
-  attach_dms(m, d);
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(1234);
-  for (auto& w : m.layers) w.dms_proj.normal_(0.0, 0.05, gen);
+  const Model m = test::stories_with_adapters(16, 1234);
   ExportExtras x;
   x.copy_files = {{asset("stories260K/tok512.model"), "tokenizer.model"}};
   write_hf_model(m, tmp.file("dms"), x);

@@ -1,5 +1,7 @@
 #include "tests/test_util.h"
 
+#include "checkpoints/load_model.h"
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -188,6 +190,16 @@ namespace dms::test {
 
 std::string quote(const std::string& s) {
   return "'" + s + "'";
+}
+
+Model stories_with_adapters(int64_t window, uint64_t seed, double std) {
+  Model m = load_model(asset("stories260K/stories260K.bin"));
+  DmsConfig d;
+  d.window = window;
+  attach_dms(m, d);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  for (auto& w : m.layers) w.dms_proj.normal_(0.0, std, gen);
+  return m;
 }
 
 const std::string& small_token_file() {

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "model/transformer.h"
+
 namespace dms::test {
 
 // $DMS_ASSETS, else ../shared/assets next to the source tree.
@@ -25,6 +27,10 @@ std::string quote(const std::string& s);
 // TinyStories as rows of 64 tokens (+ a .val.h5 beside it), made once per test binary
 // through `build/dms data prepare`.
 const std::string& small_token_file();
+
+// stories260K with DMS adapters (window `window`, per KV head) drawn N(0, std) from
+// `seed`: decisions that evict a share of the keys.
+Model stories_with_adapters(int64_t window, uint64_t seed, double std = 0.05);
 
 // A fresh empty directory under the system temp dir, removed at destruction.
 struct TempDir {

@@ -202,10 +202,11 @@ class DmsForCausalLM(DmsPreTrainedModel):
         return F.linear(h, self.model.embed_tokens.weight) if self.tied else self.lm_head(h)
 
     def visible(self, age, marked):
-        """The visibility rule: age = i - j, marked = token j's mark -> bool."""
+        """The visibility rule, for tensors (the mask) and plain ints/bools (the cache):
+        age = i - j, marked = token j's mark -> bool."""
         ok = age >= 0
         if self.eviction:
-            ok = ok & ((age <= self.window) | ~marked)
+            ok = ok & ((age <= self.window) | (marked == 0))
         if self.sliding > 0:
             ok = ok & (age < self.sliding)
         return ok
@@ -283,8 +284,7 @@ class DmsForCausalLM(DmsPreTrainedModel):
                     if i >= 1 and bool(z[0, h, 0] > 0) and entries and entries[-1][0] == i - 1:
                         entries[-1][3] = True
                     # Drop what the rule takes away before token i reads, then admit it.
-                    entries[:] = [e for e in entries
-                                  if bool(self.visible(torch.tensor(i - e[0]), torch.tensor(e[3])))]
+                    entries[:] = [e for e in entries if self.visible(i - e[0], e[3])]
                     entries.append([i, k[0, h, 0], v[0, h, 0], False])
                     peak[l][h] = max(peak[l][h], len(entries))
                     reads += len(entries)
