@@ -91,6 +91,7 @@ std::unique_ptr<Run> make_run(const Setup& s) {
                      1.0,
                      0,
                      {},
+                     {},
                      {}};
   r->in.attention = parse_attention_impl(s.attention, "--attention");
   r->tokens = at::randint(0, r->student.config.vocab_size, {s.batch, s.seq}, gen,

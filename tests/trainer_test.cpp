@@ -140,7 +140,7 @@ std::vector<at::Tensor> step_grads(Model& m, const at::Tensor& tokens, int64_t m
     t->requires_grad_(true);
     t->mutable_grad() = at::Tensor();
   }
-  StepInputs in{&m, &m, KdDirection::student_teacher, micro, 0, 1.0, 3, {}, {}};
+  StepInputs in{&m, &m, KdDirection::student_teacher, micro, 0, 1.0, 3, {}, {}, {}};
   accumulate_gradients(in, tokens, 5, 0, tokens.size(0), 0.6);
   std::vector<at::Tensor> g;
   for (auto& [n, t] : named_dms_weights(m)) g.push_back(t->grad().clone());

@@ -316,6 +316,7 @@ StepInputs Trainer::step_inputs() {
                 o.dms_weight,
                 cfg_.run.seed,
                 {},
+                {},
                 {}};
   in.attention = o.attention;
   in.blocks = {o.attn_block_q, o.attn_block_k};

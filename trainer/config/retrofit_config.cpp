@@ -35,6 +35,8 @@ std::vector<F> run_fields() {
           .must(),
       text<C>("val-data", &C::run, &RunSection::val_data,
               "Held-out tokens (default: <data>.val.h5 if present)"),
+      text<C>("teacher", &C::run, &RunSection::teacher,
+              "Full-weight mode: teacher model (same tokenizer; default: the base model)"),
       number<C>("seq-len", &C::run, &RunSection::seq_len, between(0, kMaxTokens),
                 "Row length for .bin token streams (nanoGPT/llm.c; HDF5 files carry theirs)"),
       text<C>("out", &C::run, &RunSection::out, "Run directory (must be empty unless --resume)",
@@ -123,6 +125,14 @@ std::vector<F> optim_fields() {
                 "Blockwise attention: query rows per tile"),
       number<C>("attn-block-k", &C::optim, &O::attn_block_k, between(1, kMaxTokens),
                 "Blockwise attention: keys per tile"),
+      choice<C>("dtype", &C::optim, &O::dtype,
+                {{"auto", DtypeKind::automatic}, {"f32", DtypeKind::f32}, {"bf16", DtypeKind::bf16}},
+                "f32 | bf16 (bf16 weights and activations, fp32 master weights, losses and "
+                "reductions) | auto (bf16 on CUDA, f32 on CPU)")
+          .resume(OnResume::free),
+      flag<C>("activation-checkpointing", &C::optim, &O::activation_checkpointing,
+              "Keep only each decoder layer's input; recompute the layer in backward")
+          .resume(OnResume::free),
   };
 }
 
@@ -206,6 +216,12 @@ std::vector<F> dist_fields() {
       number<C>("checksum-every", &C::dist, &DistSection::checksum_every, between(0, kMaxSteps),
                 "Steps between cross-rank parameter checks (0: off)")
           .resume(free),
+      flag<C>("shard-optimizer", &C::dist, &DistSection::shard_optimizer,
+              "ZeRO-1: split AdamW moments and fp32 master weights across ranks")
+          .resume(free),
+      number<C>("device-memory", &C::dist, &DistSection::device_memory_gib, between(0, 1e6),
+                "GiB per device that the fit check assumes (0: what the device has)")
+          .resume(free),
   };
 }
 
@@ -243,6 +259,8 @@ void RetrofitConfig::validate() const {
   if (optim.attention == AttentionImpl::blockwise && optim.attn_block_q * optim.attn_block_k > 1e9)
     p.push_back("--attn-block-q/--attn-block-k: a tile of " + std::to_string(optim.attn_block_q) +
                 " x " + std::to_string(optim.attn_block_k) + " scores is too large");
+  if (!run.teacher.empty() && dms.train_mode != TrainMode::all)
+    p.push_back("--teacher: only with --train-mode all (adapter mode's teacher is the frozen base)");
   if (!p.empty()) throw InputError(join_problems(p));
 }
 

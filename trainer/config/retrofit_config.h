@@ -20,11 +20,16 @@ enum class AlphaPer { head, layer };
 enum class CheckpointErrorPolicy { stop, keep_going };
 enum class BackendKind { automatic, gloo, nccl };
 enum class DeviceKind { automatic, cpu, cuda };
+// Compute precision of the models (DESIGN.md §2 "Mixed precision"): f32 everywhere, or
+// frozen weights, trained weights and activations in bf16 with fp32 master weights, fp32
+// losses and fp32 reductions. automatic: bf16 on CUDA, f32 on CPU.
+enum class DtypeKind { automatic, f32, bf16 };
 
 std::string backend_name(BackendKind b);  // "auto" | "gloo" | "nccl"
 
 struct RunSection {
   std::string model, data, val_data, out;
+  std::string teacher;  // full-weight mode: another teacher (same tokenizer); "": the base
   int64_t seq_len = 0;  // rows of a .bin token stream (HDF5 files carry their own)
   bool resume = false;
   uint64_t seed = 0;    // data order and decision noise
@@ -53,6 +58,8 @@ struct OptimSection {
   int64_t kd_chunk = 0;  // positions per KD chunk (0: auto)
   AttentionImpl attention = AttentionImpl::blockwise;
   int64_t attn_block_q = 128, attn_block_k = 512;
+  DtypeKind dtype = DtypeKind::automatic;
+  bool activation_checkpointing = false;  // recompute each decoder layer in backward
 };
 
 struct MonitorSection {
@@ -71,6 +78,8 @@ struct DistSection {
   double timeout_s = 600;  // collective timeout: a lost rank stops the others
   int64_t checksum_every = 50;
   int64_t nproc = 1;  // local workers to spawn (launch only; not saved)
+  bool shard_optimizer = false;  // ZeRO-1: AdamW moments and master weights split over ranks
+  double device_memory_gib = 0;  // fit check's memory per device (0: what the device has)
 };
 
 struct RetrofitConfig {

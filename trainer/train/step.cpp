@@ -35,6 +35,7 @@ StepMetrics accumulate_gradients(const StepInputs& in, const at::Tensor& tokens,
     at::Tensor dms = dms_loss_sum(frac, target);
     at::Tensor loss = kd / positions_global + in.dms_weight * dms / double(global_batch);
     loss.backward();
+    if (in.after_backward) in.after_backward();
 
     st.kd += kd.item<double>();
     st.dms += dms.item<double>();

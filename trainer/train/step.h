@@ -5,6 +5,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <functional>
+
 #include "model/transformer.h"
 #include "trainer/train/losses.h"
 #include "trainer/train/step_metrics.h"
@@ -20,6 +22,9 @@ struct StepInputs {
   uint64_t seed;
   AttentionImpl attention = AttentionImpl::blockwise;
   AttentionBlocks blocks;
+  // Called after each micro-batch's backward (e.g. to fold low-precision gradients into
+  // an fp32 accumulator); may be empty.
+  std::function<void()> after_backward;
 };
 
 // tokens [b, T]: this rank's rows of the global batch, first_index = position of row 0
