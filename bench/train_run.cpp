@@ -1,0 +1,42 @@
+#include "bench/train_run.h"
+
+namespace dms::bench {
+
+std::unique_ptr<TrainRun> make_train_run(const std::function<Model()>& load, const TrainSetup& s) {
+  auto r = std::make_unique<TrainRun>();
+  r->student = load();
+  DmsConfig d;
+  d.window = s.window;
+  attach_dms(r->student, d);
+  if (s.full) r->teacher_copy = load();
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
+  for (auto& [n, t] : s.full ? named_weights(r->student) : named_dms_weights(r->student)) {
+    if (n.find("dms_proj") != std::string::npos) t->normal_(0.0, 0.02, gen);
+    t->requires_grad_(true);
+    r->params.push_back(*t);
+  }
+  r->opt = std::make_unique<AdamW>(r->params, AdamWOptions{});
+  r->in = StepInputs{&r->student,
+                     s.full ? &r->teacher_copy : &r->student,
+                     KdDirection::student_teacher,
+                     s.batch,
+                     0,
+                     1.0,
+                     0,
+                     s.attention,
+                     {},
+                     {}};
+  r->tokens = at::randint(0, r->student.config.vocab_size, {s.batch, s.seq}, gen,
+                          at::TensorOptions(at::kLong));
+  return r;
+}
+
+void train_step(TrainRun& r) {
+  r.opt->zero_grad();
+  accumulate_gradients(r.in, r.tokens, r.step, 0, r.tokens.size(0), 0.5);
+  clip_grad_norm(r.params, 1.0);
+  r.opt->step(1e-4);
+  r.step++;
+}
+
+}  // namespace dms::bench
