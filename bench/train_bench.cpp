@@ -1,7 +1,10 @@
 // A retrofit training step (teacher forward, student forward in train mode, KD + DMS
 // losses, backward, clipping, AdamW) through the trainer's own code: tokens/s, achieved
 // FLOP/s and MFU against this machine's fp32 matmul peak measured in the same run, and
-// peak memory, for stories260K and a synthetic Llama of stories15M's size.
+// the step's peak memory by part (weights, optimizer, gradients, the KD loss's buffers
+// measured on their own, and the activations: the rest of the measured peak), for
+// stories260K and a synthetic Llama of stories15M's size, in f32 or bf16, with or
+// without activation checkpointing.
 #include <ATen/Parallel.h>
 
 #include <CLI/CLI.hpp>
@@ -21,8 +24,16 @@ struct Setup {
   std::string model = "15m";  // 15m | stories260K
   int64_t batch = 4, seq = 1024, window = 64;
   std::string attention = "blockwise";
-  bool full = false;  // full fine-tune instead of adapters
+  bool full = false;        // full fine-tune instead of adapters
+  std::string dtype = "f32";  // f32 | bf16: every weight and the activations
+  bool checkpoint = false;  // activation checkpointing of the student's layers
 };
+
+at::ScalarType dtype_of(const Setup& s) {
+  if (s.dtype == "f32") return at::kFloat;
+  if (s.dtype == "bf16") return at::kBFloat16;
+  throw std::runtime_error("--dtype: f32 or bf16");
+}
 
 std::string assets_dir() {
   const char* env = std::getenv("DMS_ASSETS");
@@ -75,7 +86,11 @@ std::unique_ptr<Run> make_run(const Setup& s) {
   DmsConfig d;
   d.window = s.window;
   attach_dms(r->student, d);
-  if (s.full) r->teacher_copy = load(s);
+  cast_to(r->student, dtype_of(s));
+  if (s.full) {
+    r->teacher_copy = load(s);
+    cast_to(r->teacher_copy, dtype_of(s));
+  }
   auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
   for (auto& [n, t] : s.full ? named_weights(r->student) : named_dms_weights(r->student)) {
     if (n.find("dms_proj") != std::string::npos) t->normal_(0.0, 0.02, gen);
@@ -83,17 +98,11 @@ std::unique_ptr<Run> make_run(const Setup& s) {
     r->params.push_back(*t);
   }
   r->opt = std::make_unique<AdamW>(r->params, AdamWOptions{});
-  r->in = StepInputs{&r->student,
-                     s.full ? &r->teacher_copy : &r->student,
-                     KdDirection::student_teacher,
-                     s.batch,
-                     0,
-                     1.0,
-                     0,
-                     {},
-                     {},
-                     {}};
+  r->in.student = &r->student;
+  r->in.teacher = s.full ? &r->teacher_copy : &r->student;
+  r->in.micro_batch = s.batch;
   r->in.attention = parse_attention_impl(s.attention, "--attention");
+  r->in.checkpoint_layers = s.checkpoint;
   r->tokens = at::randint(0, r->student.config.vocab_size, {s.batch, s.seq}, gen,
                           at::TensorOptions(at::kLong));
   return r;
@@ -107,25 +116,60 @@ void one_step(Run& r) {
   r.step++;
 }
 
-std::vector<std::string> child_cmd(const Setup& s) {
-  return {s.model,     std::to_string(s.batch),     std::to_string(s.seq),
-          s.attention, s.full ? "all" : "adapters", std::to_string(s.window)};
+// What a child process measures: a whole step, or the KD loss alone (forward and
+// backward of kd_loss_sum on hidden states of the step's shape: its logits buffers).
+std::vector<std::string> child_cmd(const Setup& s, const std::string& region) {
+  return {region,
+          s.model,
+          std::to_string(s.batch),
+          std::to_string(s.seq),
+          s.attention,
+          s.full ? "all" : "adapters",
+          std::to_string(s.window),
+          s.dtype,
+          s.checkpoint ? "ckpt" : "-"};
+}
+
+// The KD loss of one step on random hidden states: the region holds only its buffers
+// (and the hidden-state gradient it returns).
+void kd_region(Run& r) {
+  const int64_t N = r.tokens.numel(), D = r.student.config.hidden_size;
+  const auto o = r.student.embed.options().requires_grad(false);
+  at::Tensor hs = at::randn({N, D}, o).requires_grad_(true), ht = at::randn({N, D}, o);
+  bench::region_begin();
+  kd_loss_sum(LogitSource::of_hidden(hs, r.student.lm_head),
+              LogitSource::of_hidden(ht, r.student.lm_head), at::ones({N}),
+              KdDirection::student_teacher, 0, next_token_targets(r.tokens))
+      .backward();
+  bench::region_end();
 }
 
 int run_child(const std::vector<std::string>& a) {
   Setup s;
-  s.model = a.at(0);
-  s.batch = std::stoll(a.at(1));
-  s.seq = std::stoll(a.at(2));
-  s.attention = a.at(3);
-  s.full = a.at(4) == "all";
-  s.window = std::stoll(a.at(5));
+  s.model = a.at(1);
+  s.batch = std::stoll(a.at(2));
+  s.seq = std::stoll(a.at(3));
+  s.attention = a.at(4);
+  s.full = a.at(5) == "all";
+  s.window = std::stoll(a.at(6));
+  s.dtype = a.at(7);
+  s.checkpoint = a.at(8) == "ckpt";
   auto r = make_run(s);
+  if (a.at(0) == "kd") {
+    kd_region(*r);
+    return 0;
+  }
   one_step(*r);  // optimizer state exists from here on
   bench::region_begin();
   one_step(*r);
   bench::region_end();
   return 0;
+}
+
+int64_t bytes_of(const std::vector<at::Tensor>& ts) {
+  int64_t n = 0;
+  for (const auto& t : ts) n += int64_t(t.nbytes());
+  return n;
 }
 
 }  // namespace
@@ -148,6 +192,10 @@ int main(int argc, char** argv) {
   app.add_option("--seq", base.seq, "tokens per row")->capture_default_str();
   app.add_option("--window", base.window, "DMS window")->capture_default_str();
   app.add_flag("--full", base.full, "full fine-tune (every weight trains) instead of adapters");
+  app.add_option("--dtype", base.dtype, "f32 | bf16 (weights and activations)")
+      ->capture_default_str();
+  app.add_flag("--activation-checkpointing", base.checkpoint,
+               "recompute each student layer in backward");
   app.add_option("--reps", reps, "timed steps (median)")->capture_default_str();
   app.add_flag("!--no-memory", memory, "skip the peak-memory child runs");
   app.add_option("--json", json, "also write the figures to this JSON file");
@@ -163,6 +211,8 @@ int main(int argc, char** argv) {
                         {"seq", base.seq},
                         {"window", base.window},
                         {"train_mode", base.full ? "all" : "adapters"},
+                        {"dtype", base.dtype},
+                        {"activation_checkpointing", base.checkpoint},
                         {"reps", reps},
                         {"runs", nlohmann::json::array()}};
   std::vector<std::vector<std::string>> rows;
@@ -175,8 +225,17 @@ int main(int argc, char** argv) {
       const double t = bench::time_median([&] { one_step(*r); }, reps, 1);
       const double flops = step_flops(r->student, s);
       const double tok_s = double(s.batch * s.seq) / t;
-      const int64_t mem = memory ? bench::child_peak_bytes(child_cmd(s)) : -1;
+      const int64_t mem = memory ? bench::child_peak_bytes(child_cmd(s, "step")) : -1;
+      const int64_t kd_mem = memory ? bench::child_peak_bytes(child_cmd(s, "kd")) : -1;
       const int64_t params = parameter_count(r->student);
+      // The step's peak = what lives across steps (weights, optimizer) + the region's peak;
+      // activations = region peak - gradients - the KD loss's own buffers.
+      const int64_t weights =
+          weight_bytes(r->student) + (s.full ? weight_bytes(r->teacher_copy) : 0);
+      const int64_t optimizer = bytes_of(r->opt->m) + bytes_of(r->opt->v);
+      const int64_t grads = bytes_of(r->params);
+      const int64_t acts = mem >= 0 && kd_mem >= 0 ? mem - grads - kd_mem : -1;
+      const int64_t whole = mem >= 0 ? weights + optimizer + mem : -1;
       out["runs"].push_back({{"model", model},
                              {"attention", att},
                              {"parameters", params},
@@ -185,17 +244,27 @@ int main(int argc, char** argv) {
                              {"step_flops", flops},
                              {"flops_per_s", flops / t},
                              {"mfu", flops / t / peak},
-                             {"peak_bytes", mem}});
+                             {"peak_bytes", mem},
+                             {"whole_step_peak_bytes", whole},
+                             {"weight_bytes", weights},
+                             {"optimizer_bytes", optimizer},
+                             {"gradient_bytes", grads},
+                             {"kd_buffer_bytes", kd_mem},
+                             {"activation_bytes", acts}});
       rows.push_back({model, att, bench::fmt(double(params) / 1e6, 2) + "M", bench::fmt(t * 1e3, 0),
                       bench::fmt(tok_s, 0), bench::fmt(flops / t / 1e9, 1),
-                      bench::fmt(100.0 * flops / t / peak, 1) + "%", bench::mib(mem)});
+                      bench::fmt(100.0 * flops / t / peak, 1) + "%", bench::mib(whole),
+                      bench::mib(weights), bench::mib(optimizer), bench::mib(grads),
+                      bench::mib(kd_mem), bench::mib(acts)});
       std::cerr << "  " << model << " " << att << " done\n";
     }
   std::cout << "step = teacher fwd + student fwd/bwd + clip + AdamW, batch " << base.batch << " x "
-            << base.seq << " tokens, " << (base.full ? "full fine-tune" : "adapters")
+            << base.seq << " tokens, " << (base.full ? "full fine-tune" : "adapters") << ", "
+            << base.dtype << (base.checkpoint ? ", activation checkpointing" : "")
             << ", median of " << reps << "\n";
   bench::print_table(
-      {"model", "attention", "params", "step ms", "tokens/s", "GFLOP/s", "MFU", "peak memory"},
+      {"model", "attention", "params", "step ms", "tokens/s", "GFLOP/s", "MFU", "step peak",
+       "weights", "optimizer", "grads", "logits+KD", "activations"},
       rows);
   bench::write_json(json, out);
   return 0;
