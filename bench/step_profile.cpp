@@ -39,15 +39,17 @@ int main(int argc, char** argv) {
       at::NoGradGuard ng;
       ForwardOptions to;
       to.mode = AttentionMode::teacher;
-      tl = forward_full(m, x, {}, to).logits;
+      to.final_hidden = true;
+      tl = forward_full(m, x, {}, to).hidden.reshape({B * T, -1});
     }
     double t1 = now();
     ForwardOptions so;
     so.mode = AttentionMode::train;
     so.noise = dms_batch_noise(0, rep, 0, B, m.config.n_layers, m.config.n_kv_heads, T);
+    so.final_hidden = true;
     ForwardResult r = forward_full(m, x, {}, so);
-    at::Tensor loss = kd_loss_sum(r.logits.reshape({-1, m.config.vocab_size}),
-                                  tl.reshape({-1, m.config.vocab_size}), at::ones({B * T}),
+    at::Tensor loss = kd_loss_sum(LogitSource::of_hidden(r.hidden.reshape({B * T, -1}), m.lm_head),
+                                  LogitSource::of_hidden(tl, m.lm_head), at::ones({B * T}),
                                   KdDirection::student_teacher) +
                       dms_loss_sum(fraction_closed(r.decisions, {}), 0.5);
     double t2 = now();

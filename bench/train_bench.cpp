@@ -1,7 +1,10 @@
 // A retrofit training step (teacher forward, student forward in train mode, KD + DMS
 // losses, backward, clipping, AdamW) through the trainer's own code: tokens/s, achieved
 // FLOP/s and MFU against this machine's fp32 matmul peak measured in the same run, and
-// peak memory, for stories260K and a synthetic Llama of stories15M's size.
+// the step's peak memory by part (weights, optimizer, gradients, the KD loss's buffers
+// measured on their own, and the activations: the rest of the measured peak), for
+// stories260K and a synthetic Llama of stories15M's size, in f32 or bf16, with or
+// without activation checkpointing.
 #include <ATen/Parallel.h>
 
 #include <CLI/CLI.hpp>
@@ -12,6 +15,7 @@
 #include "bench/train_run.h"
 #include "checkpoints/load_model.h"
 #include "trainer/plan/plan.h"
+#include "trainer/train/kd_loss.h"
 
 using namespace dms;
 
@@ -21,8 +25,16 @@ struct Setup {
   std::string model = "15m";  // 15m | stories260K
   int64_t batch = 4, seq = 1024, window = 64;
   std::string attention = "blockwise";
-  bool full = false;  // full fine-tune instead of adapters
+  bool full = false;          // full fine-tune instead of adapters
+  std::string dtype = "f32";  // f32 | bf16: every weight and the activations
+  bool checkpoint = false;    // activation checkpointing of the student's layers
 };
+
+at::ScalarType dtype_of(const Setup& s) {
+  if (s.dtype == "f32") return at::kFloat;
+  if (s.dtype == "bf16") return at::kBFloat16;
+  throw std::runtime_error("--dtype: f32 or bf16");
+}
 
 std::string assets_dir() {
   const char* env = std::getenv("DMS_ASSETS");
@@ -52,35 +64,74 @@ double model_flops(const Model& m, const Setup& s) {
   return step_flops(in).model;
 }
 
-std::unique_ptr<bench::TrainRun> make_run(const Setup& s) {
+using Run = bench::TrainRun;
+
+std::unique_ptr<Run> make_run(const Setup& s) {
   bench::TrainSetup t;
   t.batch = s.batch;
   t.seq = s.seq;
   t.window = s.window;
   t.full = s.full;
   t.attention = parse_attention_impl(s.attention, "--attention");
+  t.dtype = dtype_of(s);
+  t.checkpoint = s.checkpoint;
   return bench::make_train_run([&] { return load(s); }, t);
 }
 
-std::vector<std::string> child_cmd(const Setup& s) {
-  return {s.model,     std::to_string(s.batch),     std::to_string(s.seq),
-          s.attention, s.full ? "all" : "adapters", std::to_string(s.window)};
+// What a child process measures: a whole step, or the KD loss alone (forward and
+// backward of kd_loss_sum on hidden states of the step's shape: its logits buffers).
+std::vector<std::string> child_cmd(const Setup& s, const std::string& region) {
+  return {region,
+          s.model,
+          std::to_string(s.batch),
+          std::to_string(s.seq),
+          s.attention,
+          s.full ? "all" : "adapters",
+          std::to_string(s.window),
+          s.dtype,
+          s.checkpoint ? "ckpt" : "-"};
+}
+
+// The KD loss of one step on random hidden states: the region holds only its buffers
+// (and the hidden-state gradient it returns).
+void kd_region(Run& r) {
+  const int64_t N = r.tokens.numel(), D = r.student.config.hidden_size;
+  const auto o = r.student.embed.options().requires_grad(false);
+  at::Tensor hs = at::randn({N, D}, o).requires_grad_(true), ht = at::randn({N, D}, o);
+  bench::region_begin();
+  kd_loss_sum(LogitSource::of_hidden(hs, r.student.lm_head),
+              LogitSource::of_hidden(ht, r.student.lm_head), at::ones({N}),
+              KdDirection::student_teacher, 0, next_token_targets(r.tokens))
+      .backward();
+  bench::region_end();
 }
 
 int run_child(const std::vector<std::string>& a) {
   Setup s;
-  s.model = a.at(0);
-  s.batch = std::stoll(a.at(1));
-  s.seq = std::stoll(a.at(2));
-  s.attention = a.at(3);
-  s.full = a.at(4) == "all";
-  s.window = std::stoll(a.at(5));
+  s.model = a.at(1);
+  s.batch = std::stoll(a.at(2));
+  s.seq = std::stoll(a.at(3));
+  s.attention = a.at(4);
+  s.full = a.at(5) == "all";
+  s.window = std::stoll(a.at(6));
+  s.dtype = a.at(7);
+  s.checkpoint = a.at(8) == "ckpt";
   auto r = make_run(s);
+  if (a.at(0) == "kd") {
+    kd_region(*r);
+    return 0;
+  }
   bench::train_step(*r);  // optimizer state exists from here on
   bench::region_begin();
   bench::train_step(*r);
   bench::region_end();
   return 0;
+}
+
+int64_t bytes_of(const std::vector<at::Tensor>& ts) {
+  int64_t n = 0;
+  for (const auto& t : ts) n += int64_t(t.nbytes());
+  return n;
 }
 
 }  // namespace
@@ -103,6 +154,10 @@ int main(int argc, char** argv) {
   app.add_option("--seq", base.seq, "tokens per row")->capture_default_str();
   app.add_option("--window", base.window, "DMS window")->capture_default_str();
   app.add_flag("--full", base.full, "full fine-tune (every weight trains) instead of adapters");
+  app.add_option("--dtype", base.dtype, "f32 | bf16 (weights and activations)")
+      ->capture_default_str();
+  app.add_flag("--activation-checkpointing", base.checkpoint,
+               "recompute each student layer in backward");
   app.add_option("--reps", reps, "timed steps (median)")->capture_default_str();
   app.add_flag("!--no-memory", memory, "skip the peak-memory child runs");
   app.add_option("--json", json, "also write the figures to this JSON file");
@@ -118,6 +173,8 @@ int main(int argc, char** argv) {
                         {"seq", base.seq},
                         {"window", base.window},
                         {"train_mode", base.full ? "all" : "adapters"},
+                        {"dtype", base.dtype},
+                        {"activation_checkpointing", base.checkpoint},
                         {"reps", reps},
                         {"runs", nlohmann::json::array()}};
   std::vector<std::vector<std::string>> rows;
@@ -130,8 +187,17 @@ int main(int argc, char** argv) {
       const double t = bench::time_median([&] { bench::train_step(*r); }, reps, 1);
       const double flops = model_flops(r->student, s);
       const double tok_s = double(s.batch * s.seq) / t;
-      const int64_t mem = memory ? bench::child_peak_bytes(child_cmd(s)) : -1;
+      const int64_t mem = memory ? bench::child_peak_bytes(child_cmd(s, "step")) : -1;
+      const int64_t kd_mem = memory ? bench::child_peak_bytes(child_cmd(s, "kd")) : -1;
       const int64_t params = parameter_count(r->student);
+      // The step's peak = what lives across steps (weights, optimizer) + the region's peak;
+      // activations = region peak - gradients - the KD loss's own buffers.
+      const int64_t weights =
+          weight_bytes(r->student) + (s.full ? weight_bytes(r->teacher_copy) : 0);
+      const int64_t optimizer = bytes_of(r->opt->m) + bytes_of(r->opt->v);
+      const int64_t grads = bytes_of(r->params);
+      const int64_t acts = mem >= 0 && kd_mem >= 0 ? mem - grads - kd_mem : -1;
+      const int64_t whole = mem >= 0 ? weights + optimizer + mem : -1;
       out["runs"].push_back({{"model", model},
                              {"attention", att},
                              {"parameters", params},
@@ -140,18 +206,27 @@ int main(int argc, char** argv) {
                              {"step_flops", flops},
                              {"flops_per_s", flops / t},
                              {"mfu", flops / t / peak},
-                             {"peak_bytes", mem}});
+                             {"peak_bytes", mem},
+                             {"whole_step_peak_bytes", whole},
+                             {"weight_bytes", weights},
+                             {"optimizer_bytes", optimizer},
+                             {"gradient_bytes", grads},
+                             {"kd_buffer_bytes", kd_mem},
+                             {"activation_bytes", acts}});
       rows.push_back({model, att, bench::fmt(double(params) / 1e6, 2) + "M", bench::fmt(t * 1e3, 0),
                       bench::fmt(tok_s, 0), bench::fmt(flops / t / 1e9, 1),
-                      bench::fmt(100.0 * flops / t / peak, 1) + "%", bench::mib(mem)});
+                      bench::fmt(100.0 * flops / t / peak, 1) + "%", bench::mib(whole),
+                      bench::mib(weights), bench::mib(optimizer), bench::mib(grads),
+                      bench::mib(kd_mem), bench::mib(acts)});
       std::cerr << "  " << model << " " << att << " done\n";
     }
   std::cout << "step = teacher fwd + student fwd/bwd + clip + AdamW, batch " << base.batch << " x "
-            << base.seq << " tokens, " << (base.full ? "full fine-tune" : "adapters")
-            << ", median of " << reps << "\n";
-  bench::print_table(
-      {"model", "attention", "params", "step ms", "tokens/s", "GFLOP/s", "MFU", "peak memory"},
-      rows);
+            << base.seq << " tokens, " << (base.full ? "full fine-tune" : "adapters") << ", "
+            << base.dtype << (base.checkpoint ? ", activation checkpointing" : "") << ", median of "
+            << reps << "\n";
+  bench::print_table({"model", "attention", "params", "step ms", "tokens/s", "GFLOP/s", "MFU",
+                      "step peak", "weights", "optimizer", "grads", "logits+KD", "activations"},
+                     rows);
   bench::write_json(json, out);
   return 0;
 }

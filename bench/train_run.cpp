@@ -8,7 +8,11 @@ std::unique_ptr<TrainRun> make_train_run(const std::function<Model()>& load, con
   DmsConfig d;
   d.window = s.window;
   attach_dms(r->student, d);
-  if (s.full) r->teacher_copy = load();
+  cast_to(r->student, s.dtype);
+  if (s.full) {
+    r->teacher_copy = load();
+    cast_to(r->teacher_copy, s.dtype);
+  }
   auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
   for (auto& [n, t] : s.full ? named_weights(r->student) : named_dms_weights(r->student)) {
     if (n.find("dms_proj") != std::string::npos) t->normal_(0.0, 0.02, gen);
@@ -16,16 +20,11 @@ std::unique_ptr<TrainRun> make_train_run(const std::function<Model()>& load, con
     r->params.push_back(*t);
   }
   r->opt = std::make_unique<AdamW>(r->params, AdamWOptions{});
-  r->in = StepInputs{&r->student,
-                     s.full ? &r->teacher_copy : &r->student,
-                     KdDirection::student_teacher,
-                     s.batch,
-                     0,
-                     1.0,
-                     0,
-                     s.attention,
-                     {},
-                     {}};
+  r->in.student = &r->student;
+  r->in.teacher = s.full ? &r->teacher_copy : &r->student;
+  r->in.micro_batch = s.batch;
+  r->in.attention = s.attention;
+  r->in.checkpoint_layers = s.checkpoint;
   r->tokens = at::randint(0, r->student.config.vocab_size, {s.batch, s.seq}, gen,
                           at::TensorOptions(at::kLong));
   return r;

@@ -16,6 +16,8 @@ struct TrainSetup {
   int64_t batch = 4, seq = 1024, window = 64;
   AttentionImpl attention = AttentionImpl::blockwise;
   bool full = false;  // every weight trains against a frozen copy (else the adapters)
+  at::ScalarType dtype = at::kFloat;  // every weight and the activations (cast_to)
+  bool checkpoint = false;            // activation checkpointing of the student's layers
 };
 
 struct TrainRun {

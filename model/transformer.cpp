@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 
+#include "model/checkpoint.h"
 #include "model/visibility.h"
 
 namespace dms {
@@ -85,6 +86,18 @@ std::vector<std::pair<std::string, at::Tensor*>> named_weights(Model& m) {
 void move_to(Model& m, const at::Device& device) {
   for (auto& [name, t] : named_weights(m)) *t = t->to(device);
   if (m.config.tied_embeddings) m.lm_head = m.embed;
+}
+
+void cast_to(Model& m, at::ScalarType dtype) {
+  at::NoGradGuard no_grad;
+  for (auto& [name, t] : named_weights(m)) *t = t->to(dtype);
+  if (m.config.tied_embeddings) m.lm_head = m.embed;
+}
+
+int64_t weight_bytes(const Model& m) {
+  int64_t n = 0;
+  for (const auto& [name, t] : weight_list(m)) n += int64_t(t.nbytes());
+  return n;
 }
 
 std::vector<std::pair<std::string, at::Tensor>> weight_list(const Model& m) {
@@ -246,6 +259,75 @@ at::Tensor decoder_layer(const LayerWeights& w, const Model& m, const at::Tensor
   return h + mlp(w, rms_norm(h, w.mlp_norm, c.rms_eps));
 }
 
+namespace {
+
+// What one layer's attention reads besides its QKV: fixed for the whole forward (and its
+// recomputation under activation checkpointing).
+struct LayerInputs {
+  at::Tensor valid, noise, extra_key_term;  // [B, T], [B, K, T], [B, K, T] or undefined
+  int64_t extra_window = 0;
+  int64_t sliding_window = 0;
+  AttentionMode mode = AttentionMode::eval;
+  AttentionImpl attention = AttentionImpl::blockwise;
+  AttentionBlocks blocks;
+  bool dense = false;
+};
+
+// The layer's attention with the DMS terms (or the extra eviction rule) applied; the
+// decisions and logits go to z / e when the layer has DMS terms. qkv as project_qkv.
+// -> [B, H, T, d]
+at::Tensor attend(const Model& m, const LayerInputs& li, const QKV& qkv, at::Tensor& z,
+                  at::Tensor& e, const at::Tensor& key_mask, at::Tensor* probs) {
+  AttentionMask am;
+  am.key_valid = li.valid;
+  am.sliding_window = li.sliding_window;
+  if (qkv.z.defined()) {
+    DmsLayerTerms terms = dms_layer_terms(qkv.z, li.valid, li.noise, li.mode, m.dms);
+    am.key_term = terms.key_term;  // [B, K, T]
+    am.window = m.dms.window;
+    z = qkv.z;
+    e = terms.decisions;
+  } else if (li.extra_key_term.defined()) {
+    am.key_term = li.extra_key_term;
+    am.window = li.extra_window;
+  }
+  if (!li.dense) return blockwise_attention(qkv.q, qkv.k, qkv.v, am, li.blocks);
+  am.key_mask = key_mask;
+  return dense_attention(qkv.q, qkv.k, qkv.v, am, probs);
+}
+
+// The tensors of one layer (what may require grad under checkpointing).
+std::vector<at::Tensor> layer_tensors(const LayerWeights& w) {
+  std::vector<at::Tensor> out;
+  for (const at::Tensor* t :
+       {&w.attn_norm, &w.wq, &w.wk, &w.wv, &w.wo, &w.bq, &w.bk, &w.bv, &w.bo, &w.q_norm,
+        &w.k_norm, &w.mlp_norm, &w.w_gate, &w.w_up, &w.w_down, &w.b_gate, &w.b_up, &w.b_down,
+        &w.dms_norm, &w.dms_proj, &w.dms_bias})
+    if (t->defined()) out.push_back(*t);
+  return out;
+}
+
+// Layer l of a DMS model in train/eval mode under activation checkpointing:
+// x [B, T, D] -> x_out [B, T, D]; z, e [B, K, T] appended to zs / decisions.
+at::Tensor checkpointed_layer(const Model& m, int64_t l, const LayerInputs& li,
+                              const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& x,
+                              std::vector<at::Tensor>& zs, std::vector<at::Tensor>& decisions) {
+  const LayerWeights& w = m.layers[size_t(l)];
+  CheckpointFn fn = [&m, &w, li, cos, sin](const at::Tensor& xin) {
+    at::Tensor z, e;
+    at::Tensor out = decoder_layer(w, m, xin, cos, sin, li.mode, [&](const QKV& qkv) {
+      return attend(m, li, qkv, z, e, {}, nullptr);
+    });
+    return std::vector<at::Tensor>{out, z, e};
+  };
+  std::vector<at::Tensor> outs = checkpointed(fn, x, layer_tensors(w));
+  zs.push_back(outs[1]);
+  decisions.push_back(outs[2]);
+  return outs[0];
+}
+
+}  // namespace
+
 ForwardResult forward_full(const Model& m, const at::Tensor& tokens, const at::Tensor& valid,
                            const ForwardOptions& opts) {
   const ModelConfig& c = m.config;
@@ -253,49 +335,56 @@ ForwardResult forward_full(const Model& m, const at::Tensor& tokens, const at::T
   const AttentionMode mode = m.dms.enabled ? opts.mode : AttentionMode::teacher;
   auto [cos, sin] = rope_tables(c, at::arange(T, at::kLong));  // [T, d]
   const at::Device dev = m.embed.device();
-  const bool dense =
+  LayerInputs li;
+  li.valid = valid;
+  li.sliding_window = c.sliding_window;
+  li.mode = mode;
+  li.attention = opts.attention;
+  li.blocks = opts.blocks;
+  li.dense =
       opts.attention == AttentionImpl::dense || opts.keep_attention || opts.key_mask.defined();
+  li.extra_key_term = opts.extra_key_term.defined() ? opts.extra_key_term.to(dev) : at::Tensor();
+  li.extra_window = opts.extra_window;
+  const bool checkpoint = opts.checkpoint_layers && mode != AttentionMode::teacher;
+  if (checkpoint && (opts.keep_attention || opts.keep_kv || opts.key_mask.defined()))
+    throw std::invalid_argument("forward_full: checkpoint_layers with kept tensors or key_mask");
 
   ForwardResult r;
   std::vector<at::Tensor> zs, decisions;
   at::Tensor x = at::embedding(m.embed, tokens);  // [B, T, D]
   for (int64_t l = 0; l < c.n_layers; ++l) {
-    auto attend = [&](const QKV& qkv) {
-      AttentionMask am;
-      am.key_valid = valid;
-      am.sliding_window = c.sliding_window;
-      if (qkv.z.defined()) {
-        at::Tensor noise =
-            opts.noise.defined() ? opts.noise[l].to(dev) : at::Tensor();  // [B, K, T]
-        DmsLayerTerms terms = dms_layer_terms(qkv.z, valid, noise, mode, m.dms);
-        am.key_term = terms.key_term;  // [B, K, T]
-        am.window = m.dms.window;
-        zs.push_back(qkv.z);
-        decisions.push_back(terms.decisions);
-      } else if (opts.extra_key_term.defined()) {
-        am.key_term = opts.extra_key_term.to(dev);
-        am.window = opts.extra_window;
+    li.noise = opts.noise.defined() ? opts.noise[l].to(dev) : at::Tensor();  // [B, K, T]
+    if (checkpoint) {
+      x = checkpointed_layer(m, l, li, cos, sin, x, zs, decisions);
+      continue;
+    }
+    auto attend_here = [&](const QKV& qkv) {
+      at::Tensor z, e, probs;
+      at::Tensor att = attend(m, li, qkv, z, e, opts.key_mask.defined() ? opts.key_mask[l] : at::Tensor(),
+                              opts.keep_attention ? &probs : nullptr);
+      if (z.defined()) {
+        zs.push_back(z);
+        decisions.push_back(e);
       }
       if (opts.keep_kv) {
         r.keys.push_back(qkv.k);
         r.values.push_back(qkv.v);
       }
-      if (!dense) return blockwise_attention(qkv.q, qkv.k, qkv.v, am, opts.blocks);
-      if (opts.key_mask.defined()) am.key_mask = opts.key_mask[l];
-      at::Tensor probs;
-      at::Tensor att =
-          dense_attention(qkv.q, qkv.k, qkv.v, am, opts.keep_attention ? &probs : nullptr);
       if (opts.keep_attention) r.attention.push_back(probs);
       return att;
     };
-    x = decoder_layer(m.layers[size_t(l)], m, x, cos, sin, mode, attend);
+    x = decoder_layer(m.layers[size_t(l)], m, x, cos, sin, mode, attend_here);
   }
   if (!zs.empty()) {
     r.z = at::stack(zs);                 // [L, B, K, T]
     r.decisions = at::stack(decisions);  // [L, B, K, T]
   }
   if (opts.last_logits_only) x = x.narrow(1, T - 1, 1);
-  r.logits = at::linear(rms_norm(x, m.final_norm, c.rms_eps), m.lm_head);  // [B, T|1, V]
+  at::Tensor h = rms_norm(x, m.final_norm, c.rms_eps);  // [B, T|1, D]
+  if (opts.final_hidden)
+    r.hidden = h;
+  else
+    r.logits = at::linear(h, m.lm_head);  // [B, T|1, V]
   return r;
 }
 

@@ -52,6 +52,11 @@ void init_random(Model& m, uint64_t seed, double std = 0.02);
 std::vector<std::pair<std::string, at::Tensor*>> named_weights(Model& m);
 // Moves every weight (and the DMS adapters) to `device`, keeping a tied head tied.
 void move_to(Model& m, const at::Device& device);
+// Casts every weight (and the DMS adapters) to `dtype`, keeping a tied head tied. A bf16
+// model computes its activations in bf16; norms, softmax and losses still run in fp32.
+void cast_to(Model& m, at::ScalarType dtype);
+// Bytes held by the model's weights (a tied head counted once).
+int64_t weight_bytes(const Model& m);
 
 // The same list as handles (tensors share storage with the model) for read-only use.
 std::vector<std::pair<std::string, at::Tensor>> weight_list(const Model& m);
@@ -118,10 +123,19 @@ struct ForwardOptions {
   int64_t extra_window = 0;
   bool keep_kv = false;           // return each layer's keys/values (after RoPE)
   bool last_logits_only = false;  // logits for the last position only: [B, 1, V]
+  // Leave the LM head to the caller (the fused KD loss): ForwardResult.hidden holds the
+  // normed final hidden state and logits stay undefined.
+  bool final_hidden = false;
+  // Activation checkpointing (model/checkpoint.h) of each decoder layer of a DMS model
+  // outside teacher mode: only layer inputs are kept, each layer is recomputed in
+  // backward. The noise is an input, so the recomputation is the forward bit for bit.
+  // Not with keep_attention, keep_kv or key_mask.
+  bool checkpoint_layers = false;
 };
 
 struct ForwardResult {
-  at::Tensor logits;                     // [B, T, V]
+  at::Tensor logits;                     // [B, T, V] (undefined with final_hidden)
+  at::Tensor hidden;                     // [B, T, D] normed, with final_hidden
   at::Tensor z;                          // [L, B, K, T] decision logits (DMS, not teacher)
   at::Tensor decisions;                  // [L, B, K, T] e; train: straight-through
   std::vector<at::Tensor> attention;     // per layer [B, K, G, T, T] when keep_attention

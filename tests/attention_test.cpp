@@ -235,7 +235,8 @@ void expect_model_step_equal(Model& m, const at::Tensor& tokens, const at::Tenso
     so.noise = dms_batch_noise(5, 1, 0, B, m.config.n_layers, m.config.n_kv_heads, T);
     ForwardResult r = forward_full(m, tokens, valid, so);
     at::Tensor w = valid.defined() ? valid.reshape({-1}).to(at::kFloat) : at::ones({B * T});
-    at::Tensor loss = kd_loss_sum(r.logits.reshape({B * T, -1}), teacher.reshape({B * T, -1}), w,
+    at::Tensor loss = kd_loss_sum(LogitSource::of_logits(r.logits.reshape({B * T, -1})),
+                                  LogitSource::of_logits(teacher.reshape({B * T, -1})), w,
                                   KdDirection::student_teacher) +
                       dms_loss_sum(fraction_closed(r.decisions, valid), 0.6);
     loss.backward();

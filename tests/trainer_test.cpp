@@ -29,6 +29,11 @@ at::Tensor direct_kl(const at::Tensor& s, const at::Tensor& t, KdDirection dir) 
                                              : (lt.exp() * (lt - ls)).sum(-1);
 }
 
+at::Tensor kd(const at::Tensor& s, const at::Tensor& t, const at::Tensor& w, KdDirection dir,
+              int64_t chunk = 0) {
+  return kd_loss_sum(LogitSource::of_logits(s), LogitSource::of_logits(t), w, dir, chunk);
+}
+
 TEST(KdLoss, MatchesDirectLogSoftmaxBothDirectionsAnyChunk) {
   // fp64 inputs are computed in fp64, so the comparison is exact up to rounding.
   at::Tensor s = at::randn({7, 50}, at::kDouble) * 3, t = at::randn({7, 50}, at::kDouble) * 3;
@@ -37,8 +42,15 @@ TEST(KdLoss, MatchesDirectLogSoftmaxBothDirectionsAnyChunk) {
     const double want = (direct_kl(s, t, dir) * w.to(at::kDouble)).sum().item<double>();
     for (int64_t chunk : {1, 7, 16, 50, 4096}) {
       at::Tensor sv = s.detach().clone().requires_grad_(true);
-      at::Tensor got = kd_loss_sum(sv, t, w, dir, chunk);
+      KdRows rows;
+      at::Tensor got = kd_loss_sum(LogitSource::of_logits(sv), LogitSource::of_logits(t), w, dir,
+                                   chunk, {}, &rows);
       EXPECT_NEAR(got.item<double>(), want, 1e-10) << "chunk " << chunk;
+      // Both directions come out per row whichever trains.
+      EXPECT_LT(test::max_abs_diff(rows.kl_st, direct_kl(s, t, KdDirection::student_teacher)),
+                1e-12);
+      EXPECT_LT(test::max_abs_diff(rows.kl_ts, direct_kl(s, t, KdDirection::teacher_student)),
+                1e-12);
       got.backward();
       // Gradient against autograd through the direct formula.
       at::Tensor sd = s.detach().clone().requires_grad_(true);
@@ -47,30 +59,59 @@ TEST(KdLoss, MatchesDirectLogSoftmaxBothDirectionsAnyChunk) {
     }
   }
   // KL is zero against itself and positive otherwise.
-  EXPECT_NEAR(kd_loss_sum(s, s, at::ones({7}), KdDirection::student_teacher).item<double>(), 0,
-              1e-12);
+  EXPECT_NEAR(kd(s, s, at::ones({7}), KdDirection::student_teacher).item<double>(), 0, 1e-12);
   // fp32 logits are accumulated in fp32 (bf16 likewise upcast): close to the fp64 value.
-  EXPECT_NEAR(kd_loss_sum(s.to(at::kFloat), t.to(at::kFloat), w.to(at::kFloat),
-                          KdDirection::student_teacher, 16)
-                  .item<double>(),
-              (direct_kl(s, t, KdDirection::student_teacher) * w).sum().item<double>(), 1e-3);
+  EXPECT_NEAR(
+      kd(s.to(at::kFloat), t.to(at::kFloat), w.to(at::kFloat), KdDirection::student_teacher, 16)
+          .item<double>(),
+      (direct_kl(s, t, KdDirection::student_teacher) * w).sum().item<double>(), 1e-3);
 }
 
-TEST(KdLoss, StudentLogSumExpGivesTheSameNextTokenNll) {
-  at::Tensor logits = at::randn({2, 9, 40}) * 4, teacher = at::randn({2, 9, 40});
-  at::Tensor tokens = at::randint(0, 40, {2, 9}, at::kLong);
-  for (int64_t chunk : {0, 1, 5, 100}) {
-    at::Tensor lse;
-    kd_loss_sum(logits.reshape({18, 40}), teacher.reshape({18, 40}), at::ones({18}),
-                KdDirection::student_teacher, chunk, &lse);
-    EXPECT_LT(test::max_abs_diff(lse, at::logsumexp(logits.reshape({18, 40}), 1)), 1e-5);
-    // Reference: a full log-softmax, picking each next token.
-    at::Tensor lp = at::log_softmax(logits.narrow(1, 0, 8), -1);  // [2, 8, 40]
-    const double want = -lp.gather(2, tokens.narrow(1, 1, 8).unsqueeze(2)).sum().item<double>();
-    auto [got, n_got] = next_token_nll(logits, lse, tokens);
-    EXPECT_EQ(n_got, 16);
-    EXPECT_NEAR(got, want, 1e-4 * std::abs(want)) << "chunk " << chunk;
+// The fused LM head: hidden states and heads instead of logits give the same loss and,
+// through the chunked recomputation, the gradients autograd finds through h W^T — for
+// the hidden state and for the head (full-weight mode trains it), a teacher with another
+// hidden size, any chunk.
+TEST(KdLoss, FusedHeadEqualsLogitsThroughTheHead) {
+  const int64_t N = 11, D = 6, Dt = 4, V = 37;
+  at::Tensor h = at::randn({N, D}, at::kDouble), W = at::randn({V, D}, at::kDouble);
+  at::Tensor ht = at::randn({N, Dt}, at::kDouble), Wt = at::randn({V, Dt}, at::kDouble);
+  at::Tensor w = at::rand({N}, at::kDouble);
+  at::Tensor targets = at::randint(0, V, {N}, at::kLong);
+  targets[N - 1] = -1;
+  for (KdDirection dir : {KdDirection::student_teacher, KdDirection::teacher_student}) {
+    at::Tensor hr = h.clone().requires_grad_(true), Wr = W.clone().requires_grad_(true);
+    (direct_kl(at::matmul(hr, Wr.t()), at::matmul(ht, Wt.t()), dir) * w).sum().backward();
+    for (int64_t chunk : {0, 1, 4, 100}) {
+      at::Tensor hf = h.clone().requires_grad_(true), Wf = W.clone().requires_grad_(true);
+      KdRows rows;
+      at::Tensor got = kd_loss_sum(LogitSource::of_hidden(hf, Wf), LogitSource::of_hidden(ht, Wt),
+                                   w, dir, chunk, targets, &rows);
+      got.backward();
+      const at::Tensor logits = at::matmul(h, W.t());
+      EXPECT_NEAR(got.item<double>(),
+                  (direct_kl(logits, at::matmul(ht, Wt.t()), dir) * w).sum().item<double>(), 1e-10);
+      EXPECT_LT(test::max_abs_diff(hf.grad(), hr.grad()), 1e-10) << "chunk " << chunk;
+      EXPECT_LT(test::max_abs_diff(Wf.grad(), Wr.grad()), 1e-10) << "chunk " << chunk;
+      // The NLL of the targets from the same pass.
+      at::Tensor lp = at::log_softmax(logits, 1).narrow(0, 0, N - 1);
+      const double want = -lp.gather(1, targets.narrow(0, 0, N - 1).unsqueeze(1)).sum().item<double>();
+      auto [nll, count] = target_nll(rows, targets);
+      EXPECT_EQ(count, N - 1);
+      EXPECT_NEAR(nll, want, 1e-9);
+    }
   }
+  // A frozen head (adapter mode) gets no gradient; the hidden state still does.
+  at::Tensor hf = h.clone().requires_grad_(true);
+  kd_loss_sum(LogitSource::of_hidden(hf, W), LogitSource::of_hidden(ht, Wt), w,
+              KdDirection::student_teacher)
+      .backward();
+  EXPECT_TRUE(hf.grad().defined());
+  EXPECT_FALSE(W.grad().defined());
+}
+
+TEST(KdLoss, NextTokenTargetsShiftTheRowsAndCloseEachRow) {
+  at::Tensor tokens = at::tensor({3, 1, 4, 1, 5, 9}, at::kLong).view({2, 3});
+  EXPECT_TRUE(at::equal(next_token_targets(tokens), at::tensor({1, 4, -1, 5, 9, -1}, at::kLong)));
 }
 
 TEST(DmsLoss, HingeOnTheFractionOfClosedDecisions) {
@@ -140,7 +181,11 @@ std::vector<at::Tensor> step_grads(Model& m, const at::Tensor& tokens, int64_t m
     t->requires_grad_(true);
     t->mutable_grad() = at::Tensor();
   }
-  StepInputs in{&m, &m, KdDirection::student_teacher, micro, 0, 1.0, 3, {}, {}, {}};
+  StepInputs in;
+  in.student = &m;
+  in.teacher = &m;
+  in.micro_batch = micro;
+  in.seed = 3;
   accumulate_gradients(in, tokens, 5, 0, tokens.size(0), 0.6);
   std::vector<at::Tensor> g;
   for (auto& [n, t] : named_dms_weights(m)) g.push_back(t->grad().clone());
@@ -165,6 +210,51 @@ TEST(Accumulation, MicroBatchesOfOneEqualOneBatch) {
     scale = std::max(scale, whole[i].abs().max().item<double>());
   }
   EXPECT_GT(scale, 1e-4);  // the comparison is not between zeros
+}
+
+// One step's gradients of every tensor of `train`, with or without activation checkpointing
+// (the teacher is the same weights with eviction off, as in adapter mode).
+std::vector<at::Tensor> grads_of(Model& m, const std::vector<at::Tensor*>& train,
+                                 const at::Tensor& tokens, bool checkpoint) {
+  for (at::Tensor* t : train) {
+    t->requires_grad_(true);
+    t->mutable_grad() = at::Tensor();
+  }
+  StepInputs in;
+  in.student = &m;
+  in.teacher = &m;
+  in.micro_batch = 2;
+  in.seed = 3;
+  in.checkpoint_layers = checkpoint;
+  accumulate_gradients(in, tokens, 5, 0, tokens.size(0), 0.6);
+  std::vector<at::Tensor> g;
+  for (at::Tensor* t : train) g.push_back(t->grad().clone());
+  return g;
+}
+
+// Recomputing each layer in backward (the noise is an input, the blockwise attention
+// recomputes its tiles) gives the gradients of the stored forward: adapters only, and
+// every weight (the embedding and the head through the fused KD loss included).
+TEST(ActivationCheckpointing, SameGradientsAdaptersAndFullWeights) {
+  Model m = test::stories_with_adapters(8, 4);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(6);
+  at::Tensor tokens = at::randint(1, 512, {4, 40}, gen, at::kLong);
+  std::vector<at::Tensor*> adapters, all;
+  for (auto& [n, t] : named_dms_weights(m)) adapters.push_back(t);
+  for (auto& [n, t] : named_weights(m)) all.push_back(t);
+  for (const auto* set : {&adapters, &all}) {
+    auto plain = grads_of(m, *set, tokens, false);
+    auto ckpt = grads_of(m, *set, tokens, true);
+    ASSERT_EQ(plain.size(), ckpt.size());
+    double scale = 0;
+    for (size_t i = 0; i < plain.size(); ++i) {
+      const double ref = plain[i].abs().max().item<double>();
+      EXPECT_LE(test::max_abs_diff(plain[i], ckpt[i]), 1e-6 * std::max(ref, 1e-12)) << i;
+      scale = std::max(scale, ref);
+    }
+    EXPECT_GT(scale, 1e-4);  // not a comparison of zeros
+    for (at::Tensor* t : *set) t->requires_grad_(false);
+  }
 }
 
 // ---- whole runs through the CLI -------------------------------------------------------

@@ -31,6 +31,7 @@
 #include "trainer/train/optimizer.h"
 #include "trainer/train/schedule.h"
 #include "trainer/train/step.h"
+#include "trainer/train/teacher.h"
 
 namespace fs = std::filesystem;
 
@@ -72,6 +73,12 @@ at::Device pick_device(DeviceKind kind, int local_rank) {
               : at::Device(at::kCPU);
 }
 
+// The models' compute dtype: --dtype, or bf16 on CUDA and f32 on CPU.
+at::ScalarType compute_dtype(DtypeKind kind, const at::Device& device) {
+  const bool bf16 = kind == DtypeKind::bf16 || (kind == DtypeKind::automatic && device.is_cuda());
+  return bf16 ? at::kBFloat16 : at::kFloat;
+}
+
 // Sum of every trained value, for the cross-rank consistency check.
 double parameter_checksum(const NamedTensors& trained) {
   double s = 0;
@@ -79,26 +86,36 @@ double parameter_checksum(const NamedTensors& trained) {
   return s;
 }
 
-// The models of a retrofit: the student with DMS, its teacher, and what trains.
+// The models of a retrofit: the student with DMS, its teacher, and what trains. Every
+// weight is held in the compute dtype (bf16 halves the frozen base and the teacher).
 struct Models {
   Model student, teacher_copy;     // teacher_copy only in train mode "all"
   const Model* teacher = nullptr;  // == &student in adapter mode (eviction off)
   NamedTensors trained;            // name -> tensor (requires_grad)
   std::vector<at::Tensor> params;
+  at::ScalarType dtype = at::kFloat;
 
-  void load(const RetrofitConfig& cfg) {
-    student = load_model(cfg.run.model);
+  void load(const RetrofitConfig& cfg, at::ScalarType compute) {
+    dtype = compute;
+    LoadOptions lo;
+    lo.dtype = dtype;
+    student = load_model(cfg.run.model, lo);
     require(!student.dms.enabled, cfg.run.model,
             "already has DMS predictors (retrofit the original)");
+    if (!cfg.run.teacher.empty())  // before any weights move: a wrong teacher costs nothing
+      require_same_tokenizer(cfg.run.teacher, read_model_config(cfg.run.teacher).vocab_size,
+                             cfg.run.model, student.config.vocab_size);
   }
   void attach(const RetrofitConfig& cfg, const at::Device& device) {
     move_to(student, device);
     attach_dms(student, cfg.dms_config());
+    cast_to(student, dtype);  // the new adapters too
     if (cfg.dms.train_mode == TrainMode::adapters) {
       teacher = &student;  // the same weights with eviction off
       for (auto& [n, t] : named_dms_weights(student)) trained.emplace_back(n, *t);
     } else {
-      teacher_copy = load_model(cfg.run.model);
+      const std::string& path = cfg.run.teacher.empty() ? cfg.run.model : cfg.run.teacher;
+      teacher_copy = load_teacher(path, cfg.run.model, student.config, dtype);
       move_to(teacher_copy, device);
       teacher = &teacher_copy;
       for (auto& [n, t] : named_weights(student)) trained.emplace_back(n, *t);
@@ -177,7 +194,7 @@ Trainer::Trainer(const RetrofitConfig& cfg) : cfg_(cfg) {
   const ModelConfig config = read_model_config(cfg_.run.model);
   open_data(config);
   check_memory(config);
-  models_.load(cfg_);
+  models_.load(cfg_, compute_dtype(cfg_.optim.dtype, device_));
   if (lead_) base_json_ = identify_model(cfg_.run.model).to_json().dump();
   models_.attach(cfg_, device_);
   build_optimization();
@@ -319,23 +336,28 @@ void Trainer::open_run_directory() {
             << (cfg_.dms.train_mode == TrainMode::adapters ? "adapters" : "all")
             << "), global batch " << global_batch_ << " = " << o.micro_batch << " x "
             << o.grad_accum << " x " << dist_->world() << " rank"
-            << (dist_->world() > 1 ? "s (" + dist_->backend() + ")" : "") << "\n";
+            << (dist_->world() > 1 ? "s (" + dist_->backend() + ")" : "") << "\n"
+            << "  " << c10::toString(models_.dtype) << " on " << device_.str() << ": student weights "
+            << fmt(double(weight_bytes(models_.student)) / (1 << 20), 4) << " MiB, teacher "
+            << (models_.teacher == &models_.student
+                    ? std::string("shared (eviction off)")
+                    : fmt(double(weight_bytes(*models_.teacher)) / (1 << 20), 4) + " MiB")
+            << (cfg_.optim.activation_checkpointing ? ", activation checkpointing" : "") << "\n";
 }
 
 StepInputs Trainer::step_inputs() {
   const OptimSection& o = cfg_.optim;
-  StepInputs in{&models_.student,
-                models_.teacher,
-                o.kd_direction,
-                o.micro_batch,
-                o.kd_chunk,
-                o.dms_weight,
-                cfg_.run.seed,
-                {},
-                {},
-                {}};
+  StepInputs in;
+  in.student = &models_.student;
+  in.teacher = models_.teacher;
+  in.kd_dir = o.kd_direction;
+  in.micro_batch = o.micro_batch;
+  in.kd_chunk = o.kd_chunk;
+  in.dms_weight = o.dms_weight;
+  in.seed = cfg_.run.seed;
   in.attention = o.attention;
   in.blocks = {o.attn_block_q, o.attn_block_k};
+  in.checkpoint_layers = o.activation_checkpointing;
   return in;
 }
 

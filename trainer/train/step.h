@@ -1,6 +1,8 @@
 // One optimizer step's forward/backward: teacher forward (no grad), student forward in
 // train mode with keyed noise, KD + DMS losses, backward — over the micro-batches of this
-// rank's slice. Losses are normalised by the *global* batch (positions for KD, samples for
+// rank's slice. Neither model materialises logits: both stop at their final hidden state
+// and the KD loss applies the LM heads chunk by chunk (kd_loss.h). The losses and their
+// sums are fp32 whatever the models' dtype. Losses are normalised by the *global* batch (positions for KD, samples for
 // DMS), so any split into ranks and micro-batches yields the same summed gradient.
 #pragma once
 #include <ATen/ATen.h>
@@ -14,14 +16,15 @@
 namespace dms {
 
 struct StepInputs {
-  Model* student;
-  const Model* teacher;  // == student in adapter mode (teacher mode = eviction off)
-  KdDirection kd_dir;
-  int64_t micro_batch, kd_chunk;
-  double dms_weight;
-  uint64_t seed;
+  Model* student = nullptr;
+  const Model* teacher = nullptr;  // == student in adapter mode (teacher mode = eviction off)
+  KdDirection kd_dir = KdDirection::student_teacher;
+  int64_t micro_batch = 1, kd_chunk = 0;
+  double dms_weight = 1.0;
+  uint64_t seed = 0;
   AttentionImpl attention = AttentionImpl::blockwise;
   AttentionBlocks blocks;
+  bool checkpoint_layers = false;  // activation checkpointing of the student's layers
   // Called after each micro-batch's backward (e.g. to fold low-precision gradients into
   // an fp32 accumulator); may be empty.
   std::function<void()> after_backward;
