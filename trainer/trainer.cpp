@@ -75,8 +75,7 @@ at::Device pick_device(DeviceKind kind, int local_rank) {
 
 // The models' compute dtype: --dtype, or bf16 on CUDA and f32 on CPU.
 at::ScalarType compute_dtype(DtypeKind kind, const at::Device& device) {
-  const bool bf16 = kind == DtypeKind::bf16 || (kind == DtypeKind::automatic && device.is_cuda());
-  return bf16 ? at::kBFloat16 : at::kFloat;
+  return computes_in_bf16(kind, device.is_cuda()) ? at::kBFloat16 : at::kFloat;
 }
 
 // Sum of every trained value, for the cross-rank consistency check.
