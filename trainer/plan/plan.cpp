@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "trainer/train/kd_loss.h"
 
 namespace dms {
 
@@ -107,13 +108,6 @@ double final_norm_saved(const Dims& s) {
   return (s.a == kF32 ? s.D * kF32 : 0) + norm_saved(s, s.D, true, s.trains, s.trains);
 }
 
-// Rows per KD chunk, as the loss chooses them (trainer/train/losses.cpp): the given
-// count, else about 2^18 logits.
-double kd_rows(const PlanInput& in) {
-  const int64_t V = std::max<int64_t>(1, in.model.vocab_size);
-  return double(in.kd_chunk > 0 ? in.kd_chunk : std::max<int64_t>(1, (int64_t(1) << 18) / V));
-}
-
 int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
@@ -123,55 +117,72 @@ int64_t matrix_values_per_layer(const ModelConfig& c) {
   return 2 * D * c.n_heads * d + 2 * D * c.n_kv_heads * d + 3 * D * c.intermediate_size;
 }
 
-// Activation-side bytes of each phase of the step (the persistent parts come on top).
-struct Phases {
-  double top_act = 0, top_head = 0;      // top of backward: stored layers, head backward
-  double layer_act = 0, layer_head = 0;  // the last layer's backward
-  double end_grads = 0, end_head = 0;    // end of backward (bf16 gradients)
-  double reduce = 0;                     // all-reduce bucket
-  double optim = 0;                      // clip / AdamW temporaries
+// One moment of the step: what lives then beside the weights, teacher, masters and
+// optimizer state (gradients included: they come and go with the phases).
+struct Phase {
+  const char* name;
+  double activations = 0, logits = 0, gradients = 0, optimizer = 0;
+  double sum() const { return activations + logits + gradients + optimizer; }
 };
 
-// Head (logits and KD) bytes at the top of backward and kept while the layers run back.
-std::pair<double, double> head_bytes(const PlanInput& in, const Dims& s) {
-  const double N = s.B * s.T, R = std::min(kd_rows(in), N);
-  if (in.head == KdHead::logits) {
-    // student logits, teacher logits, their gradient; log-probabilities, product, sums
-    const double logits = N * s.V * s.a;
-    return {3 * logits + 4 * R * s.V * kF32, 2 * logits};
-  }
-  // both final hidden states, the student hidden state's fp32 gradient, chunk logits
-  const double hidden = 2 * N * s.D * s.a;
-  return {hidden + N * s.D * kF32 + 6 * R * s.V * kF32, hidden};
+// The fused LM head and KD loss (kd_loss.cpp), by phase: both final hidden states (the
+// step keeps them) and per-row fp32 figures throughout; in its forward, per chunk of R
+// rows, both sides' fp32 logits, log-probabilities and two products (6 x R x V fp32); in
+// its backward, the student's hidden-state gradient and per chunk both log-probabilities,
+// the probabilities and the chunk being made (4 x R x V fp32; a half-type copy of the
+// gradient is made once one of those is gone).
+struct HeadBytes {
+  double forward, backward, kept;
+};
+HeadBytes head_bytes(const PlanInput& in, const Dims& s) {
+  const double N = s.B * s.T;
+  const double R = std::min(double(rows_per_chunk(in.kd_chunk, in.model.vocab_size, true)), N);
+  // hidden states; KL both ways, two log-sum-exps, target logit, weight (fp32), targets (int64)
+  const double kept = 2 * N * s.D * s.a + N * (6 * kF32 + 8);
+  return {kept + 6 * R * s.V * kF32, kept + N * s.D * s.a + 4 * R * s.V * kF32, kept};
 }
 
-Phases phases_of(const PlanInput& in, const ParamCounts& pc) {
-  const Dims s = dims_of(in);
+// Activations the student keeps through its backward, and their peak during the last
+// layer's backward (its temporaries; with checkpointing, the recomputed layer too).
+std::pair<double, double> activation_bytes(const PlanInput& in, const Dims& s) {
   const double N = s.B * s.T;
+  const double noise = N * s.L * s.K * kF32;  // [L, B, K, T] fp32
+  const double tail = N * final_norm_saved(s) + noise;
+  const double temp = N * layer_backward_temp(s) + attention_tiles(in, s);
+  if (in.activation_checkpointing) {  // each layer's input and DMS terms
+    const double kept = N * s.L * (s.D * s.a + 2 * s.K * kF32) + tail;
+    return {kept, kept + N * layer_saved(s, true) + layer_rope_tables(s) + temp};
+  }
   const double first_layer_grad = s.trains ? 1 : 0;  // the embedding trains
   const double layers =
       N * (layer_saved(s, first_layer_grad > 0) + (s.L - 1) * layer_saved(s, true)) +
-      (s.L - 1 + first_layer_grad) * layer_rope_tables(s);
-  const double noise = N * s.L * s.K * kF32;  // [L, B, K, T] fp32
-  const double temp = N * layer_backward_temp(s) + attention_tiles(in, s);
-  const double tail = N * final_norm_saved(s) + noise;
-  Phases p;
-  auto [head_top, head_kept] = head_bytes(in, s);
-  if (in.activation_checkpointing) {
-    // each layer's input and DMS terms; one layer recomputed during its backward
-    const double kept = N * s.L * (s.D * s.a + 2 * s.K * kF32);
-    p.top_act = kept + tail;
-    p.layer_act = kept + tail + N * layer_saved(s, true) + layer_rope_tables(s) + temp;
-  } else {
-    p.top_act = layers + tail;
-    p.layer_act = layers + tail + temp;
-  }
-  p.top_head = head_top;
-  p.layer_head = p.end_head = head_kept;
-  if (in.dtype == PlanDtype::bf16) p.end_grads = 2.0 * double(pc.trained);
-  if (in.world > 1) p.reduce = double(kF32) * double(pc.trained);
-  p.optim = 16.0 * double(pc.largest_trained);  // clip: fp64 copy and its square
-  return p;
+      (s.L - 1 + first_layer_grad) * layer_rope_tables(s) + tail;
+  return {layers, layers + temp};
+}
+
+// The phases, in order. Gradients: G = W x 4 (fp32 gradients, or bf16's fp32 accumulation
+// buffer, which lives across steps); f32 gradients appear in the first micro-batch's
+// backward (before: 0 unless a step has several micro-batches). The head's gradient comes
+// first (fp32, then cast for bf16); bf16 gradients (W x 2) are whole at the end of backward.
+std::vector<Phase> phases_of(const PlanInput& in, const ParamCounts& pc) {
+  const Dims s = dims_of(in);
+  const bool bf16 = in.dtype == PlanDtype::bf16;
+  const double G = double(kF32) * double(pc.trained);
+  const double before = bf16 || in.grad_accum > 1 ? G : 0;
+  // The head's gradient: made in fp32 by the KD backward (the new gradient itself, or added
+  // to the earlier one, or cast to bf16), then kept as bf16 or as the first f32 gradient.
+  const double head_grad = s.trains ? s.V * s.D : 0;
+  const double head_kept = bf16 ? head_grad * s.a : (before > 0 ? 0 : head_grad * kF32);
+  const HeadBytes h = head_bytes(in, s);
+  const auto [act, act_peak] = activation_bytes(in, s);
+  std::vector<Phase> out = {
+      {"end of forward (KD loss forward)", act, h.forward, before, 0},
+      {"top of backward (LM head and KD loss)", act, h.backward, before + head_grad * kF32, 0},
+      {"backward of the last decoder layer", act_peak, h.kept, before + head_kept, 0},
+      {"end of backward", 0, h.kept, bf16 ? G + 2 * double(pc.trained) : G, 0},
+      {"optimizer step (gradient clipping)", 0, 0, G, 16.0 * double(pc.largest_trained)}};
+  if (in.world > 1) out.push_back({"gradient all-reduce", 0, 0, 2 * G, 0});  // + flat bucket
+  return out;
 }
 
 }  // namespace
@@ -183,9 +194,7 @@ PlanInput plan_input(const RetrofitConfig& cfg, const ModelConfig& model,
   in.teacher = teacher;
   in.mode = cfg.dms.train_mode;
   in.predictor = cfg.dms.predictor;
-  const DtypeKind dt = cfg.optim.dtype;
-  in.dtype = dt == DtypeKind::bf16 || (dt == DtypeKind::automatic && cuda) ? PlanDtype::bf16
-                                                                           : PlanDtype::f32;
+  in.dtype = computes_in_bf16(cfg.optim.dtype, cuda) ? PlanDtype::bf16 : PlanDtype::f32;
   in.seq_len = seq_len;
   in.micro_batch = cfg.optim.micro_batch;
   in.grad_accum = cfg.optim.grad_accum;
@@ -241,7 +250,7 @@ StepFlops step_flops(const PlanInput& in) {
   StepFlops f;
   f.model = fwd_t + fwd_s + bwd_s;
   if (in.activation_checkpointing) f.recompute += 2 * (mm_s - head_s) * tokens + attn(s);
-  if (in.head == KdHead::fused) f.recompute += 2 * (head_s + head_t) * tokens;
+  f.recompute += 2 * (head_s + head_t) * tokens;  // the fused head's logits in backward
   return f;
 }
 
@@ -256,28 +265,19 @@ Plan plan_step(const PlanInput& in) {
   const int64_t shards = in.shard_optimizer ? in.world : 1;
   p.weights = (pc.base + pc.adapters) * w;
   p.teacher = pc.teacher * w;
-  p.gradients = pc.trained * kF32;
   p.master = in.dtype == PlanDtype::bf16 ? ceil_div(pc.trained, shards) * kF32 : 0;
   p.optimizer = ceil_div(pc.trained, shards) * 2 * kF32;
-  const Phases ph = phases_of(in, pc);
-  // The phase with the most bytes beside the persistent parts.
-  const std::vector<std::pair<double, std::string>> phases = {
-      {ph.top_act + ph.top_head, "top of backward (LM head and KD loss)"},
-      {ph.layer_act + ph.layer_head, "backward of the last decoder layer"},
-      {ph.end_grads + ph.end_head, "end of backward (bf16 gradients)"},
-      {ph.reduce, "gradient all-reduce"},
-      {ph.optim, "optimizer step (gradient clipping)"}};
+  // The moment with the most bytes beside the weights, masters and optimizer state.
+  const std::vector<Phase> phases = phases_of(in, p.params);
   size_t best = 0;
   for (size_t i = 1; i < phases.size(); ++i)
-    if (phases[i].first > phases[best].first) best = i;
-  p.peak = phases[best].second;
-  const double act[] = {ph.top_act, ph.layer_act, 0, 0, 0};
-  const double head[] = {ph.top_head, ph.layer_head, ph.end_head, 0, 0};
-  p.activations = int64_t(std::llround(act[best]));
-  p.logits = int64_t(std::llround(head[best]));
-  if (best == 2) p.gradients += int64_t(ph.end_grads);
-  if (best == 3) p.gradients += int64_t(ph.reduce);
-  if (best == 4) p.optimizer += int64_t(ph.optim);
+    if (phases[i].sum() > phases[best].sum()) best = i;
+  const Phase& top = phases[best];
+  p.peak = top.name;
+  p.gradients = int64_t(std::llround(top.gradients));
+  p.optimizer += int64_t(std::llround(top.optimizer));
+  p.activations = int64_t(std::llround(top.activations));
+  p.logits = int64_t(std::llround(top.logits));
   p.total = p.weights + p.teacher + p.gradients + p.master + p.optimizer + p.activations + p.logits;
   p.flops = step_flops(in);
   return p;

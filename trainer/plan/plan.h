@@ -23,9 +23,10 @@
 //                 tensors each op saves, counted op by op in plan.cpp), per position;
 //                 with checkpointing, each layer's input (D x a) and DMS terms only, plus
 //                 one layer recomputed with its backward temporaries
-//   logits / KD   unfused head: the student's and the teacher's logits [N, V] and the
-//                 logits' gradient, plus the KD loss's chunk buffers; fused head: both
-//                 final hidden states [N, D] and chunk buffers of rows x V fp32
+//   logits / KD   the fused LM head and KD loss (trainer/train/kd_loss.h): no [N, V]
+//                 tensor; both models' final hidden states [N, D] and the student's
+//                 hidden-state gradient, plus chunk buffers of R x V fp32 (R rows a chunk)
+//                 and, training the head in bf16, its fp32 gradient [V, D]
 // The parts that live through the whole step (weights, teacher, gradients, master,
 // optimizer) add up; the others are the largest of the step's phases (top of backward,
 // backward of the last layer, end of backward, gradient all-reduce, optimizer step), and
@@ -44,9 +45,6 @@
 namespace dms {
 
 enum class PlanDtype { f32, bf16 };
-// How the KD loss reaches the vocabulary: full logits [N, V] per model, or the fused
-// head (hidden states kept, logits computed per chunk of rows and recomputed in backward).
-enum class KdHead { logits, fused };
 
 struct PlanInput {
   ModelConfig model;    // the student's base
@@ -62,7 +60,6 @@ struct PlanInput {
   int64_t kd_chunk = 0;  // rows per KD chunk (0: the loss's automatic size)
   AttentionImpl attention = AttentionImpl::blockwise;
   AttentionBlocks blocks;
-  KdHead head = KdHead::logits;
 };
 
 // The step's configuration as `dms retrofit` runs it: cfg's mode, dtype (auto resolved
@@ -85,7 +82,7 @@ ParamCounts count_parameters(const PlanInput& in);
 // teacher forward + student forward + student backward (input gradients twice the
 // forward's products, weight gradients as many again for what trains). recompute: what
 // checkpointing (the decoder layers' forward again) and the fused head (both models'
-// logits again in backward) add.
+// logits again in backward: 2 x V x D per position each) add.
 struct StepFlops {
   double model = 0, recompute = 0;
 };

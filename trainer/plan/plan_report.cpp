@@ -64,8 +64,7 @@ std::vector<std::string> part_rules(const PlanInput& in, const Plan& p) {
           optim,
           ckpt ? "L x N x D x a (layer inputs) + one layer recomputed"
                : "L layers x N positions (what backward needs)",
-          in.head == KdHead::logits ? "N x V x a x 3 (student, teacher logits, gradient) + chunks"
-                                    : "2 x N x D x a (hidden states) + chunk buffers"};
+          "2 x N x D x a (hidden states) + gradient + KD chunks of R x V"};
 }
 
 std::string header(const PlanInput& in, const Plan& p) {
@@ -79,8 +78,7 @@ std::string header(const PlanInput& in, const Plan& p) {
     << " (N = " << in.micro_batch * in.seq_len << " positions), --world-size " << in.world
     << (in.shard_optimizer ? ", --shard-optimizer" : "")
     << (in.activation_checkpointing ? ", --activation-checkpointing" : "") << ", "
-    << (in.attention == AttentionImpl::dense ? "dense" : "blockwise") << " attention, "
-    << (in.head == KdHead::fused ? "fused" : "unfused") << " KD head\n";
+    << (in.attention == AttentionImpl::dense ? "dense" : "blockwise") << " attention\n";
   return o.str();
 }
 
@@ -173,7 +171,6 @@ nlohmann::json plan_json(const PlanInput& in, const Plan& p, double device_bytes
                       {"world_size", in.world},
                       {"shard_optimizer", in.shard_optimizer},
                       {"activation_checkpointing", in.activation_checkpointing},
-                      {"kd_head", in.head == KdHead::fused ? "fused" : "logits"},
                       {"parameters",
                        {{"base", p.params.base},
                         {"adapters", p.params.adapters},
