@@ -37,7 +37,9 @@ enum class AttentionMode { teacher, train, eval };
 // weight dms_norm [D] of ones; the query-neuron variant adds nothing.
 void attach_dms(Model& m, const DmsConfig& c);
 
-// Adapter decision logits. x [B, T, D] (residual entering the layer) -> z [B, K, T]
+// Adapter decision logits, fp32 for half-precision models (z = s * (...) - o with s = 100
+// would turn bf16 rounding into whole units). x [B, T, D] (residual entering the layer)
+// -> z [B, K, T]
 at::Tensor adapter_decision_logits(const LayerWeights& w, const ModelConfig& c, const DmsConfig& d,
                                    const at::Tensor& x);
 
