@@ -8,7 +8,7 @@
 #include <random>
 #include <thread>
 
-#include "checkpoints/train_state.h"
+#include "checkpoints/checkpoint_dir.h"
 #include "tests/test_util.h"
 #include "trainer/dist/distributed.h"
 
@@ -157,14 +157,15 @@ TEST(Distributed, DamagedLatestCheckpointFallsBackAndFailedWritesKeepThePrevious
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto ck = list_checkpoints(tmp.file("run"));
   ASSERT_EQ(ck.size(), 3u);  // steps 2, 4, 6
-  // Truncate the newest: resume must say so and continue from step 4.
-  std::string bytes = test::read_bytes(ck.back());
-  test::write_bytes(ck.back(), bytes.substr(0, bytes.size() / 2));
+  // Truncate the newest's state file: resume must say so and continue from step 4.
+  const std::string state = ck.back() + "/state.h5";
+  std::string bytes = test::read_bytes(state);
+  test::write_bytes(state, bytes.substr(0, bytes.size() / 2));
   // More steps, the same schedule (its final step is part of what a resume may not change).
   r = test::run_dms(retrofit_args(tmp.file("run"), 8) + " --micro-batch 2 --resume --final-step 4");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("skipping unusable checkpoint"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("step-000006.h5"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("step-000006/state.h5"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("resuming from"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("(step 4"), std::string::npos) << r.err;
 

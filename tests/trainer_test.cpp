@@ -6,7 +6,7 @@
 #include "checkpoints/load_model.h"
 #include "checkpoints/safetensors.h"
 #include "data/token_file.h"
-#include "checkpoints/train_state.h"
+#include "checkpoints/checkpoint_dir.h"
 #include "tests/test_util.h"
 #include "trainer/train/losses.h"
 #include "trainer/train/optimizer.h"
@@ -354,7 +354,7 @@ TEST(RetrofitRun, OptionsFromTomlWithCommandLineOverrides) {
   EXPECT_EQ(cfg["window"], 6);
   EXPECT_EQ(cfg["target_cr"], 3.5);
   EXPECT_EQ(cfg["max_steps"], 2);  // the command line wins over the file
-  EXPECT_EQ(list_checkpoints(tmp.file("run")).back(), checkpoint_path(tmp.file("run"), 2));
+  EXPECT_EQ(list_checkpoints(tmp.file("run")).back(), checkpoint_dir(tmp.file("run"), 2));
 }
 
 TEST(RetrofitRun, DenseAttentionIsTheSameTrainingAndBadValuesExitWith2) {
