@@ -50,8 +50,11 @@ nlohmann::json to_json(const Manifest& m) {
     }
     files.push_back(j);
   }
-  return {{"format", kManifestFormat}, {"step", m.step},   {"world_size", m.world_size},
-          {"numel", m.numel},          {"files", files}};
+  return {{"format", kManifestFormat},
+          {"step", m.step},
+          {"world_size", m.world_size},
+          {"numel", m.numel},
+          {"files", files}};
 }
 
 ManifestFile file_from_json(const nlohmann::json& j) {
@@ -99,8 +102,8 @@ void check_listing(const Manifest& m, const std::string& path) {
   }
   require(states == 1, path, "must list exactly one state file");
   require(next == m.numel, path,
-          "its optimizer shards cover " + std::to_string(next) + " of " +
-              std::to_string(m.numel) + " values");
+          "its optimizer shards cover " + std::to_string(next) + " of " + std::to_string(m.numel) +
+              " values");
 }
 
 }  // namespace

@@ -23,7 +23,7 @@ inline constexpr const char* kManifestFile = "manifest.json";
 struct ManifestFile {
   std::string name;  // inside the checkpoint directory
   uint64_t bytes = 0;
-  std::string sha256;  // lowercase hex of the whole file
+  std::string sha256;            // lowercase hex of the whole file
   int64_t begin = -1, end = -1;  // optimizer shards: their range; -1 for the state file
   bool is_shard() const { return begin >= 0; }
 };

@@ -112,15 +112,15 @@ OptimizerShard read_optimizer_shard(const std::string& path) {
   s.end = h5::get_int_attr(f.get(), "end", path);
   s.numel = h5::get_int_attr(f.get(), "numel", path);
   require(0 <= s.begin && s.begin < s.end && s.end <= s.numel, path,
-          "implausible range [" + std::to_string(s.begin) + ", " + std::to_string(s.end) +
-              ") of " + std::to_string(s.numel) + " values");
+          "implausible range [" + std::to_string(s.begin) + ", " + std::to_string(s.end) + ") of " +
+              std::to_string(s.numel) + " values");
   s.m = read_tensor(f.get(), "m", path);
   s.v = read_tensor(f.get(), "v", path);
   s.master = read_tensor(f.get(), "master", path);
   for (const at::Tensor* t : {&s.m, &s.v, &s.master})
-    require(t->dim() == 1 && t->numel() == s.end - s.begin, path,
-            "a dataset does not hold the " + std::to_string(s.end - s.begin) +
-                " values of its range");
+    require(
+        t->dim() == 1 && t->numel() == s.end - s.begin, path,
+        "a dataset does not hold the " + std::to_string(s.end - s.begin) + " values of its range");
   return s;
 }
 

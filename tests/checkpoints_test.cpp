@@ -362,8 +362,8 @@ TEST(TrainCheckpoint, ShardsOfAnyWorldReassembleIntoAnyRange) {
   EXPECT_TRUE(at::equal(s.trained[0].second, at::arange(6, at::kFloat).view({2, 3}) / 7));
   EXPECT_TRUE(at::equal(s.trained[1].second,  // bf16 values come back exactly, as fp32
                         (at::arange(5, at::kFloat) / 3).to(at::kBFloat16).to(at::kFloat)));
-  for (auto [lo, hi] : {std::pair<int64_t, int64_t>{0, 1000}, {250, 750}, {256, 640}, {999, 1000},
-                        {500, 500}}) {
+  for (auto [lo, hi] :
+       {std::pair<int64_t, int64_t>{0, 1000}, {250, 750}, {256, 640}, {999, 1000}, {500, 500}}) {
     const OptimizerShard r = read_optimizer_range(ck, m, lo, hi);
     const at::Tensor x = at::arange(lo, hi, at::kFloat);
     EXPECT_TRUE(at::equal(r.m, x) && at::equal(r.v, 2 * x) && at::equal(r.master, 3 * x))

@@ -6,9 +6,9 @@
 
 #include <chrono>
 #include <cmath>
-#include <iostream>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <random>
 #include <thread>
 

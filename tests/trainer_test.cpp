@@ -1,18 +1,18 @@
 // The retrofit's parts: losses, schedules, optimizer, clipping, gradient accumulation,
 // and whole runs through build/dms (adapter mode leaves the base untouched; bad input).
-#include <filesystem>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 
+#include "checkpoints/checkpoint_dir.h"
 #include "checkpoints/load_model.h"
 #include "checkpoints/safetensors.h"
 #include "data/token_file.h"
-#include "checkpoints/checkpoint_dir.h"
 #include "tests/test_util.h"
-#include "trainer/train/losses.h"
 #include "trainer/dist/distributed.h"
+#include "trainer/train/losses.h"
 #include "trainer/train/optimizer.h"
 #include "trainer/train/schedule.h"
 #include "trainer/train/step.h"
@@ -158,7 +158,8 @@ TEST(Optimizer, Fp32TensorsFollowAdamWWithAccumulationAndClippingBitForBit) {
   for (int step = 0; step < 6; ++step) {
     const double scale = step % 2 ? 0.01 : 1.0;  // every other step under the clip
     std::vector<at::Tensor> g;
-    for (int i = 0; i < 4; ++i) g.push_back(at::randn(i % 2 ? b0.sizes() : a0.sizes(), gen) * scale);
+    for (int i = 0; i < 4; ++i)
+      g.push_back(at::randn(i % 2 ? b0.sizes() : a0.sizes(), gen) * scale);
     for (int mb = 0; mb < 2; ++mb) {
       a.mutable_grad() = g[2 * mb].clone();
       b.mutable_grad() = g[2 * mb + 1].clone();
@@ -197,7 +198,8 @@ TEST(Optimizer, Bf16TensorsKeepAnFp32MasterThatFollowsFp32AdamW) {
   AdamW fp32({ref, rq}, o), bf16({naive}, o);
   const double lr = 1e-3;  // about 1/4 of bf16's spacing between 1 and 2 per update
   for (int step = 0; step < 12; ++step) {
-    at::Tensor g1 = at::randn({64}, gen).to(at::kBFloat16), g2 = at::randn({64}, gen).to(at::kBFloat16);
+    at::Tensor g1 = at::randn({64}, gen).to(at::kBFloat16),
+               g2 = at::randn({64}, gen).to(at::kBFloat16);
     at::Tensor gq = at::randn({9}, gen);
     p.mutable_grad() = g1;
     q.mutable_grad() = gq;

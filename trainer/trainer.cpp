@@ -173,8 +173,8 @@ Trainer::Trainer(const RetrofitConfig& cfg) : cfg_(cfg) {
   open_data();
   models_.attach(cfg_, device_);
   build_optimization();
-  checkpoints_ = std::make_unique<Checkpointer>(cfg_.run.out, cfg_.monitor.keep_checkpoints,
-                                                faults_, *dist_);
+  checkpoints_ =
+      std::make_unique<Checkpointer>(cfg_.run.out, cfg_.monitor.keep_checkpoints, faults_, *dist_);
   if (cfg_.run.resume) resume();  // may adopt the checkpoint's final step
   cr_ = CrSchedule{1.0, cfg_.dms.target_cr, cfg_.final_step()};
   alerts_ = std::make_unique<AlertMonitor>(AlertConfig{
@@ -439,8 +439,8 @@ void Trainer::validate(int64_t step_done) {
 // last good checkpoint, and every rank learns the verdict.
 void Trainer::checkpoint(int64_t step_done) {
   dist_->barrier();
-  const std::string failed =
-      checkpoints_->save(step_done, [&] { return state(step_done); }, *opt_);
+  const std::string failed = checkpoints_->save(
+      step_done, [&] { return state(step_done); }, *opt_);
   if (lead_ && !failed.empty())
     sinks_->alert(step_done, "checkpoint_failed",
                   "checkpoint at step " + std::to_string(step_done) + " failed: " + failed +

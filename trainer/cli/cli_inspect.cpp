@@ -3,14 +3,14 @@
 #include <iostream>
 #include <sstream>
 
+#include "checkpoints/checkpoint_dir.h"
 #include "checkpoints/hf_config.h"
 #include "checkpoints/load_model.h"
-#include "common/mapped_file.h"
 #include "checkpoints/safetensors.h"
-#include "checkpoints/checkpoint_dir.h"
 #include "common/error.h"
 #include "common/h5.h"
 #include "common/json_file.h"
+#include "common/mapped_file.h"
 #include "data/token_file.h"
 #include "data/tokenizer.h"
 #include "trainer/cli/cli.h"
@@ -135,9 +135,9 @@ void inspect_checkpoint(const std::string& dir) {
     shards += f.is_shard() ? 1 : 0;
     files << "  " << f.name << "  " << f.bytes << " bytes  sha256 " << f.sha256.substr(0, 16)
           << "..."
-          << (f.is_shard() ? "  values [" + std::to_string(f.begin) + ", " +
-                                 std::to_string(f.end) + ")"
-                           : std::string())
+          << (f.is_shard()
+                  ? "  values [" + std::to_string(f.begin) + ", " + std::to_string(f.end) + ")"
+                  : std::string())
           << "  " << verdict << "\n";
   }
   std::cout << "checkpoint:      " << dir
@@ -200,8 +200,10 @@ void add_inspect_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "inspect",
       "Describe a file: HF model directory or config.json (family, layers, heads, parameter "
-      "count, rope), llama2.c .bin, .safetensors (tensors), SentencePiece .model, tokenizers (tokenizer.json, vocab.json, a tokenizer folder: kind, special "
-      "tokens, framing, ids of a sample), token files and training checkpoints (a run's checkpoints/step-NNNNNN directory: manifest, "
+      "count, rope), llama2.c .bin, .safetensors (tensors), SentencePiece .model, tokenizers "
+      "(tokenizer.json, vocab.json, a tokenizer folder: kind, special "
+      "tokens, framing, ids of a sample), token files and training checkpoints (a run's "
+      "checkpoints/step-NNNNNN directory: manifest, "
       "shards, every checksum verified).");
   cmd->add_option("path", *path, "File or directory to describe")->required();
   cmd->callback([path] { run_inspect(*path); });

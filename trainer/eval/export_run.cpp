@@ -5,17 +5,17 @@
 #include <fstream>
 #include <iostream>
 
+#include "checkpoints/checkpoint_dir.h"
 #include "checkpoints/export.h"
 #include "checkpoints/hf_config.h"
 #include "checkpoints/load_model.h"
 #include "checkpoints/model_identity.h"
-#include "checkpoints/checkpoint_dir.h"
 #include "common/error.h"
 #include "common/json_file.h"
 #include "common/mapped_file.h"
 #include "data/prepare.h"
-#include "data/tokenizer.h"
 #include "data/token_file.h"
+#include "data/tokenizer.h"
 #include "trainer/config/retrofit_config.h"
 #include "trainer/eval/forced.h"
 

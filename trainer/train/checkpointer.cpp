@@ -75,7 +75,7 @@ std::string Checkpointer::agree(const std::string& error) const {
 
 std::optional<Checkpoint> Checkpointer::newest_usable(const Optimizer& opt) const {
   const auto all = list_checkpoints(run_dir_);
-  const auto [begin, end] = opt.range();
+  const int64_t begin = opt.range().first, end = opt.range().second;
   for (auto it = all.rbegin(); it != all.rend(); ++it) {
     Checkpoint c;
     c.path = *it;
@@ -98,13 +98,15 @@ std::string Checkpointer::save(int64_t step_done, const std::function<TrainState
   const bool lead = dist_.rank() == 0;
   const std::string tmp = checkpoint_temp_dir(run_dir_, step_done);
   std::string error;
-  if (lead) error = attempt([&] {
+  if (lead)
+    error = attempt([&] {
       fs::remove_all(tmp);  // debris of an interrupted save of this step
       fs::create_directories(tmp);
     });
   if (!(error = agree(error)).empty()) return error;
   ManifestFile mine;
-  if (auto shard = opt.saved_shard()) error = attempt([&] {
+  if (auto shard = opt.saved_shard())
+    error = attempt([&] {
       const std::string name = shard_file_name(opt.shard_index(), opt.shard_count());
       write_optimizer_shard((fs::path(tmp) / name).string(), *shard);
       mine = describe_file(tmp, name);
@@ -118,8 +120,7 @@ std::string Checkpointer::save(int64_t step_done, const std::function<TrainState
     std::vector<ManifestFile> shards;
     for (int r = 0; r < dist_.world(); ++r)
       if (auto f = decode(all.data_ptr<int64_t>() + r * kRecord)) shards.push_back(*f);
-    if (lead)
-      error = attempt([&] { finish_save(step_done, state(), shards, opt.numel()); });
+    if (lead) error = attempt([&] { finish_save(step_done, state(), shards, opt.numel()); });
     error = agree(error);
   }
   if (lead && !error.empty()) {

@@ -18,7 +18,7 @@
 namespace dms {
 
 struct Checkpoint {
-  std::string path;      // the checkpoint directory
+  std::string path;  // the checkpoint directory
   Manifest manifest;
   TrainState state;
   // The optimizer values of this rank's range; undefined tensors when the checkpoint

@@ -90,8 +90,8 @@ Optimizer::Optimizer(const NamedTensors& trained, const AdamWOptions& o, ShardPl
   shard_ = std::max<int64_t>(1, (numel_ + per_block_row - 1) / per_block_row) * block_;
   begin_ = std::min(numel_, index_ * shard_);
   end_ = std::min(numel_, (index_ + 1) * shard_);
-  const auto f32 = at::TensorOptions(at::kFloat).device(params_.empty() ? at::Device(at::kCPU)
-                                                                        : params_[0].device());
+  const auto f32 = at::TensorOptions(at::kFloat)
+                       .device(params_.empty() ? at::Device(at::kCPU) : params_[0].device());
   grad_ = at::zeros({count_ * shard_}, f32);
   master_ = at::zeros({shard_}, f32);
   m_ = at::zeros({shard_}, f32);
@@ -134,11 +134,11 @@ double Optimizer::reduce_gradients(Dist& dist, double clip) {
                         .sum(1)
                         .cpu()
                         .contiguous();
-    std::copy(sq.data_ptr<double>(), sq.data_ptr<double>() + k,
-              blocks.begin() + index_ * nb + b0);
+    std::copy(sq.data_ptr<double>(), sq.data_ptr<double>() + k, blocks.begin() + index_ * nb + b0);
   }
-  if (count_ > 1) dist.all_reduce_sum({at::from_blob(blocks.data(), {int64_t(blocks.size())},
-                                                     at::TensorOptions(at::kDouble))});
+  if (count_ > 1)
+    dist.all_reduce_sum(
+        {at::from_blob(blocks.data(), {int64_t(blocks.size())}, at::TensorOptions(at::kDouble))});
   double total = 0;
   for (double b : blocks) total += b;
   const double norm = std::sqrt(total);
@@ -174,8 +174,8 @@ std::optional<OptimizerShard> Optimizer::saved_shard() const {
   const bool writes = (plan_.sharded || plan_.rank == 0) && end_ > begin_;
   if (!writes) return std::nullopt;
   const int64_t n = end_ - begin_;
-  return OptimizerShard{begin_, end_, numel_, cpu_copy(m_, n), cpu_copy(v_, n),
-                        cpu_copy(master_, n)};
+  return OptimizerShard{
+      begin_, end_, numel_, cpu_copy(m_, n), cpu_copy(v_, n), cpu_copy(master_, n)};
 }
 
 void Optimizer::load(const OptimizerShard& s, int64_t steps) {

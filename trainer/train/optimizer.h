@@ -80,7 +80,7 @@ class Optimizer {
   void skip();
 
   int64_t steps() const { return steps_; }
-  int64_t numel() const { return numel_; }                           // N
+  int64_t numel() const { return numel_; }                              // N
   std::pair<int64_t, int64_t> range() const { return {begin_, end_}; }  // real values
   int64_t shard_index() const { return index_; }
   int64_t shard_count() const { return count_; }
@@ -103,9 +103,9 @@ class Optimizer {
   ShardPlan plan_;
   int64_t numel_ = 0, block_ = 64, shard_ = 0, index_ = 0, count_ = 1;
   int64_t begin_ = 0, end_ = 0;
-  at::Tensor grad_;             // fp32 [P*S]: this rank's gradients; all-gather scratch
-  at::Tensor reduced_;          // fp32 [S]: the summed gradients of this shard
-  at::Tensor master_, m_, v_;   // fp32 [S]: shard's master weights and moments
+  at::Tensor grad_;            // fp32 [P*S]: this rank's gradients; all-gather scratch
+  at::Tensor reduced_;         // fp32 [S]: the summed gradients of this shard
+  at::Tensor master_, m_, v_;  // fp32 [S]: shard's master weights and moments
   int64_t steps_ = 0;
 };
 
