@@ -307,8 +307,12 @@ TEST(Distributed, DamagedShardedCheckpointsAreSkippedNamingThem) {
   bytes[bytes.size() / 2] ^= 0x10;  // same size, other values
   test::write_bytes(shard, bytes);
   fs::remove(ck[1] + "/manifest.json");
+  test::write_bytes(tmp.file("run/checkpoints/step-000007.h5"), "of an earlier version");
   r = test::run_dms(retrofit_args(tmp.file("run"), 8, 60, 4) + two + " --resume");
   ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("step-000007.h5: a single-file checkpoint of an earlier version"),
+            std::string::npos)
+      << r.err;
   EXPECT_NE(r.err.find("skipping unusable checkpoint: " + shard + ": checksum mismatch"),
             std::string::npos)
       << r.err;
@@ -321,6 +325,7 @@ TEST(Distributed, DamagedShardedCheckpointsAreSkippedNamingThem) {
   for (const auto& c : ck) EXPECT_NO_THROW(read_optimizer_range(c, read_manifest(c), 0, 1)) << c;
   for (const auto& e : fs::directory_iterator(tmp.file("run/checkpoints")))
     EXPECT_NE(e.path().filename().string()[0], '.') << e.path();
+  EXPECT_TRUE(fs::exists(tmp.file("run/checkpoints/step-000007.h5")));  // left alone
 }
 
 }  // namespace

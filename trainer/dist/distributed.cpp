@@ -173,16 +173,21 @@ void Dist::back(const at::Tensor& comm, const at::Tensor& t) {
 
 void Dist::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
   if (env_.world == 1 || tensors.empty()) return;
-  // One flat bucket per dtype.
+  // One flat bucket; a single contiguous tensor where the backend wants it is its own
+  // bucket (no copy of a whole gradient buffer).
+  const at::Tensor& t0 = tensors[0];
+  const bool in_place =
+      tensors.size() == 1 && t0.is_contiguous() && t0.device() == impl_->device;
   std::vector<at::Tensor> flat_parts;
   for (const auto& t : tensors) flat_parts.push_back(t.reshape({-1}));
-  at::Tensor bucket = to_comm_device(at::cat(flat_parts));
+  at::Tensor bucket = in_place ? flat_parts[0] : to_comm_device(at::cat(flat_parts));
   std::vector<at::Tensor> io{bucket};
   try {
     impl_->pg->allreduce(io)->wait(impl_->timeout);
   } catch (const std::exception& e) {
     fail("all-reduce", e);
   }
+  if (in_place) return;
   int64_t off = 0;
   for (const auto& t : tensors) {
     const int64_t n = t.numel();

@@ -65,6 +65,19 @@ int first_failed(Dist& dist, const std::string& error) {
   return -1;
 }
 
+// Single files step-NNNNNN.h5 are checkpoints of versions before directories: say so.
+void warn_about_old_files(const std::string& run_dir) {
+  const fs::path dir = fs::path(run_dir) / "checkpoints";
+  if (!fs::is_directory(dir)) return;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_regular_file() && n.rfind("step-", 0) == 0 && e.path().extension() == ".h5")
+      std::cerr << "warning: " << e.path().string()
+                << ": a single-file checkpoint of an earlier version, not read (checkpoints "
+                   "are directories now)\n";
+  }
+}
+
 }  // namespace
 
 std::string Checkpointer::agree(const std::string& error) const {
@@ -74,6 +87,7 @@ std::string Checkpointer::agree(const std::string& error) const {
 }
 
 std::optional<Checkpoint> Checkpointer::newest_usable(const Optimizer& opt) const {
+  if (dist_.rank() == 0) warn_about_old_files(run_dir_);
   const auto all = list_checkpoints(run_dir_);
   const int64_t begin = opt.range().first, end = opt.range().second;
   for (auto it = all.rbegin(); it != all.rend(); ++it) {
