@@ -119,14 +119,15 @@ std::string Checkpointer::save(int64_t step_done, const std::function<TrainState
     });
   if (!(error = agree(error)).empty()) return error;
   ManifestFile mine;
-  if (auto shard = opt.saved_shard())
-    error = attempt([&] {
-      const std::string name = shard_file_name(opt.shard_index(), opt.shard_count());
-      write_optimizer_shard((fs::path(tmp) / name).string(), *shard);
-      mine = describe_file(tmp, name);
-      mine.begin = shard->begin;
-      mine.end = shard->end;
-    });
+  error = attempt([&] {
+    const auto shard = opt.saved_shard();
+    if (!shard) return;  // another rank writes this rank's values
+    const std::string name = shard_file_name(opt.shard_index(), opt.shard_count());
+    write_optimizer_shard((fs::path(tmp) / name).string(), *shard);
+    mine = describe_file(tmp, name);
+    mine.begin = shard->begin;
+    mine.end = shard->end;
+  });
   error = agree(error);  // also the barrier after every shard write
   if (error.empty()) {
     at::Tensor all = at::empty({kRecord * dist_.world()}, at::kLong);
