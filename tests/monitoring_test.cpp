@@ -8,7 +8,7 @@
 #include <regex>
 #include <thread>
 
-#include "checkpoints/train_state.h"
+#include "checkpoints/checkpoint_dir.h"
 #include "event.pb.h"
 #include "tests/test_util.h"
 #include "trainer/monitor/tensorboard.h"

@@ -1,13 +1,17 @@
 // The retrofit's parts: losses, schedules, optimizer, clipping, gradient accumulation,
 // and whole runs through build/dms (adapter mode leaves the base untouched; bad input).
+#include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 
+#include "checkpoints/checkpoint_dir.h"
 #include "checkpoints/load_model.h"
 #include "checkpoints/safetensors.h"
 #include "data/token_file.h"
-#include "checkpoints/train_state.h"
 #include "tests/test_util.h"
+#include "trainer/dist/distributed.h"
 #include "trainer/train/losses.h"
 #include "trainer/train/optimizer.h"
 #include "trainer/train/schedule.h"
@@ -173,6 +177,126 @@ TEST(Optimizer, AdamWFollowsPyTorchsRuleAndClippingScalesToTheNorm) {
   EXPECT_NEAR(b.grad()[0].item<double>(), 0.8, 1e-6);
   EXPECT_NEAR(clip_grad_norm({a, b}, 10.0), 1.0, 1e-5);  // under the limit: unchanged
   EXPECT_NEAR(a.grad()[0].item<double>(), 0.6, 1e-6);
+}
+
+// A world of one (collectives are local), for the Optimizer's unit tests.
+Dist& local_dist() {
+  static std::unique_ptr<Dist> d = Dist::join(DistEnv{}, "gloo", std::chrono::milliseconds(1000));
+  return *d;
+}
+
+// Two micro-batches of gradients per step, fed to the Optimizer through .grad and its
+// after_backward hook; AdamW over tensors holding their own .grad is the reference.
+TEST(Optimizer, Fp32TensorsFollowAdamWWithAccumulationAndClippingBitForBit) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
+  at::Tensor a0 = at::randn({37, 5}, gen), b0 = at::randn({11}, gen);
+  at::Tensor a = a0.clone().requires_grad_(true), b = b0.clone().requires_grad_(true);
+  at::Tensor ra = a0.clone().requires_grad_(true), rb = b0.clone().requires_grad_(true);
+  const AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
+  Optimizer opt({{"a", a}, {"b", b}}, o, ShardPlan{});
+  AdamW ref({ra, rb}, o);
+  int clipped = 0;
+  for (int step = 0; step < 6; ++step) {
+    const double scale = step % 2 ? 0.01 : 1.0;  // every other step under the clip
+    std::vector<at::Tensor> g;
+    for (int i = 0; i < 4; ++i)
+      g.push_back(at::randn(i % 2 ? b0.sizes() : a0.sizes(), gen) * scale);
+    for (int mb = 0; mb < 2; ++mb) {
+      a.mutable_grad() = g[2 * mb].clone();
+      b.mutable_grad() = g[2 * mb + 1].clone();
+      opt.absorb_gradients();
+      EXPECT_FALSE(a.grad().defined());  // dropped: the fp32 buffer holds it
+    }
+    ra.mutable_grad() = g[0] + g[2];  // what autograd accumulates
+    rb.mutable_grad() = g[1] + g[3];
+    const double want = clip_grad_norm({ra, rb}, 1.0);
+    const double got = opt.reduce_gradients(local_dist(), 1.0);
+    EXPECT_NEAR(got, want, 1e-12 * want);
+    clipped += want > 1.0;
+    ref.step(1e-2);
+    opt.step(local_dist(), 1e-2);
+    EXPECT_TRUE(at::equal(a, ra)) << "step " << step << " " << test::max_abs_diff(a, ra);
+    EXPECT_TRUE(at::equal(b, rb)) << "step " << step;
+  }
+  EXPECT_EQ(clipped, 3);
+  EXPECT_EQ(opt.steps(), 6);
+  EXPECT_FALSE(at::equal(a, a0));
+}
+
+// Mixed precision: bf16 tensors train through an fp32 master. The master follows fp32
+// AdamW exactly, the tensor is the master rounded to bf16, and updates smaller than bf16's
+// resolution are not lost (plain bf16 AdamW loses them).
+TEST(Optimizer, Bf16TensorsKeepAnFp32MasterThatFollowsFp32AdamW) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(12);
+  at::Tensor p = (at::rand({64}, gen) + 1.0).to(at::kBFloat16).requires_grad_(true);
+  at::Tensor q = at::randn({9}, gen).requires_grad_(true);  // an fp32 neighbour
+  const at::Tensor p0 = p.detach().clone();
+  at::Tensor ref = p0.to(at::kFloat).requires_grad_(true),
+             rq = q.detach().clone().requires_grad_(true);
+  at::Tensor naive = p0.clone().requires_grad_(true);  // bf16 AdamW without a master
+  const AdamWOptions o{0.9, 0.95, 1e-8, 0.0};
+  Optimizer opt({{"p", p}, {"q", q}}, o, ShardPlan{});
+  AdamW fp32({ref, rq}, o), bf16({naive}, o);
+  const double lr = 1e-3;  // about 1/4 of bf16's spacing between 1 and 2 per update
+  for (int step = 0; step < 12; ++step) {
+    at::Tensor g1 = at::randn({64}, gen).to(at::kBFloat16),
+               g2 = at::randn({64}, gen).to(at::kBFloat16);
+    at::Tensor gq = at::randn({9}, gen);
+    p.mutable_grad() = g1;
+    q.mutable_grad() = gq;
+    opt.absorb_gradients();
+    p.mutable_grad() = g2;
+    opt.absorb_gradients();
+    ref.mutable_grad() = g1.to(at::kFloat) + g2.to(at::kFloat);  // summed in fp32
+    rq.mutable_grad() = gq.clone();
+    naive.mutable_grad() = g1 + g2;
+    opt.reduce_gradients(local_dist(), 0.0);
+    opt.step(local_dist(), lr);
+    fp32.step(lr);
+    bf16.step(lr);
+    const at::Tensor master = opt.saved_shard()->master;
+    EXPECT_TRUE(at::equal(master.narrow(0, 0, 64), ref.detach())) << "step " << step;
+    EXPECT_TRUE(at::equal(master.narrow(0, 64, 9), rq.detach())) << "step " << step;
+    EXPECT_EQ(p.scalar_type(), at::kBFloat16);
+    EXPECT_TRUE(at::equal(p, ref.detach().to(at::kBFloat16))) << "step " << step;
+    // Within bf16 rounding of the fp32 weights: half a spacing, 2^-8 relative.
+    EXPECT_LE((p.to(at::kFloat) - ref).abs().max().item<double>(),
+              std::ldexp(1.0, -8) * ref.abs().max().item<double>());
+  }
+  EXPECT_TRUE(at::equal(naive.detach(), p0)) << "plain bf16 AdamW should have stalled";
+  EXPECT_GT((p.to(at::kFloat) - p0.to(at::kFloat)).abs().max().item<double>(), 0.005);
+}
+
+// ZeRO-1's split: contiguous ranges of whole 64-value blocks, one per rank, that tile the
+// flat space; each rank's master starts as its range of the trained values.
+TEST(Optimizer, ShardsTileTheFlatSpaceInWholeBlocks) {
+  at::Tensor a = at::arange(300, at::kFloat).view({30, 10}), b = at::arange(300, 1001, at::kFloat);
+  for (int world = 1; world <= 5; ++world) {
+    int64_t next = 0;
+    for (int rank = 0; rank < world; ++rank) {
+      Optimizer opt({{"a", a}, {"b", b}}, AdamWOptions{}, ShardPlan{rank, world, true});
+      EXPECT_EQ(opt.numel(), 1001);
+      EXPECT_EQ(opt.shard_count(), world);
+      const auto [lo, hi] = opt.range();
+      EXPECT_EQ(lo, std::min<int64_t>(next, 1001)) << world << " " << rank;
+      EXPECT_TRUE(lo % 64 == 0 || lo == 1001) << lo;  // whole blocks (or empty at the end)
+      next = hi;
+      auto shard = opt.saved_shard();
+      if (hi == lo) {
+        EXPECT_FALSE(shard.has_value());
+        continue;
+      }
+      ASSERT_TRUE(shard.has_value());
+      EXPECT_TRUE(at::equal(shard->master, at::arange(lo, hi, at::kFloat)));
+      EXPECT_EQ(shard->m.numel(), hi - lo);
+    }
+    EXPECT_EQ(next, 1001) << world;
+  }
+  // Unsharded: every rank holds everything, rank 0 alone writes it.
+  Optimizer r1({{"a", a}, {"b", b}}, AdamWOptions{}, ShardPlan{1, 2, false});
+  EXPECT_EQ(r1.range(), std::make_pair(int64_t(0), int64_t(1001)));
+  EXPECT_FALSE(r1.saved_shard().has_value());
+  EXPECT_TRUE(Optimizer({{"a", a}}, AdamWOptions{}, ShardPlan{0, 2, false}).saved_shard());
 }
 
 // Gradient of one step for given micro-batch size (stories260K with DMS adapters).
@@ -444,7 +568,7 @@ TEST(RetrofitRun, OptionsFromTomlWithCommandLineOverrides) {
   EXPECT_EQ(cfg["window"], 6);
   EXPECT_EQ(cfg["target_cr"], 3.5);
   EXPECT_EQ(cfg["max_steps"], 2);  // the command line wins over the file
-  EXPECT_EQ(list_checkpoints(tmp.file("run")).back(), checkpoint_path(tmp.file("run"), 2));
+  EXPECT_EQ(list_checkpoints(tmp.file("run")).back(), checkpoint_dir(tmp.file("run"), 2));
 }
 
 TEST(RetrofitRun, DenseAttentionIsTheSameTrainingAndBadValuesExitWith2) {

@@ -83,6 +83,7 @@ struct Dist::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   GroupPtr pg;
   std::chrono::milliseconds timeout{600000};
+  at::Device device{at::kCPU};  // where collectives' tensors must live (NCCL: the GPU)
 };
 
 Dist::~Dist() = default;
@@ -114,6 +115,7 @@ std::unique_ptr<Dist> Dist::join(const DistEnv& env, const std::string& backend,
     opts->timeout = timeout;
     d->impl_->pg =
         c10::make_intrusive<c10d::ProcessGroupNCCL>(d->impl_->store, env.rank, env.world, opts);
+    d->impl_->device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
     d->backend_ = "nccl";
     return d;
   }
@@ -161,18 +163,31 @@ void Dist::fail(const std::string& what, const std::exception& e) {
                   " (" + e.what() + ")");
 }
 
+at::Tensor Dist::to_comm_device(const at::Tensor& t) const {
+  return t.device() == impl_->device ? t : t.to(impl_->device);
+}
+
+void Dist::back(const at::Tensor& comm, const at::Tensor& t) {
+  if (!comm.is_same(t)) t.copy_(comm);
+}
+
 void Dist::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
   if (env_.world == 1 || tensors.empty()) return;
-  // One flat bucket per dtype.
+  // One flat bucket; a single contiguous tensor where the backend wants it is its own
+  // bucket (no copy of a whole gradient buffer).
+  const at::Tensor& t0 = tensors[0];
+  const bool in_place =
+      tensors.size() == 1 && t0.is_contiguous() && t0.device() == impl_->device;
   std::vector<at::Tensor> flat_parts;
   for (const auto& t : tensors) flat_parts.push_back(t.reshape({-1}));
-  at::Tensor bucket = at::cat(flat_parts);
+  at::Tensor bucket = in_place ? flat_parts[0] : to_comm_device(at::cat(flat_parts));
   std::vector<at::Tensor> io{bucket};
   try {
     impl_->pg->allreduce(io)->wait(impl_->timeout);
   } catch (const std::exception& e) {
     fail("all-reduce", e);
   }
+  if (in_place) return;
   int64_t off = 0;
   for (const auto& t : tensors) {
     const int64_t n = t.numel();
@@ -181,9 +196,53 @@ void Dist::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
   }
 }
 
+at::Tensor Dist::reduce_scatter_sum(at::Tensor& flat) {
+  if (env_.world == 1) return flat;
+  const int64_t S = flat.numel() / env_.world;
+  if (flat.dim() != 1 || S * env_.world != flat.numel() || !flat.is_contiguous())
+    throw std::logic_error("reduce-scatter: needs a contiguous [world x chunk] buffer");
+  try {
+    if (backend_ == "nccl") {  // the input is the gradient buffer, already on the device
+      at::Tensor in = to_comm_device(flat), out = at::empty({S}, in.options());
+      impl_->pg->_reduce_scatter_base(out, in)->wait(impl_->timeout);
+      return out.to(flat.device());
+    }
+    std::vector<at::Tensor> io{flat};
+    impl_->pg->allreduce(io)->wait(impl_->timeout);
+  } catch (const std::exception& e) {
+    fail("reduce-scatter", e);
+  }
+  return flat.narrow(0, int64_t(env_.rank) * S, S);
+}
+
+void Dist::all_gather(const at::Tensor& mine, at::Tensor& out) {
+  const int64_t S = mine.numel();
+  if (out.dim() != 1 || out.numel() != S * env_.world || !out.is_contiguous())
+    throw std::logic_error("all-gather: needs a contiguous [world x chunk] output");
+  if (env_.world == 1) {
+    if (!out.is_same(mine)) out.copy_(mine.reshape({-1}));
+    return;
+  }
+  at::Tensor in = to_comm_device(mine.reshape({-1}).contiguous()), res = to_comm_device(out);
+  try {
+    if (backend_ == "nccl") {
+      impl_->pg->_allgather_base(res, in)->wait(impl_->timeout);
+    } else {  // Gloo (1.13) has no _allgather_base; its list form fills the views
+      std::vector<std::vector<at::Tensor>> outs(1);
+      for (int r = 0; r < env_.world; ++r) outs[0].push_back(res.narrow(0, int64_t(r) * S, S));
+      std::vector<at::Tensor> ins{in};
+      impl_->pg->allgather(outs, ins)->wait(impl_->timeout);
+    }
+  } catch (const std::exception& e) {
+    fail("all-gather", e);
+  }
+  back(res, out);
+}
+
 void Dist::broadcast(at::Tensor& t, int root) {
   if (env_.world == 1) return;
-  std::vector<at::Tensor> io{t};
+  at::Tensor c = to_comm_device(t);
+  std::vector<at::Tensor> io{c};
   c10d::BroadcastOptions o;
   o.rootRank = root;
   try {
@@ -191,6 +250,7 @@ void Dist::broadcast(at::Tensor& t, int root) {
   } catch (const std::exception& e) {
     fail("broadcast", e);
   }
+  back(c, t);
 }
 
 void Dist::barrier() {

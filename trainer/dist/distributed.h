@@ -1,6 +1,9 @@
 // Data-parallel plumbing on PyTorch's own engine (c10d): rendezvous through a TCPStore,
 // ProcessGroupGloo on CPU (ProcessGroupNCCL on CUDA builds), bucketed gradient all-reduce,
-// and naming the rank that was lost when a collective fails.
+// the reduce-scatter / all-gather pair of a sharded optimizer, and naming the rank that
+// was lost when a collective fails.
+// Shapes: W = ranks, S = values per rank's chunk. On NCCL, CPU tensors travel through the
+// rank's device (NCCL only moves device memory); every call blocks until it completed.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -42,6 +45,14 @@ class Dist {
   // Sums tensors across ranks in place, packed into one buffer per dtype (one collective
   // for all gradients, not one per tensor).
   void all_reduce_sum(const std::vector<at::Tensor>& tensors);
+  // flat [W*S] summed across ranks; returns this rank's chunk [S] of the sums (rank r:
+  // values [r*S, (r+1)*S)). NCCL: its native reduce-scatter. Gloo has none (LibTorch 1.13
+  // and 2.x throw "ProcessGroupGloo does not support reduce_scatter"), so `flat` is
+  // all-reduced in place and the chunk is a view into it. `flat` is scratch afterwards.
+  // World 1: `flat` itself.
+  at::Tensor reduce_scatter_sum(at::Tensor& flat);
+  // Every rank's mine [S] into out [W*S], in rank order (world 1: a copy).
+  void all_gather(const at::Tensor& mine, at::Tensor& out);
   void broadcast(at::Tensor& t, int root);
   void barrier();
   // Records this rank's progress in the store, so a failure can name who stopped.
@@ -50,6 +61,10 @@ class Dist {
  private:
   Dist() = default;
   [[noreturn]] void fail(const std::string& what, const std::exception& e);
+  // t itself, or a copy on the device the backend communicates from (NCCL: this rank's
+  // GPU); `back` copies a result into t when they differ.
+  at::Tensor to_comm_device(const at::Tensor& t) const;
+  static void back(const at::Tensor& comm, const at::Tensor& t);
   struct Impl;
   std::unique_ptr<Impl> impl_;
   DistEnv env_;
