@@ -176,8 +176,7 @@ void Dist::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
   // One flat bucket; a single contiguous tensor where the backend wants it is its own
   // bucket (no copy of a whole gradient buffer).
   const at::Tensor& t0 = tensors[0];
-  const bool in_place =
-      tensors.size() == 1 && t0.is_contiguous() && t0.device() == impl_->device;
+  const bool in_place = tensors.size() == 1 && t0.is_contiguous() && t0.device() == impl_->device;
   std::vector<at::Tensor> flat_parts;
   for (const auto& t : tensors) flat_parts.push_back(t.reshape({-1}));
   at::Tensor bucket = in_place ? flat_parts[0] : to_comm_device(at::cat(flat_parts));
