@@ -1,5 +1,6 @@
 #include "trainer/eval/export_run.h"
 
+#include <ATen/core/grad_mode.h>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -14,8 +15,8 @@
 #include "common/json_file.h"
 #include "common/mapped_file.h"
 #include "data/prepare.h"
-#include "data/tokenizer.h"
 #include "data/token_file.h"
+#include "data/tokenizer.h"
 #include "trainer/config/retrofit_config.h"
 #include "trainer/eval/forced.h"
 

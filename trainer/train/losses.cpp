@@ -1,7 +1,7 @@
 #include "trainer/train/losses.h"
 
+#include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
-
 
 namespace dms {
 

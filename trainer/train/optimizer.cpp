@@ -1,5 +1,6 @@
 #include "trainer/train/optimizer.h"
 
+#include <ATen/core/grad_mode.h>
 #include <cmath>
 
 namespace dms {
