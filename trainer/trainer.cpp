@@ -1,6 +1,7 @@
 #include "trainer/trainer.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 
 #include <signal.h>
 
@@ -164,13 +165,13 @@ Trainer::Trainer(const RetrofitConfig& cfg) : cfg_(cfg) {
   if (fs::exists(run) && !fs::is_empty(run) && !cfg_.run.resume)
     throw InputError(cfg_.run.out + ": run directory is not empty (pass --resume to continue it)");
   env_ = detect_dist_env();
+  device_ = pick_device(cfg_.dist.device, env_.local_rank);
   dist_ = Dist::join(env_, backend_name(cfg_.dist.backend),
-                     std::chrono::milliseconds(int64_t(cfg_.dist.timeout_s * 1000)));
+                     std::chrono::milliseconds(int64_t(cfg_.dist.timeout_s * 1000)), device_);
   lead_ = dist_->rank() == 0;
   catch_stop_signals();
   models_.load(cfg_);
   if (lead_) base_json_ = identify_model(cfg_.run.model).to_json().dump();
-  device_ = pick_device(cfg_.dist.device, env_.local_rank);
   open_data();
   models_.attach(cfg_, device_);
   build_optimization();

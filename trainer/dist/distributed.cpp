@@ -83,19 +83,14 @@ struct Dist::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   GroupPtr pg;
   std::chrono::milliseconds timeout{600000};
+  at::Device comm_device{at::kCPU};  // where the backend's collectives take their tensors
 };
 
 Dist::~Dist() = default;
 
-std::unique_ptr<Dist> Dist::join(const DistEnv& env, const std::string& backend,
-                                 std::chrono::milliseconds timeout) {
-  std::unique_ptr<Dist> d(new Dist());
-  d->env_ = env;
-  d->impl_ = std::make_unique<Impl>();
-  d->impl_->timeout = timeout;
-  if (env.world == 1) return d;
-  require(backend == "gloo" || backend == "nccl" || backend == "auto", "--backend",
-          "'" + backend + "' (gloo, nccl or auto)");
+namespace {
+
+c10::intrusive_ptr<c10d::Store> open_store(const DistEnv& env, std::chrono::milliseconds timeout) {
   c10d::TCPStoreOptions so;
   so.port = uint16_t(env.port);
   so.isServer = env.rank == 0;
@@ -103,30 +98,66 @@ std::unique_ptr<Dist> Dist::join(const DistEnv& env, const std::string& backend,
   so.waitWorkers = true;
   so.timeout = timeout;
   try {
-    d->impl_->store = c10::make_intrusive<c10d::TCPStore>(env.addr, so);
+    return c10::make_intrusive<c10d::TCPStore>(env.addr, so);
   } catch (const std::exception& e) {
     throw DistError("rank " + std::to_string(env.rank) + ": cannot reach the rendezvous store at " +
                     env.addr + ":" + std::to_string(env.port) + ": " + e.what());
   }
-#ifdef DMS_WITH_CUDA
-  if (backend == "nccl" || backend == "auto") {
-    auto opts = c10d::ProcessGroupNCCL::Options::create();
-    opts->timeout = timeout;
-    d->impl_->pg =
-        c10::make_intrusive<c10d::ProcessGroupNCCL>(d->impl_->store, env.rank, env.world, opts);
-    d->backend_ = "nccl";
-    return d;
-  }
-#else
-  require(backend != "nccl", "--backend", "nccl needs a CUDA build of LibTorch");
-#endif
+}
+
+GroupPtr gloo_group(const c10::intrusive_ptr<c10d::Store>& store, const DistEnv& env,
+                    std::chrono::milliseconds timeout) {
   auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
   // Bind to loopback for single-node rendezvous, else to this host's own interface.
   const bool loopback = env.addr == "127.0.0.1" || env.addr == "localhost";
   opts->devices.push_back(loopback ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
                                    : c10d::ProcessGroupGloo::createDefaultDevice());
-  d->impl_->pg =
-      c10::make_intrusive<c10d::ProcessGroupGloo>(d->impl_->store, env.rank, env.world, opts);
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world, opts);
+}
+
+#ifdef DMS_WITH_CUDA
+GroupPtr nccl_group(const c10::intrusive_ptr<c10d::Store>& store, const DistEnv& env,
+                    std::chrono::milliseconds timeout) {
+  auto opts = c10d::ProcessGroupNCCL::Options::create();
+  opts->timeout = timeout;
+  return c10::make_intrusive<c10d::ProcessGroupNCCL>(store, env.rank, env.world, opts);
+}
+#endif
+
+// "auto" -> nccl when training runs on a GPU of a CUDA build, else gloo; NCCL moves only GPU
+// tensors, so it needs a CUDA device.
+std::string resolve_backend(const std::string& backend, const at::Device& device) {
+  require(backend == "gloo" || backend == "nccl" || backend == "auto", "--backend",
+          "'" + backend + "' (gloo, nccl or auto)");
+#ifndef DMS_WITH_CUDA
+  require(backend != "nccl", "--backend", "nccl needs a CUDA build of LibTorch");
+#endif
+  require(backend != "nccl" || device.is_cuda(), "--backend",
+          "nccl reduces GPU tensors; it needs --device cuda (or auto on a machine with a GPU)");
+  if (backend != "auto") return backend;
+  return device.is_cuda() ? "nccl" : "gloo";
+}
+
+}  // namespace
+
+std::unique_ptr<Dist> Dist::join(const DistEnv& env, const std::string& backend,
+                                 std::chrono::milliseconds timeout, const at::Device& device) {
+  std::unique_ptr<Dist> d(new Dist());
+  d->env_ = env;
+  d->impl_ = std::make_unique<Impl>();
+  d->impl_->timeout = timeout;
+  if (env.world == 1) return d;
+  const std::string chosen = resolve_backend(backend, device);
+  d->impl_->store = open_store(env, timeout);
+#ifdef DMS_WITH_CUDA
+  if (chosen == "nccl") {
+    d->impl_->pg = nccl_group(d->impl_->store, env, timeout);
+    d->impl_->comm_device = device;
+    d->backend_ = "nccl";
+    return d;
+  }
+#endif
+  d->impl_->pg = gloo_group(d->impl_->store, env, timeout);
   d->backend_ = "gloo";
   return d;
 }
@@ -166,7 +197,7 @@ void Dist::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
   // One flat bucket per dtype.
   std::vector<at::Tensor> flat_parts;
   for (const auto& t : tensors) flat_parts.push_back(t.reshape({-1}));
-  at::Tensor bucket = at::cat(flat_parts);
+  at::Tensor bucket = at::cat(flat_parts).to(impl_->comm_device);
   std::vector<at::Tensor> io{bucket};
   try {
     impl_->pg->allreduce(io)->wait(impl_->timeout);
@@ -183,7 +214,7 @@ void Dist::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
 
 void Dist::broadcast(at::Tensor& t, int root) {
   if (env_.world == 1) return;
-  std::vector<at::Tensor> io{t};
+  std::vector<at::Tensor> io{t.to(impl_->comm_device)};
   c10d::BroadcastOptions o;
   o.rootRank = root;
   try {
@@ -191,6 +222,7 @@ void Dist::broadcast(at::Tensor& t, int root) {
   } catch (const std::exception& e) {
     fail("broadcast", e);
   }
+  if (!io[0].is_same(t)) t.copy_(io[0]);
 }
 
 void Dist::barrier() {

@@ -31,16 +31,19 @@ struct DistError : std::runtime_error {
 class Dist {
  public:
   // Joins the group described by env (world 1: no group, every call is local).
-  // backend: "gloo" | "nccl" | "auto" (nccl on CUDA builds with a GPU, else gloo).
+  // backend: "gloo" | "nccl" | "auto" (nccl when device is CUDA on a CUDA build, else gloo).
+  // device: where training runs. NCCL reduces tensors on it (cuda:LOCAL_RANK), Gloo on
+  // the CPU; tensors given elsewhere are copied there and back, so callers may pass CPU
+  // scalars (flags, checksums) whatever the backend.
   static std::unique_ptr<Dist> join(const DistEnv& env, const std::string& backend,
-                                    std::chrono::milliseconds timeout);
+                                    std::chrono::milliseconds timeout, const at::Device& device);
   ~Dist();
   int rank() const { return env_.rank; }
   int world() const { return env_.world; }
   const std::string& backend() const { return backend_; }
 
-  // Sums tensors across ranks in place, packed into one buffer per dtype (one collective
-  // for all gradients, not one per tensor).
+  // Sums tensors across ranks in place, packed into one buffer (one collective for all
+  // gradients, not one per tensor).
   void all_reduce_sum(const std::vector<at::Tensor>& tensors);
   void broadcast(at::Tensor& t, int root);
   void barrier();
