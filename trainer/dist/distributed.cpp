@@ -64,6 +64,7 @@ DistEnv detect_dist_env() {
     e.rank = env_int("RANK", 0);
     e.world = env_int("WORLD_SIZE", 1);
     e.local_rank = env_int("LOCAL_RANK", 0);
+    e.local_world = env_int("LOCAL_WORLD_SIZE", e.world);
     e.addr = env_str("MASTER_ADDR", "127.0.0.1");
     e.port = env_int("MASTER_PORT", 29500);
   } else if (std::getenv("SLURM_PROCID") && std::getenv("SLURM_NTASKS")) {
@@ -71,6 +72,7 @@ DistEnv detect_dist_env() {
     e.rank = env_int("SLURM_PROCID", 0);
     e.world = env_int("SLURM_NTASKS", 1);
     e.local_rank = env_int("SLURM_LOCALID", 0);
+    e.local_world = env_int("SLURM_NTASKS_PER_NODE", e.world);
     e.addr = env_str("MASTER_ADDR", first_slurm_host(env_str("SLURM_JOB_NODELIST", "127.0.0.1")));
     e.port = env_int("MASTER_PORT", 29500);
   }

@@ -13,10 +13,12 @@
 namespace dms {
 
 // Where this process sits, from the launcher's environment: torchrun (RANK, WORLD_SIZE,
-// LOCAL_RANK, MASTER_ADDR, MASTER_PORT), Slurm (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID,
-// first host of SLURM_JOB_NODELIST / MASTER_ADDR), or a single process.
+// LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), Slurm (SLURM_PROCID, SLURM_NTASKS,
+// SLURM_LOCALID, SLURM_NTASKS_PER_NODE, first host of SLURM_JOB_NODELIST / MASTER_ADDR), or a
+// single process. local_world: processes on this node (the world when the launcher does not
+// say).
 struct DistEnv {
-  int rank = 0, world = 1, local_rank = 0;
+  int rank = 0, world = 1, local_rank = 0, local_world = 1;
   std::string addr = "127.0.0.1";
   int port = 29500;
   std::string launcher = "single";  // torchrun | slurm | single
