@@ -88,4 +88,6 @@ else()
   set(DMS_WITH_CUDA OFF)
   set(dms_cuda_note "")
 endif()
+# Recorded for scripts (scripts/build_torch2.sh checks that its build has CUDA).
+set(DMS_WITH_CUDA ${DMS_WITH_CUDA} CACHE INTERNAL "LibTorch has CUDA")
 message(STATUS "dms: Torch ${Torch_VERSION} at ${DMS_TORCH_PREFIX}, CUDA: ${DMS_WITH_CUDA}${dms_cuda_note}")
