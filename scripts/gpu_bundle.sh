@@ -83,6 +83,7 @@ rm -rf "${DIR:?}/etc" "$DIR/usr/share/doc" "$DIR/usr/share/man" "$DIR/usr/share/
   "$DIR/usr/share/info" "$DIR/usr/share/pkgconfig/protobuf"*
 find "$DIR" \( -name 'libhdf5_serial_fortran*' -o -name 'libhdf5_serialhl_fortran*' \
   -o -name 'libhdf5_serial_cpp*' -o -name 'libhdf5_serial_hl_cpp*' -o -name '*.mod' \) -delete
+find "$DIR" -xtype l -delete  # links to what was just dropped
 # pkg-config files name /usr: make them relative to where they lie.
 find "$DIR" -name '*.pc' | while read -r pc; do
   rel=$(realpath --relative-to="$(dirname "$pc")" "$DIR/usr")
