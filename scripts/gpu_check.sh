@@ -23,8 +23,9 @@ SELF="$PWD/scripts/gpu_check.sh"
 
 # ---------------------------------------------------------------- helpers (every stage)
 
-fail() {  # message: the stage's one-line verdict
+fail() {  # message: the stage's one-line verdict (also kept for the JSON file)
   echo "gpu_check: $*" >&2
+  echo "$*" >"$GC_WORK/reason"
   exit 1
 }
 
@@ -76,7 +77,8 @@ stage_build() {
   fi
   grep -E '^-- dms:' "$log"
   # The NCCL process group must be compiled in (the #ifdef DMS_WITH_CUDA branch).
-  nm -C "$GC_BUILD/dms" | grep -q 'c10d::ProcessGroupNCCL::ProcessGroupNCCL' ||
+  # (Counted, not grep -q: with pipefail an early grep exit would fail nm's pipe.)
+  [ "$(nm -C "$GC_BUILD/dms" | grep -c 'c10d::ProcessGroupNCCL::ProcessGroupNCCL')" -gt 0 ] ||
     fail "$GC_BUILD/dms has no ProcessGroupNCCL: the CUDA branch of trainer/dist/distributed.cpp was not compiled"
   figure build_dir "\"$GC_BUILD\""
 }
@@ -114,7 +116,7 @@ stage_core_cuda() {
 # report its speed and peak device memory.
 stage_bf16_smoke() {
   local dms="$GC_BUILD/dms" r="$GC_WORK/bf16"
-  with_deps "$dms" retrofit --help | grep -q -- '--dtype' ||
+  grep -q -- '--dtype' <<<"$(with_deps "$dms" retrofit --help)" ||
     fail "dms retrofit has no --dtype option yet (bf16 training is being added)"
   mkdir -p "$r"
   with_deps "$dms" data prepare --tokenizer "$GC_ASSETS/stories260K/tok512.model" \
@@ -229,7 +231,7 @@ run_stage() {  # name budget_s
   case "$rc" in
     0) return 0 ;;
     124 | 137) FAILED="$name: over its budget of $budget s" ;;
-    *) FAILED="$name (exit $rc)" ;;
+    *) FAILED="$name: $(cat "$GC_WORK/reason" 2>/dev/null || echo "exit $rc")" ;;
   esac
   return 1
 }
