@@ -1,5 +1,6 @@
 #include "model/dms.h"
 
+#include <ATen/core/grad_mode.h>
 #include <limits>
 
 #include "model/transformer.h"

@@ -1,8 +1,10 @@
 #include "trainer/trainer.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 
 #include <signal.h>
+#include <torch/cuda.h>
 
 #include <atomic>
 #include <chrono>
@@ -61,14 +63,22 @@ void catch_stop_signals() {
   sigaction(SIGINT, &sa, nullptr);
 }
 
-// cpu | cuda | auto (cuda:LOCAL_RANK when this LibTorch has CUDA and a device is present).
-at::Device pick_device(DeviceKind kind, int local_rank) {
+// cpu | cuda | auto. auto: cuda:LOCAL_RANK when this LibTorch has CUDA and the machine has a
+// device for every process on it (every rank of a node gets the same answer, so all choose
+// the same backend), else the CPU.
+at::Device pick_device(DeviceKind kind, const DistEnv& env) {
   if (kind == DeviceKind::cpu) return at::Device(at::kCPU);
-  const bool cuda = at::hasCUDA();
-  if (kind == DeviceKind::cuda)
-    require(cuda, "--device", "this build or machine has no CUDA device");
-  return cuda ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank))
-              : at::Device(at::kCPU);
+  const int devices = int(torch::cuda::device_count());
+  if (kind == DeviceKind::cuda) {
+    require(devices > 0, "--device", "this build or machine has no CUDA device");
+    require(env.local_rank < devices, "--device",
+            "cuda:" + std::to_string(env.local_rank) +
+                " (LOCAL_RANK) does not exist: this machine has " + std::to_string(devices) +
+                " CUDA device(s)");
+  } else if (devices < env.local_world) {
+    return at::Device(at::kCPU);
+  }
+  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
 }
 
 // The models' compute dtype: --dtype, or bf16 on CUDA and f32 on CPU.
@@ -180,11 +190,11 @@ Trainer::Trainer(const RetrofitConfig& cfg) : cfg_(cfg) {
   if (fs::exists(run) && !fs::is_empty(run) && !cfg_.run.resume)
     throw InputError(cfg_.run.out + ": run directory is not empty (pass --resume to continue it)");
   env_ = detect_dist_env();
+  device_ = pick_device(cfg_.dist.device, env_);
   dist_ = Dist::join(env_, backend_name(cfg_.dist.backend),
-                     std::chrono::milliseconds(int64_t(cfg_.dist.timeout_s * 1000)));
+                     std::chrono::milliseconds(int64_t(cfg_.dist.timeout_s * 1000)), device_);
   lead_ = dist_->rank() == 0;
   catch_stop_signals();
-  device_ = pick_device(cfg_.dist.device, env_.local_rank);
   models_.load(cfg_, compute_dtype(cfg_.optim.dtype, device_));
   if (lead_) base_json_ = identify_model(cfg_.run.model).to_json().dump();
   open_data();

@@ -64,6 +64,7 @@ DistEnv detect_dist_env() {
     e.rank = env_int("RANK", 0);
     e.world = env_int("WORLD_SIZE", 1);
     e.local_rank = env_int("LOCAL_RANK", 0);
+    e.local_world = env_int("LOCAL_WORLD_SIZE", e.world);
     e.addr = env_str("MASTER_ADDR", "127.0.0.1");
     e.port = env_int("MASTER_PORT", 29500);
   } else if (std::getenv("SLURM_PROCID") && std::getenv("SLURM_NTASKS")) {
@@ -71,6 +72,7 @@ DistEnv detect_dist_env() {
     e.rank = env_int("SLURM_PROCID", 0);
     e.world = env_int("SLURM_NTASKS", 1);
     e.local_rank = env_int("SLURM_LOCALID", 0);
+    e.local_world = env_int("SLURM_NTASKS_PER_NODE", e.world);
     e.addr = env_str("MASTER_ADDR", first_slurm_host(env_str("SLURM_JOB_NODELIST", "127.0.0.1")));
     e.port = env_int("MASTER_PORT", 29500);
   }
@@ -83,20 +85,14 @@ struct Dist::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   GroupPtr pg;
   std::chrono::milliseconds timeout{600000};
-  at::Device device{at::kCPU};  // where collectives' tensors must live (NCCL: the GPU)
+  at::Device comm_device{at::kCPU};  // where the backend's collectives take their tensors
 };
 
 Dist::~Dist() = default;
 
-std::unique_ptr<Dist> Dist::join(const DistEnv& env, const std::string& backend,
-                                 std::chrono::milliseconds timeout) {
-  std::unique_ptr<Dist> d(new Dist());
-  d->env_ = env;
-  d->impl_ = std::make_unique<Impl>();
-  d->impl_->timeout = timeout;
-  if (env.world == 1) return d;
-  require(backend == "gloo" || backend == "nccl" || backend == "auto", "--backend",
-          "'" + backend + "' (gloo, nccl or auto)");
+namespace {
+
+c10::intrusive_ptr<c10d::Store> open_store(const DistEnv& env, std::chrono::milliseconds timeout) {
   c10d::TCPStoreOptions so;
   so.port = uint16_t(env.port);
   so.isServer = env.rank == 0;
@@ -104,31 +100,66 @@ std::unique_ptr<Dist> Dist::join(const DistEnv& env, const std::string& backend,
   so.waitWorkers = true;
   so.timeout = timeout;
   try {
-    d->impl_->store = c10::make_intrusive<c10d::TCPStore>(env.addr, so);
+    return c10::make_intrusive<c10d::TCPStore>(env.addr, so);
   } catch (const std::exception& e) {
     throw DistError("rank " + std::to_string(env.rank) + ": cannot reach the rendezvous store at " +
                     env.addr + ":" + std::to_string(env.port) + ": " + e.what());
   }
-#ifdef DMS_WITH_CUDA
-  if (backend == "nccl" || backend == "auto") {
-    auto opts = c10d::ProcessGroupNCCL::Options::create();
-    opts->timeout = timeout;
-    d->impl_->pg =
-        c10::make_intrusive<c10d::ProcessGroupNCCL>(d->impl_->store, env.rank, env.world, opts);
-    d->impl_->device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
-    d->backend_ = "nccl";
-    return d;
-  }
-#else
-  require(backend != "nccl", "--backend", "nccl needs a CUDA build of LibTorch");
-#endif
+}
+
+GroupPtr gloo_group(const c10::intrusive_ptr<c10d::Store>& store, const DistEnv& env,
+                    std::chrono::milliseconds timeout) {
   auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
   // Bind to loopback for single-node rendezvous, else to this host's own interface.
   const bool loopback = env.addr == "127.0.0.1" || env.addr == "localhost";
   opts->devices.push_back(loopback ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
                                    : c10d::ProcessGroupGloo::createDefaultDevice());
-  d->impl_->pg =
-      c10::make_intrusive<c10d::ProcessGroupGloo>(d->impl_->store, env.rank, env.world, opts);
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world, opts);
+}
+
+#ifdef DMS_WITH_CUDA
+GroupPtr nccl_group(const c10::intrusive_ptr<c10d::Store>& store, const DistEnv& env,
+                    std::chrono::milliseconds timeout) {
+  auto opts = c10d::ProcessGroupNCCL::Options::create();
+  opts->timeout = timeout;
+  return c10::make_intrusive<c10d::ProcessGroupNCCL>(store, env.rank, env.world, opts);
+}
+#endif
+
+// "auto" -> nccl when training runs on a GPU of a CUDA build, else gloo; NCCL moves only GPU
+// tensors, so it needs a CUDA device.
+std::string resolve_backend(const std::string& backend, const at::Device& device) {
+  require(backend == "gloo" || backend == "nccl" || backend == "auto", "--backend",
+          "'" + backend + "' (gloo, nccl or auto)");
+#ifndef DMS_WITH_CUDA
+  require(backend != "nccl", "--backend", "nccl needs a CUDA build of LibTorch");
+#endif
+  require(backend != "nccl" || device.is_cuda(), "--backend",
+          "nccl reduces GPU tensors; it needs --device cuda (or auto on a machine with a GPU)");
+  if (backend != "auto") return backend;
+  return device.is_cuda() ? "nccl" : "gloo";
+}
+
+}  // namespace
+
+std::unique_ptr<Dist> Dist::join(const DistEnv& env, const std::string& backend,
+                                 std::chrono::milliseconds timeout, const at::Device& device) {
+  std::unique_ptr<Dist> d(new Dist());
+  d->env_ = env;
+  d->impl_ = std::make_unique<Impl>();
+  d->impl_->timeout = timeout;
+  if (env.world == 1) return d;
+  const std::string chosen = resolve_backend(backend, device);
+  d->impl_->store = open_store(env, timeout);
+#ifdef DMS_WITH_CUDA
+  if (chosen == "nccl") {
+    d->impl_->pg = nccl_group(d->impl_->store, env, timeout);
+    d->impl_->comm_device = device;
+    d->backend_ = "nccl";
+    return d;
+  }
+#endif
+  d->impl_->pg = gloo_group(d->impl_->store, env, timeout);
   d->backend_ = "gloo";
   return d;
 }
@@ -164,7 +195,7 @@ void Dist::fail(const std::string& what, const std::exception& e) {
 }
 
 at::Tensor Dist::to_comm_device(const at::Tensor& t) const {
-  return t.device() == impl_->device ? t : t.to(impl_->device);
+  return t.device() == impl_->comm_device ? t : t.to(impl_->comm_device);
 }
 
 void Dist::back(const at::Tensor& comm, const at::Tensor& t) {
@@ -176,7 +207,7 @@ void Dist::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
   // One flat bucket; a single contiguous tensor where the backend wants it is its own
   // bucket (no copy of a whole gradient buffer).
   const at::Tensor& t0 = tensors[0];
-  const bool in_place = tensors.size() == 1 && t0.is_contiguous() && t0.device() == impl_->device;
+  const bool in_place = tensors.size() == 1 && t0.is_contiguous() && t0.device() == impl_->comm_device;
   std::vector<at::Tensor> flat_parts;
   for (const auto& t : tensors) flat_parts.push_back(t.reshape({-1}));
   at::Tensor bucket = in_place ? flat_parts[0] : to_comm_device(at::cat(flat_parts));

@@ -16,10 +16,12 @@
 namespace dms {
 
 // Where this process sits, from the launcher's environment: torchrun (RANK, WORLD_SIZE,
-// LOCAL_RANK, MASTER_ADDR, MASTER_PORT), Slurm (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID,
-// first host of SLURM_JOB_NODELIST / MASTER_ADDR), or a single process.
+// LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), Slurm (SLURM_PROCID, SLURM_NTASKS,
+// SLURM_LOCALID, SLURM_NTASKS_PER_NODE, first host of SLURM_JOB_NODELIST / MASTER_ADDR), or a
+// single process. local_world: processes on this node (the world when the launcher does not
+// say).
 struct DistEnv {
-  int rank = 0, world = 1, local_rank = 0;
+  int rank = 0, world = 1, local_rank = 0, local_world = 1;
   std::string addr = "127.0.0.1";
   int port = 29500;
   std::string launcher = "single";  // torchrun | slurm | single
@@ -34,16 +36,19 @@ struct DistError : std::runtime_error {
 class Dist {
  public:
   // Joins the group described by env (world 1: no group, every call is local).
-  // backend: "gloo" | "nccl" | "auto" (nccl on CUDA builds with a GPU, else gloo).
+  // backend: "gloo" | "nccl" | "auto" (nccl when device is CUDA on a CUDA build, else gloo).
+  // device: where training runs. NCCL reduces tensors on it (cuda:LOCAL_RANK), Gloo on
+  // the CPU; tensors given elsewhere are copied there and back, so callers may pass CPU
+  // scalars (flags, checksums) whatever the backend.
   static std::unique_ptr<Dist> join(const DistEnv& env, const std::string& backend,
-                                    std::chrono::milliseconds timeout);
+                                    std::chrono::milliseconds timeout, const at::Device& device);
   ~Dist();
   int rank() const { return env_.rank; }
   int world() const { return env_.world; }
   const std::string& backend() const { return backend_; }
 
-  // Sums tensors across ranks in place, packed into one buffer per dtype (one collective
-  // for all gradients, not one per tensor).
+  // Sums tensors across ranks in place, packed into one buffer (one collective for all
+  // gradients, not one per tensor).
   void all_reduce_sum(const std::vector<at::Tensor>& tensors);
   // flat [W*S] summed across ranks; returns this rank's chunk [S] of the sums (rank r:
   // values [r*S, (r+1)*S)). NCCL: its native reduce-scatter. Gloo has none (LibTorch 1.13

@@ -1,5 +1,6 @@
 #include "trainer/eval/export_run.h"
 
+#include <ATen/core/grad_mode.h>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
