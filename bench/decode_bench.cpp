@@ -3,6 +3,7 @@
 // at the DMS cache's budget, on the synthetic 15M Llama. The context is filled by one
 // blockwise prefill; then `--tokens` single-token steps are timed (median).
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 
 #include <CLI/CLI.hpp>
 #include <iostream>

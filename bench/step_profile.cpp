@@ -1,6 +1,7 @@
 // Where a retrofit step's time goes: teacher forward, student forward (train mode),
 // backward, for a model and batch shape. Prints medians of several runs.
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 #include <malloc.h>
 
 #include <algorithm>

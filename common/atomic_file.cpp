@@ -1,5 +1,6 @@
 #include "common/atomic_file.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -41,6 +42,14 @@ void write_file_atomic(const std::string& path, const std::string& contents) {
   AtomicFile f(path);
   f.write(contents);
   f.commit();
+}
+
+void sync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  const bool ok = fd >= 0 && ::fsync(fd) == 0;
+  const std::string why = std::strerror(errno);
+  if (fd >= 0) ::close(fd);
+  if (!ok) throw std::runtime_error(path + ": cannot sync to disk: " + why);
 }
 
 }  // namespace dms

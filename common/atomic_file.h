@@ -28,4 +28,8 @@ class AtomicFile {
 // Writes a whole text file atomically.
 void write_file_atomic(const std::string& path, const std::string& contents);
 
+// fsync of a written file, or of a directory (so that entries created or renamed in it
+// survive a crash); std::runtime_error naming the path when it fails.
+void sync_path(const std::string& path);
+
 }  // namespace dms

@@ -1,5 +1,6 @@
 #include "model/dms.h"
 
+#include <ATen/core/grad_mode.h>
 #include <limits>
 
 #include "model/transformer.h"
@@ -33,7 +34,9 @@ int64_t dms_parameter_count(const ModelConfig& c, DmsPredictor p) {
 at::Tensor adapter_decision_logits(const LayerWeights& w, const ModelConfig& c, const DmsConfig& d,
                                    const at::Tensor& x) {
   at::Tensor h = rms_norm(x, w.dms_norm, c.rms_eps);
-  at::Tensor z = at::linear(h, w.dms_proj, w.dms_bias) * d.scale - d.offset;  // [B, T, K]
+  // fp32 from here on: the scale (100) would multiply bf16 rounding into whole units of z.
+  at::Tensor p = at::linear(h, w.dms_proj, w.dms_bias);
+  at::Tensor z = p.to(at::promote_types(p.scalar_type(), at::kFloat)) * d.scale - d.offset;  // [B, T, K]
   return z.transpose(1, 2);                                                   // [B, K, T]
 }
 
@@ -41,7 +44,8 @@ at::Tensor query_neuron_decision_logits(const at::Tensor& q, const ModelConfig& 
                                         const DmsConfig& d) {
   const int64_t G = c.n_heads / c.n_kv_heads, hd = q.size(3);
   at::Tensor first = q.slice(1, 0, c.n_heads, G);  // [B, K, T, d]: heads 0, G, 2G, ...
-  return first.select(3, hd - 1) * d.scale - d.offset;
+  at::Tensor n = first.select(3, hd - 1);
+  return n.to(at::promote_types(n.scalar_type(), at::kFloat)) * d.scale - d.offset;  // fp32
 }
 
 at::Tensor zero_query_neuron(const at::Tensor& q, int64_t n_kv_heads) {

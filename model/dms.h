@@ -41,7 +41,9 @@ void attach_dms(Model& m, const DmsConfig& c);
 // L x (K x D + D (+ K with attention bias)) for the adapter, 0 for the query neuron.
 int64_t dms_parameter_count(const ModelConfig& c, DmsPredictor p);
 
-// Adapter decision logits. x [B, T, D] (residual entering the layer) -> z [B, K, T]
+// Adapter decision logits, fp32 for half-precision models (z = s * (...) - o with s = 100
+// would turn bf16 rounding into whole units). x [B, T, D] (residual entering the layer)
+// -> z [B, K, T]
 at::Tensor adapter_decision_logits(const LayerWeights& w, const ModelConfig& c, const DmsConfig& d,
                                    const at::Tensor& x);
 

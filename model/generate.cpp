@@ -1,5 +1,6 @@
 #include "model/generate.h"
 
+#include <ATen/core/grad_mode.h>
 #include <algorithm>
 #include <numeric>
 #include <vector>

@@ -1,5 +1,6 @@
 #include "model/kv_cache.h"
 
+#include <ATen/core/grad_mode.h>
 #include <algorithm>
 #include <limits>
 #include <unordered_map>

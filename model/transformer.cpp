@@ -1,5 +1,6 @@
 #include "model/transformer.h"
 
+#include <ATen/core/grad_mode.h>
 #include <cmath>
 #include <limits>
 

@@ -5,6 +5,9 @@
 #   --reference   also create .venv/, the Python environment of the independent references
 #                 the tests compare with (scripts/requirements-reference.txt, pinned). The
 #                 toolkit itself never needs it; scripts/test.sh asks for it.
+#   DMS_TORCH2=1  also build build-torch2/ against the .venv's PyTorch LibTorch 2.x with CUDA
+#                 and -Werror (scripts/build_torch2.sh; implies --reference; needs nvcc, not
+#                 a GPU). CI builds it and runs the core tests on it (scripts/test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REFERENCE=0
@@ -14,6 +17,12 @@ for arg in "$@"; do
     *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
+TORCH2=${DMS_TORCH2:-0}
+case "$TORCH2" in
+  0 | "") TORCH2=0 ;;
+  1) REFERENCE=1 ;;
+  *) echo "setup.sh: DMS_TORCH2='$TORCH2' (1 builds build-torch2/, 0 or unset does not)" >&2; exit 2 ;;
+esac
 
 PACKAGES=(g++ make cmake pkg-config ccache libopenblas0-openmp protobuf-compiler libprotobuf-dev chromium librsvg2-bin
   libtorch-dev libgloo-dev
@@ -52,3 +61,6 @@ JOBS=${JOBS:-$(nproc)}
 # shellcheck disable=SC2086
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release ${CMAKE_ARGS:-} >/dev/null
 cmake --build "$BUILD_DIR" -j "$JOBS"
+if [ "$TORCH2" = 1 ]; then
+  JOBS=$JOBS scripts/build_torch2.sh
+fi

@@ -2,6 +2,7 @@
 // and the eviction terms, across shapes, windows, GQA, block sizes (ragged last tiles,
 // T smaller than a tile), padding, sliding windows, hard (eval) terms, bf16, and a whole
 // model step; plus central differences for the eviction-term gradient.
+#include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 
 #include <sstream>

@@ -1,12 +1,16 @@
-// Importers and writers: safetensors (valid and hostile files), HF configs, llama2.c.
+// Importers and writers: safetensors (valid and hostile files), HF configs, llama2.c,
+// training checkpoint directories (manifest, shards, damage).
 #include <filesystem>
+#include <functional>
 
+#include "checkpoints/checkpoint_dir.h"
 #include "checkpoints/export.h"
 #include "checkpoints/hf_config.h"
 #include "checkpoints/llama2c.h"
 #include "checkpoints/load_model.h"
 #include "checkpoints/safetensors.h"
 #include "common/error.h"
+#include "common/sha256.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
@@ -311,6 +315,117 @@ TEST(Export, DmsModelRoundTripsBitForBit) {
   write_hf_model(m, out, x, /*overwrite=*/true);
   EXPECT_TRUE(at::equal(forward(load_model(out), tokens), a.logits));
   EXPECT_EQ(std::distance(fs::directory_iterator(tmp.path), fs::directory_iterator()), 1);
+}
+
+// A checkpoint of step `step` in <run>: a state with an fp32 and a bf16 tensor, and the
+// flat optimizer space [0, 1000) in the shards `cuts` ([0, c1), [c1, c2), ..., [ck, 1000)),
+// m = i, v = 2i, master = 3i for value i.
+std::string write_checkpoint(const std::string& run, int64_t step, std::vector<int64_t> cuts) {
+  const std::string tmp = checkpoint_temp_dir(run, step);
+  fs::create_directories(tmp);
+  TrainState s;
+  s.step = step;
+  s.world_size = int64_t(cuts.size()) + 1;
+  s.config_json = "{}";
+  s.trained = {{"w", at::arange(6, at::kFloat).view({2, 3}) / 7},
+               {"h", (at::arange(5, at::kFloat) / 3).to(at::kBFloat16)}};
+  write_state_file(tmp + "/" + kStateFile, s);
+  Manifest m{step, s.world_size, 1000, {describe_file(tmp, kStateFile)}};
+  cuts.insert(cuts.begin(), 0);
+  cuts.push_back(1000);
+  for (size_t i = 0; i + 1 < cuts.size(); ++i) {
+    const at::Tensor x = at::arange(cuts[i], cuts[i + 1], at::kFloat);
+    const std::string name = shard_file_name(int64_t(i), int64_t(cuts.size()) - 1);
+    write_optimizer_shard(tmp + "/" + name, {cuts[i], cuts[i + 1], 1000, x, 2 * x, 3 * x});
+    ManifestFile f = describe_file(tmp, name);
+    f.begin = cuts[i];
+    f.end = cuts[i + 1];
+    m.files.push_back(f);
+  }
+  publish_checkpoint(tmp, checkpoint_dir(run, step), m);
+  return checkpoint_dir(run, step);
+}
+
+TEST(TrainCheckpoint, ShardsOfAnyWorldReassembleIntoAnyRange) {
+  test::TempDir tmp;
+  const std::string ck = write_checkpoint(tmp.path, 3, {256, 640});
+  EXPECT_EQ(ck, tmp.path + "/checkpoints/step-000003");
+  EXPECT_FALSE(fs::exists(checkpoint_temp_dir(tmp.path, 3)));
+  const Manifest m = read_manifest(ck);
+  EXPECT_EQ(m.files.size(), 4u);
+  for (const auto& f : m.files) {  // sizes and digests of the files as they are on disk
+    EXPECT_EQ(f.bytes, fs::file_size(ck + "/" + f.name)) << f.name;
+    EXPECT_EQ(f.sha256, sha256_file(ck + "/" + f.name)) << f.name;
+  }
+  const TrainState s = read_train_state(ck);
+  EXPECT_EQ(s.step, 3);
+  EXPECT_TRUE(at::equal(s.trained[0].second, at::arange(6, at::kFloat).view({2, 3}) / 7));
+  EXPECT_TRUE(at::equal(s.trained[1].second,  // bf16 values come back exactly, as fp32
+                        (at::arange(5, at::kFloat) / 3).to(at::kBFloat16).to(at::kFloat)));
+  for (auto [lo, hi] :
+       {std::pair<int64_t, int64_t>{0, 1000}, {250, 750}, {256, 640}, {999, 1000}, {500, 500}}) {
+    const OptimizerShard r = read_optimizer_range(ck, m, lo, hi);
+    const at::Tensor x = at::arange(lo, hi, at::kFloat);
+    EXPECT_TRUE(at::equal(r.m, x) && at::equal(r.v, 2 * x) && at::equal(r.master, 3 * x))
+        << lo << ".." << hi;
+  }
+  EXPECT_THROW(read_optimizer_range(ck, m, 0, 1001), InputError);
+}
+
+TEST(TrainCheckpoint, DamageIsFoundAndNamed) {
+  test::TempDir tmp;
+  const std::string ck = write_checkpoint(tmp.path, 5, {500});
+  const std::string shard = ck + "/" + shard_file_name(1, 2);
+  std::string bytes = test::read_bytes(shard);
+  bytes[bytes.size() - 9] ^= 0x20;  // same size, other content
+  test::write_bytes(shard, bytes);
+  const Manifest m = read_manifest(ck);  // sizes agree
+  expect_input_error([&] { read_optimizer_range(ck, m, 400, 600); },
+                     {"optim-00001-of-00002.h5", "checksum mismatch"});
+  EXPECT_NO_THROW(read_optimizer_range(ck, m, 0, 500));  // the intact shard alone
+  test::write_bytes(shard, bytes.substr(0, 100));
+  expect_input_error([&] { read_manifest(ck); }, {"optim-00001-of-00002.h5", "100 bytes"});
+  fs::remove(ck + "/" + kManifestFile);
+  expect_input_error([&] { read_train_state(ck); }, {ck, "no manifest.json"});
+  // Manifests that point outside the directory or do not tile the values.
+  const std::string ck2 = write_checkpoint(tmp.path, 6, {500});
+  auto j = test::read_json(ck2 + "/manifest.json");
+  auto edit = [&](const std::function<void(nlohmann::json&)>& f, const std::string& error) {
+    nlohmann::json k = j;
+    f(k);
+    test::write_bytes(ck2 + "/manifest.json", k.dump());
+    expect_input_error([&] { read_manifest(ck2); }, {"manifest.json", error});
+  };
+  edit([](nlohmann::json& k) { k["files"][1]["name"] = "../state.h5"; }, "unexpected");
+  edit([](nlohmann::json& k) { k["files"][2]["begin"] = 501; }, "do not tile");
+  edit([](nlohmann::json& k) { k["numel"] = 1001; }, "cover 1000 of 1001");
+  edit([](nlohmann::json& k) { k["files"].erase(0); }, "exactly one state file");
+  edit([](nlohmann::json& k) { k["format"] = "x"; }, "not a");
+  test::write_bytes(ck2 + "/manifest.json", "{");
+  expect_input_error([&] { read_manifest(ck2); }, {"manifest.json", "not valid JSON"});
+}
+
+TEST(TrainCheckpoint, ListingPruningAndReplacing) {
+  test::TempDir tmp;
+  for (int64_t step : {2, 10, 4, 1000000}) write_checkpoint(tmp.path, step, {});
+  fs::create_directories(checkpoint_temp_dir(tmp.path, 12));  // an interrupted save
+  test::write_bytes(tmp.path + "/checkpoints/step-000012.h5", "an old single-file checkpoint");
+  auto all = list_checkpoints(tmp.path);
+  ASSERT_EQ(all.size(), 4u);  // numeric order, no temporaries, no files
+  EXPECT_EQ(fs::path(all[0]).filename(), "step-000002");
+  EXPECT_EQ(fs::path(all[2]).filename(), "step-000010");
+  EXPECT_EQ(fs::path(all[3]).filename(), "step-1000000");
+  // Publishing a step that exists (a damaged one a resume skipped) replaces it.
+  fs::remove(all[1] + "/" + kManifestFile);
+  write_checkpoint(tmp.path, 4, {100});
+  EXPECT_EQ(read_manifest(all[1]).files.size(), 3u);
+  prune_checkpoints(tmp.path, 2);
+  all = list_checkpoints(tmp.path);
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(fs::path(all[0]).filename(), "step-000010");
+  EXPECT_FALSE(fs::exists(checkpoint_temp_dir(tmp.path, 12)));
+  for (const auto& e : fs::directory_iterator(tmp.path + "/checkpoints"))
+    EXPECT_NE(e.path().filename().string()[0], '.') << e.path();
 }
 
 }  // namespace

@@ -11,7 +11,7 @@
 #include <map>
 #include <set>
 
-#include "checkpoints/train_state.h"
+#include "checkpoints/checkpoint_dir.h"
 #include "common/error.h"
 #include "tests/test_util.h"
 #include "trainer/cli/commands.h"

@@ -1,3 +1,4 @@
+#include <ATen/core/grad_mode.h>
 #include <algorithm>
 // DMS in the model: golden vectors from an independent implementation, exactness at
 // init, gradients, noise, the evicting cache's invariant, and the eviction baselines.

@@ -8,8 +8,8 @@
 #include <regex>
 #include <thread>
 
-#include "checkpoints/train_state.h"
-#include "event.pb.h"
+#include "checkpoints/checkpoint_dir.h"
+#include "tests/tb_event.h"
 #include "tests/test_util.h"
 #include "trainer/monitor/tensorboard.h"
 
@@ -73,20 +73,20 @@ TEST(TensorBoard, EventsDecodeWithProtobufsOwnParser) {
   EXPECT_NE(fs::path(path).filename().string().find("events.out.tfevents."), std::string::npos);
   auto recs = read_records(path);
   ASSERT_EQ(recs.size(), 3u);
-  tensorflow::Event e;
-  ASSERT_TRUE(e.ParseFromString(recs[0]));
-  EXPECT_EQ(e.file_version(), "brain.Event:2");
-  EXPECT_GT(e.wall_time(), 1.6e9);
-  ASSERT_TRUE(e.ParseFromString(recs[1]));
-  EXPECT_EQ(e.step(), 1);
-  ASSERT_EQ(e.summary().value_size(), 2);
-  EXPECT_EQ(e.summary().value(0).tag(), "train/kd_loss");
-  EXPECT_EQ(e.summary().value(0).simple_value(), 0.5f);
-  EXPECT_EQ(e.summary().value(1).tag(), "compression/decision_cr");
-  EXPECT_EQ(e.summary().value(1).simple_value(), 3.25f);
-  ASSERT_TRUE(e.ParseFromString(recs[2]));
-  EXPECT_EQ(e.step(), 300);
-  EXPECT_EQ(e.summary().value(0).simple_value(), 1e-3f);
+  test::TbEvent e;
+  ASSERT_TRUE(test::parse_tb_event(recs[0], e));
+  EXPECT_EQ(e.file_version, "brain.Event:2");
+  EXPECT_GT(e.wall_time, 1.6e9);
+  ASSERT_TRUE(test::parse_tb_event(recs[1], e));
+  EXPECT_EQ(e.step, 1);
+  ASSERT_EQ(e.scalars.size(), 2u);
+  EXPECT_EQ(e.scalars[0].first, "train/kd_loss");
+  EXPECT_EQ(e.scalars[0].second, 0.5f);
+  EXPECT_EQ(e.scalars[1].first, "compression/decision_cr");
+  EXPECT_EQ(e.scalars[1].second, 3.25f);
+  ASSERT_TRUE(test::parse_tb_event(recs[2], e));
+  EXPECT_EQ(e.step, 300);
+  EXPECT_EQ(e.scalars[0].second, 1e-3f);
 }
 
 std::vector<nlohmann::json> records(const std::string& run) {
@@ -128,11 +128,11 @@ TEST(TensorBoard, KilledRunLeavesEveryCompleteRecordReadable) {
   ASSERT_GE(recs.size(), 10u);
   int64_t last_step = 0;
   for (size_t i = 1; i < recs.size(); ++i) {
-    tensorflow::Event e;
-    ASSERT_TRUE(e.ParseFromString(recs[i])) << "record " << i;
-    EXPECT_GE(e.step(), last_step);
-    last_step = e.step();
-    EXPECT_GT(e.summary().value_size(), 0);
+    test::TbEvent e;
+    ASSERT_TRUE(test::parse_tb_event(recs[i], e)) << "record " << i;
+    EXPECT_GE(e.step, last_step);
+    last_step = e.step;
+    EXPECT_GT(e.scalars.size(), 0u);
   }
 }
 

@@ -4,6 +4,7 @@
 // and without it the plain base model. The fixtures get non-trivial decisions: about half
 // the keys evicted, every decision logit at least 1e-2 away from 0 (asserted), so that no
 // rounding difference can flip a decision.
+#include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 
 #include <cstdio>

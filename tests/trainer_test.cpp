@@ -1,13 +1,17 @@
 // The retrofit's parts: losses, schedules, optimizer, clipping, gradient accumulation,
 // and whole runs through build/dms (adapter mode leaves the base untouched; bad input).
+#include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 
+#include "checkpoints/checkpoint_dir.h"
 #include "checkpoints/load_model.h"
 #include "checkpoints/safetensors.h"
 #include "data/token_file.h"
-#include "checkpoints/train_state.h"
 #include "tests/test_util.h"
+#include "trainer/dist/distributed.h"
 #include "trainer/train/losses.h"
 #include "trainer/train/optimizer.h"
 #include "trainer/train/schedule.h"
@@ -173,6 +177,126 @@ TEST(Optimizer, AdamWFollowsPyTorchsRuleAndClippingScalesToTheNorm) {
   EXPECT_NEAR(b.grad()[0].item<double>(), 0.8, 1e-6);
   EXPECT_NEAR(clip_grad_norm({a, b}, 10.0), 1.0, 1e-5);  // under the limit: unchanged
   EXPECT_NEAR(a.grad()[0].item<double>(), 0.6, 1e-6);
+}
+
+// A world of one (collectives are local), for the Optimizer's unit tests.
+Dist& local_dist() {
+  static std::unique_ptr<Dist> d = Dist::join(DistEnv{}, "gloo", std::chrono::milliseconds(1000));
+  return *d;
+}
+
+// Two micro-batches of gradients per step, fed to the Optimizer through .grad and its
+// after_backward hook; AdamW over tensors holding their own .grad is the reference.
+TEST(Optimizer, Fp32TensorsFollowAdamWWithAccumulationAndClippingBitForBit) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
+  at::Tensor a0 = at::randn({37, 5}, gen), b0 = at::randn({11}, gen);
+  at::Tensor a = a0.clone().requires_grad_(true), b = b0.clone().requires_grad_(true);
+  at::Tensor ra = a0.clone().requires_grad_(true), rb = b0.clone().requires_grad_(true);
+  const AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
+  Optimizer opt({{"a", a}, {"b", b}}, o, ShardPlan{});
+  AdamW ref({ra, rb}, o);
+  int clipped = 0;
+  for (int step = 0; step < 6; ++step) {
+    const double scale = step % 2 ? 0.01 : 1.0;  // every other step under the clip
+    std::vector<at::Tensor> g;
+    for (int i = 0; i < 4; ++i)
+      g.push_back(at::randn(i % 2 ? b0.sizes() : a0.sizes(), gen) * scale);
+    for (int mb = 0; mb < 2; ++mb) {
+      a.mutable_grad() = g[2 * mb].clone();
+      b.mutable_grad() = g[2 * mb + 1].clone();
+      opt.absorb_gradients();
+      EXPECT_FALSE(a.grad().defined());  // dropped: the fp32 buffer holds it
+    }
+    ra.mutable_grad() = g[0] + g[2];  // what autograd accumulates
+    rb.mutable_grad() = g[1] + g[3];
+    const double want = clip_grad_norm({ra, rb}, 1.0);
+    const double got = opt.reduce_gradients(local_dist(), 1.0);
+    EXPECT_NEAR(got, want, 1e-12 * want);
+    clipped += want > 1.0;
+    ref.step(1e-2);
+    opt.step(local_dist(), 1e-2);
+    EXPECT_TRUE(at::equal(a, ra)) << "step " << step << " " << test::max_abs_diff(a, ra);
+    EXPECT_TRUE(at::equal(b, rb)) << "step " << step;
+  }
+  EXPECT_EQ(clipped, 3);
+  EXPECT_EQ(opt.steps(), 6);
+  EXPECT_FALSE(at::equal(a, a0));
+}
+
+// Mixed precision: bf16 tensors train through an fp32 master. The master follows fp32
+// AdamW exactly, the tensor is the master rounded to bf16, and updates smaller than bf16's
+// resolution are not lost (plain bf16 AdamW loses them).
+TEST(Optimizer, Bf16TensorsKeepAnFp32MasterThatFollowsFp32AdamW) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(12);
+  at::Tensor p = (at::rand({64}, gen) + 1.0).to(at::kBFloat16).requires_grad_(true);
+  at::Tensor q = at::randn({9}, gen).requires_grad_(true);  // an fp32 neighbour
+  const at::Tensor p0 = p.detach().clone();
+  at::Tensor ref = p0.to(at::kFloat).requires_grad_(true),
+             rq = q.detach().clone().requires_grad_(true);
+  at::Tensor naive = p0.clone().requires_grad_(true);  // bf16 AdamW without a master
+  const AdamWOptions o{0.9, 0.95, 1e-8, 0.0};
+  Optimizer opt({{"p", p}, {"q", q}}, o, ShardPlan{});
+  AdamW fp32({ref, rq}, o), bf16({naive}, o);
+  const double lr = 1e-3;  // about 1/4 of bf16's spacing between 1 and 2 per update
+  for (int step = 0; step < 12; ++step) {
+    at::Tensor g1 = at::randn({64}, gen).to(at::kBFloat16),
+               g2 = at::randn({64}, gen).to(at::kBFloat16);
+    at::Tensor gq = at::randn({9}, gen);
+    p.mutable_grad() = g1;
+    q.mutable_grad() = gq;
+    opt.absorb_gradients();
+    p.mutable_grad() = g2;
+    opt.absorb_gradients();
+    ref.mutable_grad() = g1.to(at::kFloat) + g2.to(at::kFloat);  // summed in fp32
+    rq.mutable_grad() = gq.clone();
+    naive.mutable_grad() = g1 + g2;
+    opt.reduce_gradients(local_dist(), 0.0);
+    opt.step(local_dist(), lr);
+    fp32.step(lr);
+    bf16.step(lr);
+    const at::Tensor master = opt.saved_shard()->master;
+    EXPECT_TRUE(at::equal(master.narrow(0, 0, 64), ref.detach())) << "step " << step;
+    EXPECT_TRUE(at::equal(master.narrow(0, 64, 9), rq.detach())) << "step " << step;
+    EXPECT_EQ(p.scalar_type(), at::kBFloat16);
+    EXPECT_TRUE(at::equal(p, ref.detach().to(at::kBFloat16))) << "step " << step;
+    // Within bf16 rounding of the fp32 weights: half a spacing, 2^-8 relative.
+    EXPECT_LE((p.to(at::kFloat) - ref).abs().max().item<double>(),
+              std::ldexp(1.0, -8) * ref.abs().max().item<double>());
+  }
+  EXPECT_TRUE(at::equal(naive.detach(), p0)) << "plain bf16 AdamW should have stalled";
+  EXPECT_GT((p.to(at::kFloat) - p0.to(at::kFloat)).abs().max().item<double>(), 0.005);
+}
+
+// ZeRO-1's split: contiguous ranges of whole 64-value blocks, one per rank, that tile the
+// flat space; each rank's master starts as its range of the trained values.
+TEST(Optimizer, ShardsTileTheFlatSpaceInWholeBlocks) {
+  at::Tensor a = at::arange(300, at::kFloat).view({30, 10}), b = at::arange(300, 1001, at::kFloat);
+  for (int world = 1; world <= 5; ++world) {
+    int64_t next = 0;
+    for (int rank = 0; rank < world; ++rank) {
+      Optimizer opt({{"a", a}, {"b", b}}, AdamWOptions{}, ShardPlan{rank, world, true});
+      EXPECT_EQ(opt.numel(), 1001);
+      EXPECT_EQ(opt.shard_count(), world);
+      const auto [lo, hi] = opt.range();
+      EXPECT_EQ(lo, std::min<int64_t>(next, 1001)) << world << " " << rank;
+      EXPECT_TRUE(lo % 64 == 0 || lo == 1001) << lo;  // whole blocks (or empty at the end)
+      next = hi;
+      auto shard = opt.saved_shard();
+      if (hi == lo) {
+        EXPECT_FALSE(shard.has_value());
+        continue;
+      }
+      ASSERT_TRUE(shard.has_value());
+      EXPECT_TRUE(at::equal(shard->master, at::arange(lo, hi, at::kFloat)));
+      EXPECT_EQ(shard->m.numel(), hi - lo);
+    }
+    EXPECT_EQ(next, 1001) << world;
+  }
+  // Unsharded: every rank holds everything, rank 0 alone writes it.
+  Optimizer r1({{"a", a}, {"b", b}}, AdamWOptions{}, ShardPlan{1, 2, false});
+  EXPECT_EQ(r1.range(), std::make_pair(int64_t(0), int64_t(1001)));
+  EXPECT_FALSE(r1.saved_shard().has_value());
+  EXPECT_TRUE(Optimizer({{"a", a}}, AdamWOptions{}, ShardPlan{0, 2, false}).saved_shard());
 }
 
 // Gradient of one step for given micro-batch size (stories260K with DMS adapters).
@@ -444,7 +568,7 @@ TEST(RetrofitRun, OptionsFromTomlWithCommandLineOverrides) {
   EXPECT_EQ(cfg["window"], 6);
   EXPECT_EQ(cfg["target_cr"], 3.5);
   EXPECT_EQ(cfg["max_steps"], 2);  // the command line wins over the file
-  EXPECT_EQ(list_checkpoints(tmp.file("run")).back(), checkpoint_path(tmp.file("run"), 2));
+  EXPECT_EQ(list_checkpoints(tmp.file("run")).back(), checkpoint_dir(tmp.file("run"), 2));
 }
 
 TEST(RetrofitRun, DenseAttentionIsTheSameTrainingAndBadValuesExitWith2) {
@@ -484,6 +608,110 @@ TEST(RetrofitRun, DenseAttentionIsTheSameTrainingAndBadValuesExitWith2) {
   r = run("bad2", "--attn-block-k 0");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("--attn-block"), std::string::npos) << r.err;
+}
+
+// The bf16 step computes what the fp32 step computes, state by state: for the same weights,
+// batch and noise (adapters drawn at several scales, so that from none to most decisions
+// evict), the KD loss within 10% + 1e-3, the same fraction of evictions within 0.02 and
+// finite, non-zero adapter gradients. (Gradients themselves are not compared: through the
+// straight-through hard decisions they change with every decision that rounding flips.)
+// (Whole runs
+// are compared by their schedule below: the hard decisions make two runs that differ in
+// rounding — bf16 vs fp32, or fp32 on 1 vs 2 threads — part after a few steps.)
+TEST(MixedPrecision, Bf16StepMatchesF32StepAtTheSameState) {
+  for (double std : {0.0, 0.02, 0.05, 0.2}) {
+    Model f = test::stories_with_adapters(8, 11, std);
+    Model h = test::stories_with_adapters(8, 11, std);
+    cast_to(h, at::kBFloat16);
+    EXPECT_EQ(2 * weight_bytes(h), weight_bytes(f));  // the frozen base halves
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
+    at::Tensor tokens = at::randint(1, 512, {4, 64}, gen, at::kLong);
+    auto step = [&](Model& m) {
+      for (auto& [n, t] : named_dms_weights(m)) {
+        t->requires_grad_(true);
+        t->mutable_grad() = at::Tensor();
+      }
+      StepInputs in;
+      in.student = &m;
+      in.teacher = &m;
+      in.micro_batch = 2;
+      in.seed = 3;
+      StepMetrics st = accumulate_gradients(in, tokens, 5, 0, tokens.size(0), 0.5);
+      std::vector<at::Tensor> g;
+      for (auto& [n, t] : named_dms_weights(m)) g.push_back(t->grad().to(at::kDouble).reshape(-1));
+      return std::make_pair(st, at::cat(g));
+    };
+    auto [sf, gf_unused] = step(f);
+    (void)gf_unused;
+    auto [sh, gh] = step(h);
+    const double kd_f = sf.kd / sf.tokens, kd_h = sh.kd / sh.tokens;
+    EXPECT_LE(std::abs(kd_h - kd_f), 0.1 * kd_f + 1e-3) << "std " << std << ": " << kd_f << " vs " << kd_h;
+    EXPECT_NEAR(sh.evicted / 4, sf.evicted / 4, 0.02) << "std " << std;  // fraction of decisions
+    EXPECT_TRUE(at::isfinite(gh).all().item<bool>()) << "std " << std;
+    EXPECT_GT(gh.abs().max().item<double>(), 0.0) << "std " << std;
+  }
+}
+
+// --dtype bf16 runs end to end and follows the compression schedule as fp32 does;
+// activation checkpointing changes nothing (the same gradients, so the same losses); a
+// --teacher must speak the model's tokenizer.
+TEST(RetrofitRun, Bf16FollowsTheScheduleCheckpointingIsExactAndTheTeacherIsChecked) {
+  test::TempDir tmp;
+  prepare_small(tmp);
+  auto run = [&](const std::string& name, const std::string& extra) {
+    return test::run_dms("retrofit --model " + quote(asset("stories260K/stories260K.bin")) +
+                         " --data " + quote(tmp.file("d.h5")) + " --out " +
+                         quote(tmp.file(name)) +
+                         " --window 8 --target-cr 3 --max-steps 10 --micro-batch 2 --lr 1e-2 " +
+                         "--eval-every 100 " + extra);
+  };
+  auto records = [&](const std::string& name) {
+    std::vector<nlohmann::json> out;
+    std::ifstream in(tmp.file(name + "/metrics.jsonl"));
+    std::string line;
+    while (std::getline(in, line)) {
+      auto j = nlohmann::json::parse(line);
+      if (j.contains("kd_loss")) out.push_back(j);
+    }
+    return out;
+  };
+  for (const std::string name : {"f32", "bf16", "ckpt"}) {
+    const std::string extra = name == "f32"    ? "--dtype f32"
+                              : name == "bf16" ? "--dtype bf16"
+                                               : "--dtype f32 --activation-checkpointing";
+    auto r = run(name, extra);
+    ASSERT_EQ(r.exit_code, 0) << name << ": " << r.err;
+    if (name == "bf16") {
+      EXPECT_NE(r.err.find("BFloat16"), std::string::npos) << r.err;
+    }
+  }
+  const auto f32 = records("f32"), bf16 = records("bf16"), ckpt = records("ckpt");
+  ASSERT_EQ(f32.size(), 10u);
+  ASSERT_EQ(bf16.size(), 10u);
+  ASSERT_EQ(ckpt.size(), 10u);
+  EXPECT_GT(f32.back()["kd_loss"].get<double>(), 1e-3);  // the runs did evict
+  for (size_t i = 0; i < f32.size(); ++i) {
+    const double a = f32[i]["kd_loss"].get<double>();
+    EXPECT_NEAR(ckpt[i]["kd_loss"].get<double>(), a, 1e-5 * a + 1e-9) << "step " << i + 1;
+    EXPECT_TRUE(std::isfinite(bf16[i]["kd_loss"].get<double>())) << "step " << i + 1;
+  }
+  // Both reach the target compression of the schedule (3 at step 9) within 15%.
+  const double cr_f = f32.back()["decision_cr"].get<double>();
+  const double cr_h = bf16.back()["decision_cr"].get<double>();
+  EXPECT_NEAR(cr_h, cr_f, 0.15 * cr_f);
+  EXPECT_GT(cr_h, 2.5);
+  // Full-weight mode with the base as an explicit teacher works; another vocabulary does
+  // not, and neither does a teacher in adapter mode.
+  auto r = run("teacher", "--train-mode all --max-steps 1 --teacher " +
+                              quote(asset("stories260K/stories260K.bin")));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = run("other", "--train-mode all --teacher " + quote(asset("hf-tiny/llama")));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("--teacher"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(tmp.file("other/checkpoints")));
+  r = run("adapters", "--teacher " + quote(asset("stories260K/stories260K.bin")));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("--teacher"), std::string::npos) << r.err;
 }
 
 TEST(RetrofitRun, BadDataFilesExitWith2) {

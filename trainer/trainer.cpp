@@ -1,8 +1,10 @@
 #include "trainer/trainer.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 
 #include <signal.h>
+#include <torch/cuda.h>
 
 #include <atomic>
 #include <chrono>
@@ -63,14 +65,22 @@ void catch_stop_signals() {
   sigaction(SIGINT, &sa, nullptr);
 }
 
-// cpu | cuda | auto (cuda:LOCAL_RANK when this LibTorch has CUDA and a device is present).
-at::Device pick_device(DeviceKind kind, int local_rank) {
+// cpu | cuda | auto. auto: cuda:LOCAL_RANK when this LibTorch has CUDA and the machine has a
+// device for every process on it (every rank of a node gets the same answer, so all choose
+// the same backend), else the CPU.
+at::Device pick_device(DeviceKind kind, const DistEnv& env) {
   if (kind == DeviceKind::cpu) return at::Device(at::kCPU);
-  const bool cuda = at::hasCUDA();
-  if (kind == DeviceKind::cuda)
-    require(cuda, "--device", "this build or machine has no CUDA device");
-  return cuda ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank))
-              : at::Device(at::kCPU);
+  const int devices = int(torch::cuda::device_count());
+  if (kind == DeviceKind::cuda) {
+    require(devices > 0, "--device", "this build or machine has no CUDA device");
+    require(env.local_rank < devices, "--device",
+            "cuda:" + std::to_string(env.local_rank) +
+                " (LOCAL_RANK) does not exist: this machine has " + std::to_string(devices) +
+                " CUDA device(s)");
+  } else if (devices < env.local_world) {
+    return at::Device(at::kCPU);
+  }
+  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
 }
 
 // The models' compute dtype: --dtype, or bf16 on CUDA and f32 on CPU.
@@ -138,7 +148,6 @@ class Trainer {
   void resume();
   void open_run_directory();
   void train_step(int64_t step);
-  void reduce_gradients();
   void raise_alerts(int64_t step_done, const std::vector<Alert>& found);
   void check_replicas(int64_t step_done);
   void validate(int64_t step_done);
@@ -162,7 +171,7 @@ class Trainer {
   std::string base_json_;  // the base model's identity (rank 0, which writes checkpoints)
   int64_t T_ = 0, global_batch_ = 0;
   std::unique_ptr<BatchLoader> loader_;
-  std::unique_ptr<AdamW> opt_;
+  std::unique_ptr<Optimizer> opt_;
   CrSchedule cr_;
   LrSchedule lr_;
   std::unique_ptr<Checkpointer> checkpoints_;
@@ -183,11 +192,11 @@ Trainer::Trainer(const RetrofitConfig& cfg) : cfg_(cfg) {
   if (fs::exists(run) && !fs::is_empty(run) && !cfg_.run.resume)
     throw InputError(cfg_.run.out + ": run directory is not empty (pass --resume to continue it)");
   env_ = detect_dist_env();
+  device_ = pick_device(cfg_.dist.device, env_);
   dist_ = Dist::join(env_, backend_name(cfg_.dist.backend),
-                     std::chrono::milliseconds(int64_t(cfg_.dist.timeout_s * 1000)));
+                     std::chrono::milliseconds(int64_t(cfg_.dist.timeout_s * 1000)), device_);
   lead_ = dist_->rank() == 0;
   catch_stop_signals();
-  device_ = pick_device(cfg_.dist.device, env_.local_rank);
   // The configurations and the token files first: a run that cannot fit is refused before
   // any weight is read.
   const ModelConfig config = read_model_config(cfg_.run.model);
@@ -198,7 +207,7 @@ Trainer::Trainer(const RetrofitConfig& cfg) : cfg_(cfg) {
   models_.attach(cfg_, device_);
   build_optimization();
   checkpoints_ =
-      std::make_unique<Checkpointer>(cfg_.run.out, cfg_.monitor.keep_checkpoints, faults_);
+      std::make_unique<Checkpointer>(cfg_.run.out, cfg_.monitor.keep_checkpoints, faults_, *dist_);
   if (cfg_.run.resume) resume();  // may adopt the checkpoint's final step
   cr_ = CrSchedule{1.0, cfg_.dms.target_cr, cfg_.final_step()};
   alerts_ = std::make_unique<AlertMonitor>(AlertConfig{
@@ -237,8 +246,9 @@ void Trainer::check_memory(const ModelConfig& mc) const {
 
 void Trainer::build_optimization() {
   const OptimSection& o = cfg_.optim;
-  opt_ =
-      std::make_unique<AdamW>(models_.params, AdamWOptions{o.beta1, o.beta2, 1e-8, o.weight_decay});
+  opt_ = std::make_unique<Optimizer>(
+      models_.trained, AdamWOptions{o.beta1, o.beta2, 1e-8, o.weight_decay},
+      ShardPlan{dist_->rank(), dist_->world(), cfg_.dist.shard_optimizer});
   lr_ = LrSchedule{o.lr_schedule, o.lr, o.warmup_steps, o.max_steps, o.min_lr_ratio};
   // The global batch defines the data order and the noise; ranks take equal slices.
   global_batch_ = o.micro_batch * o.grad_accum * dist_->world();
@@ -249,7 +259,7 @@ void Trainer::build_optimization() {
 // Continues from the newest usable checkpoint, which must have been written by this same
 // configuration (up to what OnResume allows); otherwise nothing is touched and exit 2.
 void Trainer::resume() {
-  std::optional<Checkpoint> c = checkpoints_->newest_usable(lead_);
+  std::optional<Checkpoint> c = checkpoints_->newest_usable(*opt_);
   require(c.has_value(), cfg_.run.out,
           "--resume: no usable checkpoint in " + (fs::path(cfg_.run.out) / "checkpoints").string() +
               " (nothing was changed)");
@@ -285,16 +295,16 @@ void Trainer::restore(const Checkpoint& c) {
   require(s.trained.size() == trained.size(), c.path,
           "holds " + std::to_string(s.trained.size()) + " trained tensors, this run trains " +
               std::to_string(trained.size()));
-  at::NoGradGuard ng;
-  for (size_t i = 0; i < trained.size(); ++i) {
+  for (size_t i = 0; i < trained.size(); ++i)
     require(s.trained[i].first == trained[i].first &&
                 s.trained[i].second.sizes() == trained[i].second.sizes(),
             c.path, "tensor '" + s.trained[i].first + "' does not match this run's model");
-    trained[i].second.copy_(s.trained[i].second);
-    opt_->m[i].copy_(s.adam_m[i].second);
-    opt_->v[i].copy_(s.adam_v[i].second);
-  }
-  opt_->steps = s.adam_steps;
+  require(c.manifest.numel == opt_->numel(), c.path,
+          "holds an optimizer state of " + std::to_string(c.manifest.numel) +
+              " values, this run trains " + std::to_string(opt_->numel()));
+  at::NoGradGuard ng;
+  for (size_t i = 0; i < trained.size(); ++i) trained[i].second.copy_(s.trained[i].second);
+  opt_->load(c.optim, s.adam_steps);
   start_ = s.step;
   loader_->cursor = DataCursor{s.data_epoch, s.data_offset};
 }
@@ -305,16 +315,12 @@ TrainState Trainer::state(int64_t step_done) const {
   s.world_size = dist_->world();
   s.data_epoch = loader_->cursor.epoch;
   s.data_offset = loader_->cursor.offset;
-  s.adam_steps = opt_->steps;
+  s.adam_steps = opt_->steps();
   s.config_json = cfg_.to_json().dump();
   s.dms_json = dms_config_json(models_.student.dms).dump();
   s.base_json = base_json_;
   const NamedTensors& trained = models_.trained;
-  for (size_t i = 0; i < trained.size(); ++i) {
-    s.trained.emplace_back(trained[i].first, trained[i].second.detach().clone());
-    s.adam_m.emplace_back(trained[i].first, opt_->m[i].clone());
-    s.adam_v.emplace_back(trained[i].first, opt_->v[i].clone());
-  }
+  for (const auto& [name, t] : trained) s.trained.emplace_back(name, t.detach().cpu().clone());
   return s;
 }
 
@@ -357,6 +363,7 @@ StepInputs Trainer::step_inputs() {
   in.attention = o.attention;
   in.blocks = {o.attn_block_q, o.attn_block_k};
   in.checkpoint_layers = o.activation_checkpointing;
+  in.after_backward = [this] { opt_->absorb_gradients(); };  // fp32 accumulation
   return in;
 }
 
@@ -375,16 +382,6 @@ int Trainer::run() {
   return finished();
 }
 
-// Gradients of every trained tensor summed across ranks in one bucketed collective.
-void Trainer::reduce_gradients() {
-  std::vector<at::Tensor> grads;
-  for (auto& p : models_.params) {
-    if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
-    grads.push_back(p.grad());
-  }
-  dist_->all_reduce_sum(grads);
-}
-
 void Trainer::train_step(int64_t step) {
   const auto ts = Clock::now();
   dist_->heartbeat(2 * step);  // progress marks: a failure names the rank left behind
@@ -394,18 +391,19 @@ void Trainer::train_step(int64_t step) {
   m.stop_requested = g_stop_signal.load() != 0 ? 1.0 : 0.0;
   dist_->heartbeat(2 * step + 1);
   const auto ta = Clock::now();
-  reduce_gradients();
+  const double grad_norm = opt_->reduce_gradients(*dist_, cfg_.optim.clip);
   m.all_reduce(*dist_, device_);
   const double allreduce_s = seconds_since(ta);
   stop_requested_ = m.stop_requested > 0;
 
-  const double grad_norm = clip_grad_norm(models_.params, cfg_.optim.clip);
   const double lr = lr_.at(step), kd = m.kd_mean(global_batch_, T_);
   const double dms = m.dms_mean(global_batch_);
   const double kd_seen = faults_.monitored_kd(step + 1, kd);
   std::vector<Alert> found = alerts_->on_step(step + 1, kd_seen, dms, grad_norm);
-  if (std::isfinite(kd_seen) && std::isfinite(dms) && std::isfinite(grad_norm)) opt_->step(lr);
-  opt_->zero_grad();
+  if (std::isfinite(kd_seen) && std::isfinite(dms) && std::isfinite(grad_norm))
+    opt_->step(*dist_, lr);
+  else
+    opt_->skip();
   raise_alerts(step + 1, found);
   tokens_seen_ += int64_t(m.tokens);
   const double dt = seconds_since(ts);
@@ -484,20 +482,17 @@ void Trainer::validate(int64_t step_done) {
                     "; the last checkpoint in " + cfg_.run.out + " is intact");
 }
 
-// Rank 0 writes after a barrier; a failed write never replaces the last good checkpoint.
+// Every rank writes its optimizer shard, rank 0 the rest; a failed save never replaces the
+// last good checkpoint, and every rank learns the verdict.
 void Trainer::checkpoint(int64_t step_done) {
   dist_->barrier();
-  std::string failed;
-  if (lead_) {
-    failed = checkpoints_->save(step_done, state(step_done));
-    if (!failed.empty())
-      sinks_->alert(step_done, "checkpoint_failed",
-                    "checkpoint at step " + std::to_string(step_done) + " failed: " + failed +
-                        " (previous checkpoints are intact)");
-  }
-  at::Tensor flag = at::full({1}, failed.empty() ? 0.0 : 1.0);
-  dist_->all_reduce_sum({flag});
-  const bool ok = flag.item<double>() == 0;
+  const std::string failed = checkpoints_->save(
+      step_done, [&] { return state(step_done); }, *opt_);
+  if (lead_ && !failed.empty())
+    sinks_->alert(step_done, "checkpoint_failed",
+                  "checkpoint at step " + std::to_string(step_done) + " failed: " + failed +
+                      " (previous checkpoints are intact)");
+  const bool ok = failed.empty();
   unsaved_step_ = ok ? 0 : step_done;
   if (!ok && cfg_.monitor.on_checkpoint_error == CheckpointErrorPolicy::stop)
     throw std::runtime_error("stopping: checkpoint at step " + std::to_string(step_done) +

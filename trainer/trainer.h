@@ -6,8 +6,10 @@
 //   data        BatchLoader (data/loader.h): the global batch order, this rank's slice
 //   step        accumulate_gradients (step.h): teacher + student forward, KD + DMS, backward
 //   metrics     StepMetrics (step_metrics.h): named sums that all-reduce themselves
-//   optimizer   AdamW + clipping + LrSchedule; CrSchedule for the target
-//   checkpoints Checkpointer (checkpointer.h): save, prune, resume with fallback
+//   optimizer   Optimizer (optimizer.h): fp32 gradients and master weights, reduction,
+//               clipping, AdamW, optionally sharded (ZeRO-1); LrSchedule; CrSchedule
+//   checkpoints Checkpointer (checkpointer.h): directories with a shard per rank, save,
+//               prune, resume with fallback and re-sharding
 //   monitoring  MetricsSinks (console, metrics.jsonl, TensorBoard), AlertMonitor
 //   validation  validate_heldout (trainer/eval/validator.h)
 //   faults      FaultInjection (faults.h): the test hooks, read once

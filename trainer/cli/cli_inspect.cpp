@@ -1,15 +1,16 @@
 // dms inspect PATH: what a model, config, tokenizer or safetensors file holds.
 #include <filesystem>
 #include <iostream>
+#include <sstream>
 
+#include "checkpoints/checkpoint_dir.h"
 #include "checkpoints/hf_config.h"
 #include "checkpoints/load_model.h"
-#include "common/mapped_file.h"
 #include "checkpoints/safetensors.h"
-#include "checkpoints/train_state.h"
 #include "common/error.h"
 #include "common/h5.h"
 #include "common/json_file.h"
+#include "common/mapped_file.h"
 #include "data/token_file.h"
 #include "data/tokenizer.h"
 #include "trainer/cli/cli.h"
@@ -112,6 +113,51 @@ void inspect_model(const std::string& path) {
   }
 }
 
+bool is_checkpoint_dir(const fs::path& p) {
+  return fs::is_directory(p) && (fs::exists(p / kManifestFile) || fs::exists(p / kStateFile));
+}
+
+// The manifest, every file verified against it, and the state's figures; exit 2 naming
+// the first damaged file after the listing.
+void inspect_checkpoint(const std::string& dir) {
+  const Manifest m = read_manifest(dir);  // present, well-formed, files of the listed sizes
+  std::string damaged;
+  std::ostringstream files;
+  int64_t shards = 0;
+  for (const auto& f : m.files) {
+    std::string verdict = "ok";
+    try {
+      verify_file(dir, f);
+    } catch (const InputError& e) {
+      verdict = "CHECKSUM MISMATCH";
+      if (damaged.empty()) damaged = e.what();
+    }
+    shards += f.is_shard() ? 1 : 0;
+    files << "  " << f.name << "  " << f.bytes << " bytes  sha256 " << f.sha256.substr(0, 16)
+          << "..."
+          << (f.is_shard()
+                  ? "  values [" + std::to_string(f.begin) + ", " + std::to_string(f.end) + ")"
+                  : std::string())
+          << "  " << verdict << "\n";
+  }
+  std::cout << "checkpoint:      " << dir
+            << (damaged.empty() ? " (manifest and every checksum ok)" : " (DAMAGED)") << "\n"
+            << "step:            " << m.step << "\n"
+            << "world size:      " << m.world_size << "\n"
+            << "optimizer:       " << m.numel << " values in " << shards << " shard"
+            << (shards == 1 ? "" : "s") << "\n"
+            << "files:\n"
+            << files.str();
+  if (!damaged.empty()) throw InputError(damaged);
+  const TrainState s = read_state_file((fs::path(dir) / kStateFile).string());
+  int64_t numel = 0;
+  for (const auto& [n, t] : s.trained) numel += t.numel();
+  std::cout << "optimizer steps: " << s.adam_steps << "\n"
+            << "data cursor:     epoch " << s.data_epoch << ", offset " << s.data_offset << "\n"
+            << "trained tensors: " << s.trained.size() << " (" << numel << " values)\n"
+            << "config:          " << s.config_json << "\n";
+}
+
 void inspect_h5(const std::string& path) {
   h5::Handle f = h5::open_file(path);
   if (h5::has_dataset(f.get(), "tokens")) {
@@ -129,19 +175,16 @@ void inspect_h5(const std::string& path) {
               << "largest id:      " << d.max_id() << "\n";
     return;
   }
-  TrainState s = read_train_state(path);  // verifies the checksum
-  int64_t numel = 0;
-  for (const auto& [n, t] : s.trained) numel += t.numel();
-  std::cout << "train state:     " << path << " (checksum ok)\n"
-            << "step:            " << s.step << " (optimizer steps " << s.adam_steps << ")\n"
-            << "world size:      " << s.world_size << "\n"
-            << "data cursor:     epoch " << s.data_epoch << ", offset " << s.data_offset << "\n"
-            << "trained tensors: " << s.trained.size() << " (" << numel << " values)\n"
-            << "config:          " << s.config_json << "\n";
+  // A file of a checkpoint directory: describe the whole checkpoint.
+  const fs::path dir = fs::path(path).parent_path();
+  require(fs::exists(dir / kManifestFile), path,
+          "neither a token file nor part of a training checkpoint (no manifest.json beside it)");
+  inspect_checkpoint(dir.string());
 }
 
 void run_inspect(const std::string& path) {
   require(fs::exists(path), path, "no such file or directory");
+  if (is_checkpoint_dir(path)) return inspect_checkpoint(path);
   if (!fs::is_directory(path)) require_regular_file(path);  // a FIFO or device: never open it
   const std::string ext = fs::path(path).extension().string();
   if (ext == ".h5" || ext == ".hdf5") return inspect_h5(path);
@@ -157,8 +200,11 @@ void add_inspect_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "inspect",
       "Describe a file: HF model directory or config.json (family, layers, heads, parameter "
-      "count, rope), llama2.c .bin, .safetensors (tensors), SentencePiece .model, tokenizers (tokenizer.json, vocab.json, a tokenizer folder: kind, special "
-      "tokens, framing, ids of a sample), token files and training checkpoints (.h5).");
+      "count, rope), llama2.c .bin, .safetensors (tensors), SentencePiece .model, tokenizers "
+      "(tokenizer.json, vocab.json, a tokenizer folder: kind, special "
+      "tokens, framing, ids of a sample), token files and training checkpoints (a run's "
+      "checkpoints/step-NNNNNN directory: manifest, "
+      "shards, every checksum verified).");
   cmd->add_option("path", *path, "File or directory to describe")->required();
   cmd->callback([path] { run_inspect(*path); });
 }

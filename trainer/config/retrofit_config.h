@@ -20,7 +20,7 @@ enum class AlphaPer { head, layer };
 enum class CheckpointErrorPolicy { stop, keep_going };
 enum class BackendKind { automatic, gloo, nccl };
 enum class DeviceKind { automatic, cpu, cuda };
-// Compute precision of the models (DESIGN.md §2 "Mixed precision"): f32 everywhere, or
+// Compute precision of the models (docs/performance.md "Memory"): f32 everywhere, or
 // frozen weights, trained weights and activations in bf16 with fp32 master weights, fp32
 // losses and fp32 reductions. automatic: bf16 on CUDA, f32 on CPU.
 enum class DtypeKind { automatic, f32, bf16 };

@@ -64,6 +64,7 @@ DistEnv detect_dist_env() {
     e.rank = env_int("RANK", 0);
     e.world = env_int("WORLD_SIZE", 1);
     e.local_rank = env_int("LOCAL_RANK", 0);
+    e.local_world = env_int("LOCAL_WORLD_SIZE", e.world);
     e.addr = env_str("MASTER_ADDR", "127.0.0.1");
     e.port = env_int("MASTER_PORT", 29500);
   } else if (std::getenv("SLURM_PROCID") && std::getenv("SLURM_NTASKS")) {
@@ -71,6 +72,7 @@ DistEnv detect_dist_env() {
     e.rank = env_int("SLURM_PROCID", 0);
     e.world = env_int("SLURM_NTASKS", 1);
     e.local_rank = env_int("SLURM_LOCALID", 0);
+    e.local_world = env_int("SLURM_NTASKS_PER_NODE", e.world);
     e.addr = env_str("MASTER_ADDR", first_slurm_host(env_str("SLURM_JOB_NODELIST", "127.0.0.1")));
     e.port = env_int("MASTER_PORT", 29500);
   }
@@ -83,19 +85,14 @@ struct Dist::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   GroupPtr pg;
   std::chrono::milliseconds timeout{600000};
+  at::Device comm_device{at::kCPU};  // where the backend's collectives take their tensors
 };
 
 Dist::~Dist() = default;
 
-std::unique_ptr<Dist> Dist::join(const DistEnv& env, const std::string& backend,
-                                 std::chrono::milliseconds timeout) {
-  std::unique_ptr<Dist> d(new Dist());
-  d->env_ = env;
-  d->impl_ = std::make_unique<Impl>();
-  d->impl_->timeout = timeout;
-  if (env.world == 1) return d;
-  require(backend == "gloo" || backend == "nccl" || backend == "auto", "--backend",
-          "'" + backend + "' (gloo, nccl or auto)");
+namespace {
+
+c10::intrusive_ptr<c10d::Store> open_store(const DistEnv& env, std::chrono::milliseconds timeout) {
   c10d::TCPStoreOptions so;
   so.port = uint16_t(env.port);
   so.isServer = env.rank == 0;
@@ -103,30 +100,66 @@ std::unique_ptr<Dist> Dist::join(const DistEnv& env, const std::string& backend,
   so.waitWorkers = true;
   so.timeout = timeout;
   try {
-    d->impl_->store = c10::make_intrusive<c10d::TCPStore>(env.addr, so);
+    return c10::make_intrusive<c10d::TCPStore>(env.addr, so);
   } catch (const std::exception& e) {
     throw DistError("rank " + std::to_string(env.rank) + ": cannot reach the rendezvous store at " +
                     env.addr + ":" + std::to_string(env.port) + ": " + e.what());
   }
-#ifdef DMS_WITH_CUDA
-  if (backend == "nccl" || backend == "auto") {
-    auto opts = c10d::ProcessGroupNCCL::Options::create();
-    opts->timeout = timeout;
-    d->impl_->pg =
-        c10::make_intrusive<c10d::ProcessGroupNCCL>(d->impl_->store, env.rank, env.world, opts);
-    d->backend_ = "nccl";
-    return d;
-  }
-#else
-  require(backend != "nccl", "--backend", "nccl needs a CUDA build of LibTorch");
-#endif
+}
+
+GroupPtr gloo_group(const c10::intrusive_ptr<c10d::Store>& store, const DistEnv& env,
+                    std::chrono::milliseconds timeout) {
   auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
   // Bind to loopback for single-node rendezvous, else to this host's own interface.
   const bool loopback = env.addr == "127.0.0.1" || env.addr == "localhost";
   opts->devices.push_back(loopback ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
                                    : c10d::ProcessGroupGloo::createDefaultDevice());
-  d->impl_->pg =
-      c10::make_intrusive<c10d::ProcessGroupGloo>(d->impl_->store, env.rank, env.world, opts);
+  return c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world, opts);
+}
+
+#ifdef DMS_WITH_CUDA
+GroupPtr nccl_group(const c10::intrusive_ptr<c10d::Store>& store, const DistEnv& env,
+                    std::chrono::milliseconds timeout) {
+  auto opts = c10d::ProcessGroupNCCL::Options::create();
+  opts->timeout = timeout;
+  return c10::make_intrusive<c10d::ProcessGroupNCCL>(store, env.rank, env.world, opts);
+}
+#endif
+
+// "auto" -> nccl when training runs on a GPU of a CUDA build, else gloo; NCCL moves only GPU
+// tensors, so it needs a CUDA device.
+std::string resolve_backend(const std::string& backend, const at::Device& device) {
+  require(backend == "gloo" || backend == "nccl" || backend == "auto", "--backend",
+          "'" + backend + "' (gloo, nccl or auto)");
+#ifndef DMS_WITH_CUDA
+  require(backend != "nccl", "--backend", "nccl needs a CUDA build of LibTorch");
+#endif
+  require(backend != "nccl" || device.is_cuda(), "--backend",
+          "nccl reduces GPU tensors; it needs --device cuda (or auto on a machine with a GPU)");
+  if (backend != "auto") return backend;
+  return device.is_cuda() ? "nccl" : "gloo";
+}
+
+}  // namespace
+
+std::unique_ptr<Dist> Dist::join(const DistEnv& env, const std::string& backend,
+                                 std::chrono::milliseconds timeout, const at::Device& device) {
+  std::unique_ptr<Dist> d(new Dist());
+  d->env_ = env;
+  d->impl_ = std::make_unique<Impl>();
+  d->impl_->timeout = timeout;
+  if (env.world == 1) return d;
+  const std::string chosen = resolve_backend(backend, device);
+  d->impl_->store = open_store(env, timeout);
+#ifdef DMS_WITH_CUDA
+  if (chosen == "nccl") {
+    d->impl_->pg = nccl_group(d->impl_->store, env, timeout);
+    d->impl_->comm_device = device;
+    d->backend_ = "nccl";
+    return d;
+  }
+#endif
+  d->impl_->pg = gloo_group(d->impl_->store, env, timeout);
   d->backend_ = "gloo";
   return d;
 }
@@ -161,18 +194,30 @@ void Dist::fail(const std::string& what, const std::exception& e) {
                   " (" + e.what() + ")");
 }
 
+at::Tensor Dist::to_comm_device(const at::Tensor& t) const {
+  return t.device() == impl_->comm_device ? t : t.to(impl_->comm_device);
+}
+
+void Dist::back(const at::Tensor& comm, const at::Tensor& t) {
+  if (!comm.is_same(t)) t.copy_(comm);
+}
+
 void Dist::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
   if (env_.world == 1 || tensors.empty()) return;
-  // One flat bucket per dtype.
+  // One flat bucket; a single contiguous tensor where the backend wants it is its own
+  // bucket (no copy of a whole gradient buffer).
+  const at::Tensor& t0 = tensors[0];
+  const bool in_place = tensors.size() == 1 && t0.is_contiguous() && t0.device() == impl_->comm_device;
   std::vector<at::Tensor> flat_parts;
   for (const auto& t : tensors) flat_parts.push_back(t.reshape({-1}));
-  at::Tensor bucket = at::cat(flat_parts);
+  at::Tensor bucket = in_place ? flat_parts[0] : to_comm_device(at::cat(flat_parts));
   std::vector<at::Tensor> io{bucket};
   try {
     impl_->pg->allreduce(io)->wait(impl_->timeout);
   } catch (const std::exception& e) {
     fail("all-reduce", e);
   }
+  if (in_place) return;
   int64_t off = 0;
   for (const auto& t : tensors) {
     const int64_t n = t.numel();
@@ -181,9 +226,53 @@ void Dist::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
   }
 }
 
+at::Tensor Dist::reduce_scatter_sum(at::Tensor& flat) {
+  if (env_.world == 1) return flat;
+  const int64_t S = flat.numel() / env_.world;
+  if (flat.dim() != 1 || S * env_.world != flat.numel() || !flat.is_contiguous())
+    throw std::logic_error("reduce-scatter: needs a contiguous [world x chunk] buffer");
+  try {
+    if (backend_ == "nccl") {  // the input is the gradient buffer, already on the device
+      at::Tensor in = to_comm_device(flat), out = at::empty({S}, in.options());
+      impl_->pg->_reduce_scatter_base(out, in)->wait(impl_->timeout);
+      return out.to(flat.device());
+    }
+    std::vector<at::Tensor> io{flat};
+    impl_->pg->allreduce(io)->wait(impl_->timeout);
+  } catch (const std::exception& e) {
+    fail("reduce-scatter", e);
+  }
+  return flat.narrow(0, int64_t(env_.rank) * S, S);
+}
+
+void Dist::all_gather(const at::Tensor& mine, at::Tensor& out) {
+  const int64_t S = mine.numel();
+  if (out.dim() != 1 || out.numel() != S * env_.world || !out.is_contiguous())
+    throw std::logic_error("all-gather: needs a contiguous [world x chunk] output");
+  if (env_.world == 1) {
+    if (!out.is_same(mine)) out.copy_(mine.reshape({-1}));
+    return;
+  }
+  at::Tensor in = to_comm_device(mine.reshape({-1}).contiguous()), res = to_comm_device(out);
+  try {
+    if (backend_ == "nccl") {
+      impl_->pg->_allgather_base(res, in)->wait(impl_->timeout);
+    } else {  // Gloo (1.13) has no _allgather_base; its list form fills the views
+      std::vector<std::vector<at::Tensor>> outs(1);
+      for (int r = 0; r < env_.world; ++r) outs[0].push_back(res.narrow(0, int64_t(r) * S, S));
+      std::vector<at::Tensor> ins{in};
+      impl_->pg->allgather(outs, ins)->wait(impl_->timeout);
+    }
+  } catch (const std::exception& e) {
+    fail("all-gather", e);
+  }
+  back(res, out);
+}
+
 void Dist::broadcast(at::Tensor& t, int root) {
   if (env_.world == 1) return;
-  std::vector<at::Tensor> io{t};
+  at::Tensor c = to_comm_device(t);
+  std::vector<at::Tensor> io{c};
   c10d::BroadcastOptions o;
   o.rootRank = root;
   try {
@@ -191,6 +280,7 @@ void Dist::broadcast(at::Tensor& t, int root) {
   } catch (const std::exception& e) {
     fail("broadcast", e);
   }
+  back(c, t);
 }
 
 void Dist::barrier() {

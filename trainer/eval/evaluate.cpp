@@ -1,5 +1,6 @@
 #include "trainer/eval/evaluate.h"
 
+#include <ATen/core/grad_mode.h>
 #include <cmath>
 #include <iomanip>
 #include <sstream>

@@ -1,21 +1,22 @@
 #include "trainer/eval/export_run.h"
 
+#include <ATen/core/grad_mode.h>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 
+#include "checkpoints/checkpoint_dir.h"
 #include "checkpoints/export.h"
 #include "checkpoints/hf_config.h"
 #include "checkpoints/load_model.h"
 #include "checkpoints/model_identity.h"
-#include "checkpoints/train_state.h"
 #include "common/error.h"
 #include "common/json_file.h"
 #include "common/mapped_file.h"
 #include "data/prepare.h"
-#include "data/tokenizer.h"
 #include "data/token_file.h"
+#include "data/tokenizer.h"
 #include "trainer/config/retrofit_config.h"
 #include "trainer/eval/forced.h"
 
@@ -28,7 +29,7 @@ namespace {
 // The requested checkpoint, or the newest one that reads back intact.
 std::pair<std::string, TrainState> choose_checkpoint(const ExportRequest& req) {
   if (req.step > 0) {
-    const std::string ck = checkpoint_path(req.run_dir, req.step);
+    const std::string ck = checkpoint_dir(req.run_dir, req.step);
     require(fs::exists(ck), ck, "no checkpoint for step " + std::to_string(req.step));
     return {ck, read_train_state(ck)};
   }

@@ -1,5 +1,7 @@
 #include "trainer/eval/forced.h"
 
+#include <ATen/core/grad_mode.h>
+
 namespace dms {
 
 ForcedSums& ForcedSums::operator+=(const ForcedSums& o) {

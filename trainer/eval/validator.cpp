@@ -1,5 +1,6 @@
 #include "trainer/eval/validator.h"
 
+#include <ATen/core/grad_mode.h>
 #include <algorithm>
 
 #include "trainer/eval/forced.h"

@@ -1,5 +1,6 @@
 #include "trainer/train/kd_loss.h"
 
+#include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <stdexcept>

@@ -1,5 +1,7 @@
 #include "trainer/train/step.h"
 
+#include <ATen/core/grad_mode.h>
+
 namespace dms {
 
 StepMetrics accumulate_gradients(const StepInputs& in, const at::Tensor& tokens, int64_t step,
