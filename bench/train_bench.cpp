@@ -1,6 +1,6 @@
 // A retrofit training step (teacher forward, student forward in train mode, KD + DMS
-// losses, backward, clipping, AdamW) through the trainer's own code: tokens/s, achieved
-// FLOP/s and MFU against this machine's fp32 matmul peak measured in the same run, and
+// losses, backward, the Optimizer's reduction, clipping and AdamW) through the trainer's
+// own code (bench/train_run.h): tokens/s, achieved FLOP/s and MFU against this machine's fp32 matmul peak measured in the same run, and
 // the step's peak memory by part (weights, optimizer, gradients, the KD loss's buffers
 // measured on their own, and the activations: the rest of the measured peak), for
 // stories260K and a synthetic Llama of stories15M's size, in f32 or bf16, with or
@@ -190,12 +190,15 @@ int main(int argc, char** argv) {
       const int64_t mem = memory ? bench::child_peak_bytes(child_cmd(s, "step")) : -1;
       const int64_t kd_mem = memory ? bench::child_peak_bytes(child_cmd(s, "kd")) : -1;
       const int64_t params = parameter_count(r->student);
-      // The step's peak = what lives across steps (weights, optimizer) + the region's peak;
-      // activations = region peak - gradients - the KD loss's own buffers.
+      // The step's peak = what lives across steps (weights, the optimizer's gradient buffer,
+      // masters and moments) + the region's peak; activations = region peak - the
+      // backward's own gradients (in the weights' dtype) - the KD loss's own buffers.
       const int64_t weights =
           weight_bytes(r->student) + (s.full ? weight_bytes(r->teacher_copy) : 0);
-      const int64_t optimizer = bytes_of(r->opt->m) + bytes_of(r->opt->v);
-      const int64_t grads = bytes_of(r->params);
+      const int64_t optimizer = bench::optimizer_bytes(*r);
+      std::vector<at::Tensor> trained;
+      for (const auto& [n, t] : r->trained) trained.push_back(t);
+      const int64_t grads = bytes_of(trained);
       const int64_t acts = mem >= 0 && kd_mem >= 0 ? mem - grads - kd_mem : -1;
       const int64_t whole = mem >= 0 ? weights + optimizer + mem : -1;
       out["runs"].push_back({{"model", model},

@@ -17,25 +17,31 @@ std::unique_ptr<TrainRun> make_train_run(const std::function<Model()>& load, con
   for (auto& [n, t] : s.full ? named_weights(r->student) : named_dms_weights(r->student)) {
     if (n.find("dms_proj") != std::string::npos) t->normal_(0.0, 0.02, gen);
     t->requires_grad_(true);
-    r->params.push_back(*t);
+    r->trained.emplace_back(n, *t);
   }
-  r->opt = std::make_unique<AdamW>(r->params, AdamWOptions{});
+  r->dist = Dist::join(DistEnv{}, "gloo", std::chrono::milliseconds(60000), at::Device(at::kCPU));
+  r->opt = std::make_unique<Optimizer>(r->trained, AdamWOptions{}, ShardPlan{0, 1, false});
   r->in.student = &r->student;
   r->in.teacher = s.full ? &r->teacher_copy : &r->student;
   r->in.micro_batch = s.batch;
   r->in.attention = s.attention;
   r->in.checkpoint_layers = s.checkpoint;
+  Optimizer* opt = r->opt.get();
+  r->in.after_backward = [opt] { opt->absorb_gradients(); };
   r->tokens = at::randint(0, r->student.config.vocab_size, {s.batch, s.seq}, gen,
                           at::TensorOptions(at::kLong));
   return r;
 }
 
 void train_step(TrainRun& r) {
-  r.opt->zero_grad();
   accumulate_gradients(r.in, r.tokens, r.step, 0, r.tokens.size(0), 0.5);
-  clip_grad_norm(r.params, 1.0);
-  r.opt->step(1e-4);
+  r.opt->reduce_gradients(*r.dist, 1.0);
+  r.opt->step(*r.dist, 1e-4);
   r.step++;
+}
+
+int64_t optimizer_bytes(const TrainRun& r) {
+  return 4 * 4 * r.opt->numel();  // gradient buffer, masters, m, v: fp32 each
 }
 
 }  // namespace dms::bench

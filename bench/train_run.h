@@ -1,12 +1,14 @@
-// One retrofit training step through the trainer's own pieces (accumulate_gradients,
-// clip_grad_norm, AdamW), set up as `dms retrofit` sets it up: shared by the benchmarks
-// that time a step (train_bench) and measure its memory (plan_bench).
+// One retrofit training step through the trainer's own pieces (accumulate_gradients with
+// the Optimizer's fp32 gradient accumulation, its reduction with clipping, and AdamW on
+// the fp32 master weights), set up as `dms retrofit` sets it up in a world of one: shared
+// by the benchmarks that time a step (train_bench) and measure its memory (plan_bench).
 #pragma once
 #include <functional>
 #include <memory>
 #include <vector>
 
 #include "model/transformer.h"
+#include "trainer/dist/distributed.h"
 #include "trainer/train/optimizer.h"
 #include "trainer/train/step.h"
 
@@ -22,10 +24,11 @@ struct TrainSetup {
 
 struct TrainRun {
   Model student, teacher_copy;
-  std::unique_ptr<AdamW> opt;
+  std::unique_ptr<Dist> dist;  // a world of one: collectives are local
+  std::unique_ptr<Optimizer> opt;
   StepInputs in;
   at::Tensor tokens;  // [batch, seq]
-  std::vector<at::Tensor> params;
+  NamedTensors trained;
   int64_t step = 0;
 };
 
@@ -33,7 +36,12 @@ struct TrainRun {
 // adapters start N(0, 0.02) so that decisions vary; tokens are uniform random (seeded).
 std::unique_ptr<TrainRun> make_train_run(const std::function<Model()>& load, const TrainSetup& s);
 
-// zero_grad, teacher + student forward/backward over the batch, clip at 1, AdamW step.
+// Teacher + student forward/backward over the batch (gradients folded into the fp32
+// buffer), reduction with clipping at 1, AdamW step.
 void train_step(TrainRun& r);
+
+// Bytes the optimizer holds across steps: the fp32 gradient buffer, master weights and
+// AdamW moments.
+int64_t optimizer_bytes(const TrainRun& r);
 
 }  // namespace dms::bench
