@@ -92,19 +92,37 @@ TEST(PlanMemory, Qwen3_8BPersistentPartsAreTheIssuesArithmetic) {
   in.world = 8;
   const Plan p = plan_step(in);
   const int64_t W = p.params.trained, P = p.params.base;
-  EXPECT_EQ(p.weights, 2 * W);
-  EXPECT_EQ(p.teacher, 2 * P);
-  EXPECT_EQ(p.master, 4 * W);
-  EXPECT_EQ(p.optimizer, 8 * W);
-  auto persistent = [](const Plan& x) {
-    return double(x.weights + x.teacher + x.master + x.optimizer) + 4.0 * double(x.params.trained);
-  };
-  EXPECT_NEAR(persistent(p) / 1e9, 164, 1.0);
+  const PersistentBytes& k = p.persistent;
+  EXPECT_EQ(k.weights, 2 * W);
+  EXPECT_EQ(k.teacher, 2 * P);
+  EXPECT_EQ(k.gradient_buffer, 4 * W);
+  EXPECT_EQ(k.master, 4 * W);
+  EXPECT_EQ(k.moments, 8 * W);
+  EXPECT_NEAR(double(k.sum()) / 1e9, 164, 1.0);
+  EXPECT_GE(p.total, k.sum());
   in.shard_optimizer = true;
-  const Plan s = plan_step(in);
+  const PersistentBytes s = plan_step(in).persistent;
+  EXPECT_EQ(s.gradient_buffer, 4 * W);  // ZeRO-1 shards the optimizer, not the gradients
   EXPECT_EQ(s.master, (W + 7) / 8 * 4);
-  EXPECT_EQ(s.optimizer, (W + 7) / 8 * 8);
-  EXPECT_NEAR(persistent(s) / 1e9, 77, 1.5);
+  EXPECT_EQ(s.moments, (W + 7) / 8 * 8);
+  EXPECT_NEAR(double(s.sum()) / 1e9, 77, 1.5);
+}
+
+// The table's parts add up to the total and hold at least the persistent bytes.
+TEST(PlanMemory, PartsAddUpAtThePeak) {
+  for (TrainMode mode : {TrainMode::adapters, TrainMode::all})
+    for (bool ckpt : {false, true}) {
+      PlanInput in = input_for(qwen3_8b(), mode, 2048, 2);
+      in.activation_checkpointing = ckpt;
+      const Plan p = plan_step(in);
+      int64_t sum = 0;
+      for (const auto& [name, bytes] : plan_parts(p)) sum += bytes;
+      EXPECT_EQ(sum, p.total);
+      EXPECT_EQ(p.weights, p.persistent.weights);
+      EXPECT_GE(p.gradients, p.persistent.gradient_buffer);
+      EXPECT_GE(p.optimizer, p.persistent.moments);
+      EXPECT_FALSE(p.peak.empty());
+    }
 }
 
 TEST(PlanMemory, EachSwitchLowersWhatItShould) {
@@ -113,28 +131,32 @@ TEST(PlanMemory, EachSwitchLowersWhatItShould) {
   PlanInput bf = base;
   bf.dtype = PlanDtype::bf16;
   const Plan b = plan_step(bf);
-  EXPECT_EQ(b.weights * 2, p.weights);
-  EXPECT_EQ(b.teacher * 2, p.teacher);
-  EXPECT_EQ(p.master, 0);  // f32 weights are their own masters
-  EXPECT_GT(b.master, 0);
+  EXPECT_EQ(b.persistent.weights * 2, p.persistent.weights);
+  EXPECT_EQ(b.persistent.teacher * 2, p.persistent.teacher);
+  EXPECT_EQ(b.persistent.master, p.persistent.master);  // fp32 masters either way
+  EXPECT_LT(b.total, p.total);
   PlanInput ck = base;
   ck.activation_checkpointing = true;
   const Plan c = plan_step(ck);
   EXPECT_LT(c.total, p.total);
-  // What checkpointing keeps per layer is its input: far less than the layers' tensors.
-  EXPECT_LT(double(plan_step(ck).activations), 0.3 * double(p.activations));
-  EXPECT_GT(c.flops.recompute, 0);
+  EXPECT_GT(c.flops.recompute, p.flops.recompute);
   EXPECT_EQ(c.flops.model, p.flops.model);
   PlanInput one = base;
   one.world = 4;
   PlanInput sh = one;
   sh.shard_optimizer = true;
-  EXPECT_EQ(plan_step(sh).optimizer * 4, plan_step(one).optimizer);
+  EXPECT_EQ(plan_step(sh).persistent.moments * 4, plan_step(one).persistent.moments);
+  EXPECT_EQ(plan_step(sh).persistent.master * 4, plan_step(one).persistent.master);
+  EXPECT_LT(plan_step(sh).total, plan_step(one).total);
   PlanInput ad = base;
   ad.mode = TrainMode::adapters;
   const Plan a = plan_step(ad);
   EXPECT_EQ(a.teacher, 0);
-  EXPECT_LT(a.gradients, p.gradients / 1000);
+  EXPECT_LT(a.persistent.gradient_buffer, p.persistent.gradient_buffer / 1000);
+  // What the activations hold: checkpointing keeps a small part of the stored layers.
+  PlanInput ad_ck = ad;
+  ad_ck.activation_checkpointing = true;
+  EXPECT_LT(double(plan_step(ad_ck).activations), 0.3 * double(a.activations));
   // Dense attention keeps each layer's probabilities: L x B x H x T^2 x 4 bytes more.
   PlanInput de = ad;
   de.attention = AttentionImpl::dense;

@@ -160,29 +160,28 @@ std::pair<double, double> activation_bytes(const PlanInput& in, const Dims& s) {
   return {layers, layers + temp};
 }
 
-// The phases, in order. Gradients: G = W x 4 (fp32 gradients, or bf16's fp32 accumulation
-// buffer, which lives across steps); f32 gradients appear in the first micro-batch's
-// backward (before: 0 unless a step has several micro-batches). The head's gradient comes
-// first (fp32, then cast for bf16); bf16 gradients (W x 2) are whole at the end of backward.
+// The phases, in order, with what each holds beside the persistent parts (the Optimizer's
+// fp32 gradient buffer among them). The backward's own gradients, in the weights' dtype
+// (w), are folded into that buffer and dropped after each micro-batch: the head's comes
+// first (made in fp32 by the KD backward, then cast), all of them by the end of backward.
+// The optimizer step holds, on S = ceil(W / shards) values: the reduce-scattered
+// gradients when sharded (fp32 [S]), the clip's fp64 squares of a chunk of at most 2^22
+// values and then AdamW's denominator (two fp32 [S] at once).
 std::vector<Phase> phases_of(const PlanInput& in, const ParamCounts& pc) {
   const Dims s = dims_of(in);
-  const bool bf16 = in.dtype == PlanDtype::bf16;
-  const double G = double(kF32) * double(pc.trained);
-  const double before = bf16 || in.grad_accum > 1 ? G : 0;
-  // The head's gradient: made in fp32 by the KD backward (the new gradient itself, or added
-  // to the earlier one, or cast to bf16), then kept as bf16 or as the first f32 gradient.
-  const double head_grad = s.trains ? s.V * s.D : 0;
-  const double head_kept = bf16 ? head_grad * s.a : (before > 0 ? 0 : head_grad * kF32);
+  const double W = double(pc.trained), w = in.dtype == PlanDtype::bf16 ? 2 : 4;
+  const double shards = in.shard_optimizer ? double(in.world) : 1;
+  const double S = std::ceil(W / shards);
+  const double head_grad = s.trains ? s.V * s.D : 0;  // values of the head's gradient
   const HeadBytes h = head_bytes(in, s);
   const auto [act, act_peak] = activation_bytes(in, s);
-  std::vector<Phase> out = {
-      {"end of forward (KD loss forward)", act, h.forward, before, 0},
-      {"top of backward (LM head and KD loss)", act, h.backward, before + head_grad * kF32, 0},
-      {"backward of the last decoder layer", act_peak, h.kept, before + head_kept, 0},
-      {"end of backward", 0, h.kept, bf16 ? G + 2 * double(pc.trained) : G, 0},
-      {"optimizer step (gradient clipping)", 0, 0, G, 16.0 * double(pc.largest_trained)}};
-  if (in.world > 1) out.push_back({"gradient all-reduce", 0, 0, 2 * G, 0});  // + flat bucket
-  return out;
+  const double reduced = shards > 1 ? S * kF32 : 0;
+  const double clip = 2 * std::min(S, double(int64_t(1) << 22)) * 8;
+  return {{"end of forward (KD loss forward)", act, h.forward, 0, 0},
+          {"top of backward (LM head and KD loss)", act, h.backward, head_grad * kF32, 0},
+          {"backward of the last decoder layer", act_peak, h.kept, head_grad * w, 0},
+          {"end of backward", 0, h.kept, W * w, 0},
+          {"optimizer step", 0, 0, 0, reduced + std::max(clip, 2 * S * kF32)}};
 }
 
 }  // namespace
@@ -215,12 +214,6 @@ ParamCounts count_parameters(const PlanInput& in) {
   const bool all = in.mode == TrainMode::all;
   pc.trained = all ? pc.base + pc.adapters : pc.adapters;
   pc.teacher = all ? parameter_count(in.teacher) : 0;
-  const int64_t D = c.hidden_size;
-  if (all)
-    pc.largest_trained = std::max(
-        {c.vocab_size * D, c.intermediate_size * D, c.n_heads * c.head_dim * D, c.n_kv_heads * D});
-  else if (pc.adapters > 0)
-    pc.largest_trained = c.n_kv_heads * D;
   return pc;
 }
 
@@ -263,19 +256,24 @@ Plan plan_step(const PlanInput& in) {
   const ParamCounts& pc = p.params;
   const int64_t w = in.dtype == PlanDtype::bf16 ? 2 : 4;
   const int64_t shards = in.shard_optimizer ? in.world : 1;
-  p.weights = (pc.base + pc.adapters) * w;
-  p.teacher = pc.teacher * w;
-  p.master = in.dtype == PlanDtype::bf16 ? ceil_div(pc.trained, shards) * kF32 : 0;
-  p.optimizer = ceil_div(pc.trained, shards) * 2 * kF32;
-  // The moment with the most bytes beside the weights, masters and optimizer state.
+  PersistentBytes& k = p.persistent;
+  k.weights = (pc.base + pc.adapters) * w;
+  k.teacher = pc.teacher * w;
+  k.gradient_buffer = pc.trained * kF32;  // every rank's gradients of the whole flat space
+  k.master = ceil_div(pc.trained, shards) * kF32;
+  k.moments = ceil_div(pc.trained, shards) * 2 * kF32;
+  // The moment with the most bytes beside the persistent ones.
   const std::vector<Phase> phases = phases_of(in, p.params);
   size_t best = 0;
   for (size_t i = 1; i < phases.size(); ++i)
     if (phases[i].sum() > phases[best].sum()) best = i;
   const Phase& top = phases[best];
   p.peak = top.name;
-  p.gradients = int64_t(std::llround(top.gradients));
-  p.optimizer += int64_t(std::llround(top.optimizer));
+  p.weights = k.weights;
+  p.teacher = k.teacher;
+  p.master = k.master;
+  p.gradients = k.gradient_buffer + int64_t(std::llround(top.gradients));
+  p.optimizer = k.moments + int64_t(std::llround(top.optimizer));
   p.activations = int64_t(std::llround(top.activations));
   p.logits = int64_t(std::llround(top.logits));
   p.total = p.weights + p.teacher + p.gradients + p.master + p.optimizer + p.activations + p.logits;

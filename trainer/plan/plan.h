@@ -8,17 +8,17 @@
 // adapter values (dms.h dms_parameter_count), W = trained values: A (adapters) or P + A
 // (all).
 //
-// The model of each part (its bytes on one device at the step's peak):
+// The model of each part (its bytes on one device at the step's peak; S = the number of
+// ranks that share the optimizer with --shard-optimizer (ZeRO-1), else 1):
 //   weights       (P + A) x w, w = 4 (f32) or 2 (bf16): the student with its adapters
 //   teacher       0 in adapter mode (the student is its own teacher, eviction off);
 //                 P_teacher x w in full-weight mode (a frozen copy, or --teacher)
-//   gradients     W x 4: the fp32 gradients (f32) or the fp32 accumulation buffer (bf16),
-//                 counted in full (they are, from the second micro-batch on); at the end
-//                 of a bf16 backward the bf16 gradients W x 2 exist beside it
-//   master        W x 4 / S for bf16 (fp32 masters of the trained tensors), 0 for f32;
-//                 S = world size with --shard-optimizer (ZeRO-1), else 1
-//   optimizer     W x 8 / S (AdamW m and v, fp32); plus, during the optimizer step, the
-//                 clip's fp64 square of the largest trained tensor (16 bytes a value)
+//   gradients     W x 4: the Optimizer's fp32 buffer of the whole flat space (every rank,
+//                 sharded or not), plus the backward's own gradients in the weights' dtype
+//                 while they exist (all of them, W x w, at the end of backward)
+//   master        W x 4 / S: fp32 master weights (f32 runs keep them too)
+//   optimizer     W x 8 / S: AdamW's m and v (fp32); during the optimizer step also its
+//                 temporaries (AdamW's denominator, 2 x 4 B per value of the shard)
 //   activations   what autograd keeps of the student's decoder layers for backward (the
 //                 tensors each op saves, counted op by op in plan.cpp), per position;
 //                 with checkpointing, each layer's input (D x a) and DMS terms only, plus
@@ -26,11 +26,11 @@
 //   logits / KD   the fused LM head and KD loss (trainer/train/kd_loss.h): no [N, V]
 //                 tensor; both models' final hidden states [N, D] and the student's
 //                 hidden-state gradient, plus chunk buffers of R x V fp32 (R rows a chunk)
-//                 and, training the head in bf16, its fp32 gradient [V, D]
-// The parts that live through the whole step (weights, teacher, gradients, master,
-// optimizer) add up; the others are the largest of the step's phases (top of backward,
-// backward of the last layer, end of backward, gradient all-reduce, optimizer step), and
-// the table shows each part as it is in the phase that peaks.
+// Weights, teacher, the gradient buffer, masters and moments live through the whole step;
+// the rest is taken at the step's phase that holds the most (end of forward, top of
+// backward, the last layer's backward, end of backward, optimizer step), and the table
+// shows each part as it is in that phase. Not counted: the runtime's own memory (CUDA
+// context, cuBLAS workspaces, BLAS buffers per CPU thread) and allocator fragmentation.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -69,11 +69,10 @@ PlanInput plan_input(const RetrofitConfig& cfg, const ModelConfig& model,
                      const ModelConfig& teacher, int64_t seq_len, int64_t world, bool cuda);
 
 struct ParamCounts {
-  int64_t base = 0;             // P
-  int64_t adapters = 0;         // A
-  int64_t trained = 0;          // W
-  int64_t teacher = 0;          // P_teacher (0 in adapter mode: shared with the student)
-  int64_t largest_trained = 0;  // values of the largest trained tensor
+  int64_t base = 0;      // P
+  int64_t adapters = 0;  // A
+  int64_t trained = 0;   // W
+  int64_t teacher = 0;   // P_teacher (0 in adapter mode: shared with the student)
 };
 ParamCounts count_parameters(const PlanInput& in);
 
@@ -88,9 +87,19 @@ struct StepFlops {
 };
 StepFlops step_flops(const PlanInput& in);
 
+// What lives through the whole step, in bytes.
+struct PersistentBytes {
+  int64_t weights = 0, teacher = 0;
+  int64_t gradient_buffer = 0;      // the Optimizer's fp32 gradients (W x 4, every rank)
+  int64_t master = 0, moments = 0;  // per rank: W x 4 / S, W x 8 / S
+  int64_t sum() const { return weights + teacher + gradient_buffer + master + moments; }
+};
+
 struct Plan {
   ParamCounts params;
-  // Bytes at the peak, per part (see the header comment).
+  PersistentBytes persistent;
+  // Bytes at the peak, per part (see the header comment): the persistent ones plus what
+  // the peak's phase adds to them.
   int64_t weights = 0, teacher = 0, gradients = 0, master = 0, optimizer = 0;
   int64_t activations = 0, logits = 0;
   int64_t total = 0;

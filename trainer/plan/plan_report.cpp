@@ -46,24 +46,24 @@ const char* dtype_name(PlanDtype d) {
   return d == PlanDtype::bf16 ? "bf16" : "f32";
 }
 
-// The rule behind each part, with this plan's numbers.
+// The rule behind each part, as this plan applies it.
 std::vector<std::string> part_rules(const PlanInput& in, const Plan& p) {
-  const bool bf16 = in.dtype == PlanDtype::bf16, all = in.mode == TrainMode::all;
-  const std::string w = bf16 ? "2 B" : "4 B";
+  const bool all = in.mode == TrainMode::all;
+  const std::string w = in.dtype == PlanDtype::bf16 ? "2 B" : "4 B";
   const std::string S = in.shard_optimizer && in.world > 1 ? " / " + std::to_string(in.world) : "";
-  const bool ckpt = in.activation_checkpointing;
-  std::string grads = "W x 4 B (" + std::string(bf16 ? "fp32 accumulation" : "fp32") + ")";
-  if (p.peak.rfind("end of backward", 0) == 0) grads += " + W x 2 B (bf16 gradients)";
-  if (p.peak == "gradient all-reduce") grads += " + W x 4 B (all-reduce bucket)";
+  std::string grads = "W x 4 B (fp32 buffer)";
+  if (p.peak == "end of backward") grads += " + W x " + w + " (the backward's)";
+  if (p.peak.rfind("top of backward", 0) == 0 && all) grads += " + V x D x 4 B (head's, fp32)";
+  if (p.peak.rfind("backward of the last", 0) == 0 && all) grads += " + V x D x " + w + " (head's)";
   std::string optim = "W x 8 B" + S + " (AdamW m, v)";
-  if (p.peak.rfind("optimizer step", 0) == 0) optim += " + largest tensor x 16 B (clip)";
+  if (p.peak == "optimizer step") optim += " + step temporaries";
   return {"(P + A) x " + w,
           all ? "P_teacher x " + w + " (frozen copy)" : "0 (the student with eviction off)",
           grads,
-          bf16 ? "W x 4 B" + S + " (fp32 masters)" : "0 (f32 weights are the masters)",
+          "W x 4 B" + S + " (fp32 masters)",
           optim,
-          ckpt ? "L x N x D x a (layer inputs) + one layer recomputed"
-               : "L layers x N positions (what backward needs)",
+          in.activation_checkpointing ? "L x N x D x a (layer inputs) + one layer recomputed"
+                                      : "L layers x N positions (what backward needs)",
           "2 x N x D x a (hidden states) + gradient + KD chunks of R x V"};
 }
 
