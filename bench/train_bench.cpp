@@ -1,10 +1,10 @@
 // A retrofit training step (teacher forward, student forward in train mode, KD + DMS
 // losses, backward, the Optimizer's reduction, clipping and AdamW) through the trainer's
-// own code (bench/train_run.h): tokens/s, achieved FLOP/s and MFU against this machine's fp32 matmul peak measured in the same run, and
-// the step's peak memory by part (weights, optimizer, gradients, the KD loss's buffers
-// measured on their own, and the activations: the rest of the measured peak), for
-// stories260K and a synthetic Llama of stories15M's size, in f32 or bf16, with or
-// without activation checkpointing.
+// own code (bench/train_run.h): tokens/s, achieved FLOP/s and MFU against this machine's
+// fp32 matmul peak measured in the same run, and the step's peak memory by part (weights,
+// optimizer, gradients, the KD loss's buffers measured on their own, and the activations:
+// the rest of the measured peak), for stories260K and a synthetic Llama of stories15M's
+// size, in f32 or bf16, with or without activation checkpointing.
 #include <ATen/Parallel.h>
 
 #include <CLI/CLI.hpp>

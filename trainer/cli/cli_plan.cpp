@@ -1,7 +1,6 @@
 // dms plan: per-device memory by part and step FLOPs of a retrofit, from a model's
 // configuration alone (trainer/plan/plan.h; docs/plan.md).
 #include <filesystem>
-#include <iomanip>
 #include <iostream>
 
 #include "checkpoints/load_model.h"
@@ -50,11 +49,10 @@ void run_plan(const PlanConfig& a) {
   const Plan p = plan_step(in);
   std::cout << format_plan(in, p, mem.bytes);
   if (mem.bytes > 0) {
-    std::cout << "device memory: " << mem.source << "\n";
+    std::cout << "device memory: " << format_bytes(mem.bytes) << " (" << mem.source << ")\n";
     if (double(p.total) > mem.bytes)
       for (const auto& [name, total] : plan_reductions(in))
-        std::cout << "  with " << name << ": " << std::fixed << std::setprecision(2) << gib(total)
-                  << " GiB\n";
+        std::cout << "  with " << name << ": " << format_bytes(double(total)) << "\n";
   }
   if (!a.json.empty()) {
     if (fs::path(a.json).has_parent_path()) fs::create_directories(fs::path(a.json).parent_path());

@@ -265,8 +265,10 @@ Plan plan_step(const PlanInput& in) {
   // The moment with the most bytes beside the persistent ones.
   const std::vector<Phase> phases = phases_of(in, p.params);
   size_t best = 0;
-  for (size_t i = 1; i < phases.size(); ++i)
+  for (size_t i = 0; i < phases.size(); ++i) {
+    p.phases.emplace_back(phases[i].name, k.sum() + int64_t(std::llround(phases[i].sum())));
     if (phases[i].sum() > phases[best].sum()) best = i;
+  }
   const Phase& top = phases[best];
   p.peak = top.name;
   p.weights = k.weights;

@@ -104,6 +104,7 @@ struct Plan {
   int64_t activations = 0, logits = 0;
   int64_t total = 0;
   std::string peak;  // the phase that peaks ("top of backward", ...)
+  std::vector<std::pair<std::string, int64_t>> phases;  // every phase's total, in order
   StepFlops flops;
 };
 // InputError when the input cannot describe a step (T, B or world < 1).

@@ -16,20 +16,6 @@ std::string fixed(double v, int prec) {
   return o.str();
 }
 
-// "77.3 GiB", "12.5 MiB", "300.0 KiB": one decimal in the largest unit below the size;
-// whole numbers without it ("141 GiB", as --device-memory is usually given).
-std::string size_text(double bytes) {
-  const char* units[] = {"KiB", "MiB", "GiB"};
-  int u = 0;
-  double v = bytes / 1024.0;
-  while (u < 2 && v >= 1024.0) {
-    v /= 1024.0;
-    ++u;
-  }
-  const bool whole = std::abs(v - std::round(v)) < 1e-9;
-  return (whole ? fixed(v, 0) : fixed(v, 1)) + " " + units[u];
-}
-
 std::string with_commas(int64_t v) {
   std::string s = std::to_string(v);
   for (int i = int(s.size()) - 3; i > 0; i -= 3) s.insert(size_t(i), ",");
@@ -102,25 +88,46 @@ std::string table(const PlanInput& in, const Plan& p) {
 
 }  // namespace
 
+std::string format_bytes(double bytes) {
+  const char* units[] = {"KiB", "MiB", "GiB"};
+  int u = 0;
+  double v = bytes / 1024.0;
+  while (u < 2 && v >= 1024.0) {
+    v /= 1024.0;
+    ++u;
+  }
+  const bool whole = std::abs(v - std::round(v)) < 1e-9;
+  return (whole ? fixed(v, 0) : fixed(v, 1)) + " " + units[u];
+}
+
 std::string fit_verdict(const Plan& p, double device_bytes) {
-  const std::string dev = size_text(device_bytes);
+  const std::string dev = format_bytes(device_bytes);
   if (double(p.total) <= device_bytes)
-    return "fits in " + dev + ": " + size_text(double(p.total)) + " per device (" +
-           size_text(device_bytes - double(p.total)) + " to spare)";
-  return "does not fit in " + dev + ": " + size_text(double(p.total)) +
-         " per device exceeds it by " + size_text(double(p.total) - device_bytes);
+    return "fits in " + dev + ": " + format_bytes(double(p.total)) + " per device (" +
+           format_bytes(device_bytes - double(p.total)) + " to spare)";
+  return "does not fit in " + dev + ": " + format_bytes(double(p.total)) +
+         " per device exceeds it by " + format_bytes(double(p.total) - device_bytes);
 }
 
 std::vector<std::pair<std::string, int64_t>> plan_reductions(const PlanInput& in) {
+  // Only what saves at least 1% is worth naming: alone against this plan, and in the
+  // combination against the switches taken before it.
+  auto saves = [](const PlanInput& t, const PlanInput& from) {
+    return double(plan_step(t).total) < 0.99 * double(plan_step(from).total);
+  };
   std::vector<std::pair<std::string, PlanInput>> tries;
   PlanInput every = in;
   std::string names;
+  int taken = 0;
   auto add = [&](const std::string& name, auto change) {
-    PlanInput t = in;
+    PlanInput t = in, more = every;
     change(t);
-    change(every);
-    tries.emplace_back(name, t);
+    change(more);
+    if (saves(t, in)) tries.emplace_back(name, t);
+    if (!saves(more, every)) return;
+    every = more;
     names += (names.empty() ? "" : " ") + name;
+    ++taken;
   };
   if (!in.shard_optimizer && in.world > 1)
     add("--shard-optimizer", [](PlanInput& t) { t.shard_optimizer = true; });
@@ -129,19 +136,14 @@ std::vector<std::pair<std::string, int64_t>> plan_reductions(const PlanInput& in
   if (in.dtype != PlanDtype::bf16)
     add("--dtype bf16", [](PlanInput& t) { t.dtype = PlanDtype::bf16; });
   if (in.micro_batch > 1) add("--micro-batch 1", [](PlanInput& t) { t.micro_batch = 1; });
-  if (tries.size() > 1) tries.emplace_back(names, every);
+  if (taken > 1) tries.emplace_back(names, every);
   if (in.mode == TrainMode::all) {
     PlanInput t = in;
     t.mode = TrainMode::adapters;
-    tries.emplace_back("--train-mode adapters", t);
+    if (saves(t, in)) tries.emplace_back("--train-mode adapters", t);
   }
-  // Only what saves at least 1% of the total is worth naming.
-  const int64_t now = plan_step(in).total;
   std::vector<std::pair<std::string, int64_t>> out;
-  for (const auto& [name, t] : tries) {
-    const int64_t total = plan_step(t).total;
-    if (double(total) < 0.99 * double(now)) out.emplace_back(name, total);
-  }
+  for (const auto& [name, t] : tries) out.emplace_back(name, plan_step(t).total);
   std::stable_sort(out.begin(), out.end(),
                    [](const auto& a, const auto& b) { return a.second < b.second; });
   return out;
@@ -149,7 +151,10 @@ std::vector<std::pair<std::string, int64_t>> plan_reductions(const PlanInput& in
 
 std::string format_plan(const PlanInput& in, const Plan& p, double device_bytes) {
   std::ostringstream o;
-  o << header(in, p) << table(in, p);
+  o << header(in, p) << table(in, p) << "phases:";
+  for (size_t i = 0; i < p.phases.size(); ++i)
+    o << (i ? ";" : "") << " " << p.phases[i].first << " " << fixed(gib(p.phases[i].second), 2);
+  o << " GiB\n";
   if (device_bytes > 0) o << fit_verdict(p, device_bytes) << "\n";
   const double tokens = double(in.micro_batch * in.grad_accum * in.seq_len);
   o << "step FLOPs per device (" << with_commas(int64_t(tokens))
@@ -195,17 +200,18 @@ void require_fit(const PlanInput& in, double device_bytes, const std::string& wh
                    [](const auto& a, const auto& b) { return a.second > b.second; });
   std::string msg = fit_verdict(p, device_bytes) + " (largest parts: ";
   for (size_t i = 0; i < 3 && i < parts.size(); ++i)
-    msg += (i ? ", " : "") + parts[i].first + " " + size_text(double(parts[i].second));
+    msg += (i ? ", " : "") + parts[i].first + " " + format_bytes(double(parts[i].second));
   msg += ")";
   const auto cuts = plan_reductions(in);
   std::string helps;
   for (const auto& [name, total] : cuts)
     if (double(total) <= device_bytes)
-      helps += (helps.empty() ? "" : "; ") + name + ": " + size_text(double(total));
+      helps += (helps.empty() ? "" : "; ") + name + ": " + format_bytes(double(total));
   if (!helps.empty())
     msg += "; would fit with " + helps;
   else if (!cuts.empty())
-    msg += "; lowest with " + cuts.front().first + ": " + size_text(double(cuts.front().second)) +
+    msg += "; lowest with " + cuts.front().first + ": " +
+           format_bytes(double(cuts.front().second)) +
            ", still too much (more ranks with --shard-optimizer, or a shorter sequence)";
   throw InputError(where + ": " + msg + " (dms plan shows every part)");
 }

@@ -12,6 +12,10 @@
 
 namespace dms {
 
+// "77.3 GiB", "12.5 MiB", "300.0 KiB": one decimal in the largest unit below the size,
+// none for whole numbers ("141 GiB").
+std::string format_bytes(double bytes);
+
 // "fits in 141 GiB: 77.3 GiB per device (63.7 GiB to spare)" / "does not fit in 80 GiB:
 // 152.3 GiB per device exceeds it by 72.3 GiB". device_bytes > 0.
 std::string fit_verdict(const Plan& p, double device_bytes);
