@@ -12,9 +12,10 @@
 #include <iostream>
 
 #include "bench/bench_util.h"
+#include "bench/train_run.h"
 #include "checkpoints/load_model.h"
-#include "trainer/train/optimizer.h"
-#include "trainer/train/step.h"
+#include "trainer/plan/plan.h"
+#include "trainer/train/kd_loss.h"
 
 using namespace dms;
 
@@ -24,9 +25,9 @@ struct Setup {
   std::string model = "15m";  // 15m | stories260K
   int64_t batch = 4, seq = 1024, window = 64;
   std::string attention = "blockwise";
-  bool full = false;        // full fine-tune instead of adapters
+  bool full = false;          // full fine-tune instead of adapters
   std::string dtype = "f32";  // f32 | bf16: every weight and the activations
-  bool checkpoint = false;  // activation checkpointing of the student's layers
+  bool checkpoint = false;    // activation checkpointing of the student's layers
 };
 
 at::ScalarType dtype_of(const Setup& s) {
@@ -52,68 +53,29 @@ int64_t parameter_count(Model& m) {
   return n;
 }
 
-// Model FLOPs of one step (no recomputation counted, the usual MFU convention):
-// matmul FLOPs 2 x (weights used as matrices) per token per forward; a forward's
-// attention 2 x 2 x d x H per (query, visible key) pair of the causal triangle; backward
-// = input gradients (2 per weight, 2 x attention forward for dQ, dK, dV, dP) plus weight
-// gradients (2 per weight) when every weight trains.
-double step_flops(const Model& m, const Setup& s) {
-  const ModelConfig& c = m.config;
-  const double D = double(c.hidden_size), d = double(c.head_dim), H = double(c.n_heads);
-  const double K = double(c.n_kv_heads), I = double(c.intermediate_size);
-  const double per_layer = D * H * d * 2 + 2 * D * K * d + 3 * D * I + K * D;  // + adapter
-  const double n_mm = double(c.n_layers) * per_layer + double(c.vocab_size) * D;
-  const double tokens = double(s.batch * s.seq);
-  const double pairs = double(s.batch) * double(s.seq) * double(s.seq + 1) / 2.0;
-  const double attn_fwd = double(c.n_layers) * 4.0 * d * H * pairs;
-  const double fwd = 2.0 * n_mm * tokens + attn_fwd;
-  const double bwd = 2.0 * n_mm * tokens + 2.0 * attn_fwd + (s.full ? 2.0 * n_mm * tokens : 0.0);
-  return fwd /*teacher*/ + fwd /*student*/ + bwd;
+// Model FLOPs of one step: the planner's rule (trainer/plan/plan.h step_flops, the usual
+// MFU convention: no recomputation counted).
+double model_flops(const Model& m, const Setup& s) {
+  PlanInput in;
+  in.model = in.teacher = m.config;
+  in.mode = s.full ? TrainMode::all : TrainMode::adapters;
+  in.seq_len = s.seq;
+  in.micro_batch = s.batch;
+  return step_flops(in).model;
 }
 
-struct Run {
-  Model student, teacher_copy;
-  std::unique_ptr<AdamW> opt;
-  StepInputs in;
-  at::Tensor tokens;
-  std::vector<at::Tensor> params;
-  int64_t step = 0;
-};
+using Run = bench::TrainRun;
 
 std::unique_ptr<Run> make_run(const Setup& s) {
-  auto r = std::make_unique<Run>();
-  r->student = load(s);
-  DmsConfig d;
-  d.window = s.window;
-  attach_dms(r->student, d);
-  cast_to(r->student, dtype_of(s));
-  if (s.full) {
-    r->teacher_copy = load(s);
-    cast_to(r->teacher_copy, dtype_of(s));
-  }
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
-  for (auto& [n, t] : s.full ? named_weights(r->student) : named_dms_weights(r->student)) {
-    if (n.find("dms_proj") != std::string::npos) t->normal_(0.0, 0.02, gen);
-    t->requires_grad_(true);
-    r->params.push_back(*t);
-  }
-  r->opt = std::make_unique<AdamW>(r->params, AdamWOptions{});
-  r->in.student = &r->student;
-  r->in.teacher = s.full ? &r->teacher_copy : &r->student;
-  r->in.micro_batch = s.batch;
-  r->in.attention = parse_attention_impl(s.attention, "--attention");
-  r->in.checkpoint_layers = s.checkpoint;
-  r->tokens = at::randint(0, r->student.config.vocab_size, {s.batch, s.seq}, gen,
-                          at::TensorOptions(at::kLong));
-  return r;
-}
-
-void one_step(Run& r) {
-  r.opt->zero_grad();
-  accumulate_gradients(r.in, r.tokens, r.step, 0, r.tokens.size(0), 0.5);
-  clip_grad_norm(r.params, 1.0);
-  r.opt->step(1e-4);
-  r.step++;
+  bench::TrainSetup t;
+  t.batch = s.batch;
+  t.seq = s.seq;
+  t.window = s.window;
+  t.full = s.full;
+  t.attention = parse_attention_impl(s.attention, "--attention");
+  t.dtype = dtype_of(s);
+  t.checkpoint = s.checkpoint;
+  return bench::make_train_run([&] { return load(s); }, t);
 }
 
 // What a child process measures: a whole step, or the KD loss alone (forward and
@@ -159,9 +121,9 @@ int run_child(const std::vector<std::string>& a) {
     kd_region(*r);
     return 0;
   }
-  one_step(*r);  // optimizer state exists from here on
+  bench::train_step(*r);  // optimizer state exists from here on
   bench::region_begin();
-  one_step(*r);
+  bench::train_step(*r);
   bench::region_end();
   return 0;
 }
@@ -222,8 +184,8 @@ int main(int argc, char** argv) {
       s.model = model;
       s.attention = att;
       auto r = make_run(s);
-      const double t = bench::time_median([&] { one_step(*r); }, reps, 1);
-      const double flops = step_flops(r->student, s);
+      const double t = bench::time_median([&] { bench::train_step(*r); }, reps, 1);
+      const double flops = model_flops(r->student, s);
       const double tok_s = double(s.batch * s.seq) / t;
       const int64_t mem = memory ? bench::child_peak_bytes(child_cmd(s, "step")) : -1;
       const int64_t kd_mem = memory ? bench::child_peak_bytes(child_cmd(s, "kd")) : -1;
@@ -260,12 +222,11 @@ int main(int argc, char** argv) {
     }
   std::cout << "step = teacher fwd + student fwd/bwd + clip + AdamW, batch " << base.batch << " x "
             << base.seq << " tokens, " << (base.full ? "full fine-tune" : "adapters") << ", "
-            << base.dtype << (base.checkpoint ? ", activation checkpointing" : "")
-            << ", median of " << reps << "\n";
-  bench::print_table(
-      {"model", "attention", "params", "step ms", "tokens/s", "GFLOP/s", "MFU", "step peak",
-       "weights", "optimizer", "grads", "logits+KD", "activations"},
-      rows);
+            << base.dtype << (base.checkpoint ? ", activation checkpointing" : "") << ", median of "
+            << reps << "\n";
+  bench::print_table({"model", "attention", "params", "step ms", "tokens/s", "GFLOP/s", "MFU",
+                      "step peak", "weights", "optimizer", "grads", "logits+KD", "activations"},
+                     rows);
   bench::write_json(json, out);
   return 0;
 }

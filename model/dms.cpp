@@ -24,6 +24,13 @@ void attach_dms(Model& m, const DmsConfig& c) {
   }
 }
 
+int64_t dms_parameter_count(const ModelConfig& c, DmsPredictor p) {
+  if (p != DmsPredictor::adapter) return 0;
+  const int64_t per_layer =
+      c.n_kv_heads * c.hidden_size + c.hidden_size + (c.qkv_bias ? c.n_kv_heads : 0);
+  return c.n_layers * per_layer;
+}
+
 at::Tensor adapter_decision_logits(const LayerWeights& w, const ModelConfig& c, const DmsConfig& d,
                                    const at::Tensor& x) {
   at::Tensor h = rms_norm(x, w.dms_norm, c.rms_eps);

@@ -37,6 +37,10 @@ enum class AttentionMode { teacher, train, eval };
 // weight dms_norm [D] of ones; the query-neuron variant adds nothing.
 void attach_dms(Model& m, const DmsConfig& c);
 
+// Values attach_dms adds to a model of config `c` (the shapes above, over every layer):
+// L x (K x D + D (+ K with attention bias)) for the adapter, 0 for the query neuron.
+int64_t dms_parameter_count(const ModelConfig& c, DmsPredictor p);
+
 // Adapter decision logits, fp32 for half-precision models (z = s * (...) - o with s = 100
 // would turn bf16 rounding into whole units). x [B, T, D] (residual entering the layer)
 // -> z [B, K, T]

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 declare -A layer=(
   [common]=0 [model]=1 [data]=2 [checkpoints]=2
   [trainer/dist]=3 [trainer/monitor]=3 [trainer/train]=4 [trainer/config]=5
-  [trainer/eval]=6 [trainer]=7 [trainer/cli]=8)
+  [trainer/eval]=6 [trainer/plan]=6 [trainer]=7 [trainer/cli]=8)
 folder_of() {  # path of a file or header -> its folder key
   local d; d=$(dirname "$1")
   [ -n "${layer[$d]+x}" ] && echo "$d" || echo ""

@@ -26,6 +26,8 @@
 #include "trainer/eval/validator.h"
 #include "trainer/monitor/alerts.h"
 #include "trainer/monitor/sinks.h"
+#include "trainer/plan/device_memory.h"
+#include "trainer/plan/plan_report.h"
 #include "trainer/train/checkpointer.h"
 #include "trainer/train/faults.h"
 #include "trainer/train/optimizer.h"
@@ -83,8 +85,7 @@ at::Device pick_device(DeviceKind kind, const DistEnv& env) {
 
 // The models' compute dtype: --dtype, or bf16 on CUDA and f32 on CPU.
 at::ScalarType compute_dtype(DtypeKind kind, const at::Device& device) {
-  const bool bf16 = kind == DtypeKind::bf16 || (kind == DtypeKind::automatic && device.is_cuda());
-  return bf16 ? at::kBFloat16 : at::kFloat;
+  return computes_in_bf16(kind, device.is_cuda()) ? at::kBFloat16 : at::kFloat;
 }
 
 // Sum of every trained value, for the cross-rank consistency check.
@@ -141,7 +142,8 @@ class Trainer {
   int run();
 
  private:
-  void open_data();
+  void open_data(const ModelConfig& mc);
+  void check_memory(const ModelConfig& mc) const;
   void build_optimization();
   void resume();
   void open_run_directory();
@@ -195,9 +197,13 @@ Trainer::Trainer(const RetrofitConfig& cfg) : cfg_(cfg) {
                      std::chrono::milliseconds(int64_t(cfg_.dist.timeout_s * 1000)), device_);
   lead_ = dist_->rank() == 0;
   catch_stop_signals();
+  // The configurations and the token files first: a run that cannot fit is refused before
+  // any weight is read.
+  const ModelConfig config = read_model_config(cfg_.run.model);
+  open_data(config);
+  check_memory(config);
   models_.load(cfg_, compute_dtype(cfg_.optim.dtype, device_));
   if (lead_) base_json_ = identify_model(cfg_.run.model).to_json().dump();
-  open_data();
   models_.attach(cfg_, device_);
   build_optimization();
   checkpoints_ =
@@ -211,8 +217,7 @@ Trainer::Trainer(const RetrofitConfig& cfg) : cfg_(cfg) {
   dist_->barrier();
 }
 
-void Trainer::open_data() {
-  const ModelConfig& mc = models_.student.config;
+void Trainer::open_data(const ModelConfig& mc) {
   data_ = open_tokens(cfg_.run.data, cfg_.run.seq_len);
   validate_tokens(data_, mc.vocab_size, mc.max_position);
   val_path_ = cfg_.run.val_data.empty() ? validation_path(cfg_.run.data) : cfg_.run.val_data;
@@ -227,6 +232,16 @@ void Trainer::open_data() {
   if (lead_ && cfg_.dms.window >= T_)
     std::cerr << "warning: window " << cfg_.dms.window << " >= sequence length " << T_
               << ": no token can be evicted within a training row\n";
+}
+
+// The step's memory per device (trainer/plan) against what the device has: InputError
+// naming the parts and the switches that would fit, before anything large is allocated.
+void Trainer::check_memory(const ModelConfig& mc) const {
+  const std::string& tp = cfg_.run.teacher;
+  const ModelConfig teacher = tp.empty() ? mc : read_model_config(tp);
+  const DeviceMemory mem = device_memory(device_, cfg_.dist.device_memory_gib);
+  require_fit(plan_input(cfg_, mc, teacher, T_, dist_->world(), device_.is_cuda()), mem.bytes,
+              mem.source);
 }
 
 void Trainer::build_optimization() {

@@ -10,5 +10,6 @@ void add_inspect_command(CLI::App& app);
 void add_retrofit_command(CLI::App& app);  // retrofit + export
 void add_eval_command(CLI::App& app);
 void add_data_command(CLI::App& app);
+void add_plan_command(CLI::App& app);  // per-device memory and FLOPs of a retrofit
 
 }  // namespace dms

@@ -173,4 +173,29 @@ const std::vector<Field<ExportRequest>>& export_fields() {
   return table;
 }
 
+const std::vector<Field<PlanConfig>>& plan_fields() {
+  using C = PlanConfig;
+  static const std::vector<Field<C>> table = [] {
+    std::vector<Field<C>> t = {
+        text<C>("model", &C::model,
+                "Model: HF directory, config.json (e.g. ../shared/assets/hf-configs/*) or "
+                "llama2.c .bin; only its configuration is read",
+                nonempty)
+            .must(),
+        number<C>("seq-len", &C::seq_len, between(1, kMaxTokens), "Positions per row (T)").must(),
+        number<C>("world-size", &C::world_size, between(1, 1 << 20),
+                  "Ranks the run would use (one device each)"),
+        text<C>("json", &C::json, "Also write the plan as JSON to this file"),
+    };
+    // The retrofit's own rows for what decides the memory of a step.
+    for (const char* name :
+         {"train-mode", "predictor", "teacher", "dtype", "micro-batch", "grad-accum",
+          "activation-checkpointing", "shard-optimizer", "device", "device-memory", "kd-chunk",
+          "attention", "attn-block-q", "attn-block-k"})
+      t.push_back(nested(field_named(retrofit_fields(), name), &C::retrofit));
+    return t;
+  }();
+  return table;
+}
+
 }  // namespace dms

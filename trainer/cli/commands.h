@@ -7,6 +7,7 @@
 #include "data/prepare.h"
 #include "model/kv_cache.h"
 #include "trainer/config/options.h"
+#include "trainer/config/retrofit_config.h"
 #include "trainer/eval/evaluate.h"
 #include "trainer/eval/export_run.h"
 
@@ -44,5 +45,16 @@ struct SampleConfig {
 const std::vector<Field<SampleConfig>>& sample_fields();
 
 const std::vector<Field<ExportRequest>>& export_fields();
+
+// dms plan: a model (or its config.json) and the options of `dms retrofit` that decide a
+// step's memory, taken from its table (nested fields: the same names, values and checks).
+struct PlanConfig {
+  std::string model;
+  int64_t seq_len = 0;
+  int64_t world_size = 1;
+  std::string json;
+  RetrofitConfig retrofit;  // only the rows plan_fields() takes are set
+};
+const std::vector<Field<PlanConfig>>& plan_fields();
 
 }  // namespace dms

@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
   dms::add_eval_command(app);
   dms::add_generate_command(app);
   dms::add_inspect_command(app);
+  dms::add_plan_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -13,6 +13,7 @@
 #include <functional>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -258,6 +259,36 @@ Field<C> flag(std::string name, bool C::*mem, std::string help) {
 }
 #undef DMS_MEMBER_REF
 #undef DMS_FLAT_REF
+
+// A field of a config nested in C (C::*member), as a field of C: the same name, help,
+// values, parsing and checks, so that another command can offer an option exactly as the
+// command that owns it does (`dms plan` takes `dms retrofit`'s --dtype).
+template <class C, class Inner>
+Field<C> nested(const Field<Inner>& f, Inner C::*member) {
+  Field<C> g;
+  g.name = f.name;
+  g.help = f.help;
+  g.group = f.group;
+  g.values = f.values;
+  g.flag = f.flag;
+  g.required = f.required;
+  g.saved = f.saved;
+  g.on_resume = f.on_resume;
+  g.parse = [p = f.parse, member](C& c, const std::string& s) { return p(c.*member, s); };
+  g.get = [p = f.get, member](const C& c) { return p(c.*member); };
+  g.set = [p = f.set, member](C& c, const nlohmann::json& j) { p(c.*member, j); };
+  g.check = [p = f.check, member](const C& c) { return p(c.*member); };
+  return g;
+}
+
+// The row named `name` of a table; std::out_of_range when there is none (a programming
+// error: the names are literals).
+template <class C>
+const Field<C>& field_named(const std::vector<Field<C>>& table, const std::string& name) {
+  for (const Field<C>& f : table)
+    if (f.name == name) return f;
+  throw std::out_of_range("no option --" + name);
+}
 
 // Registers every field of `table` as an option of `cmd` writing into `cfg`; problems
 // met while parsing are appended to `errors` (reported together by the command).

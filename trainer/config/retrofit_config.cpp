@@ -248,6 +248,10 @@ const std::vector<Field<RetrofitConfig>>& retrofit_fields() {
   return table;
 }
 
+bool computes_in_bf16(DtypeKind kind, bool cuda) {
+  return kind == DtypeKind::bf16 || (kind == DtypeKind::automatic && cuda);
+}
+
 std::string backend_name(BackendKind b) {
   return b == BackendKind::gloo ? "gloo" : b == BackendKind::nccl ? "nccl" : "auto";
 }

@@ -24,6 +24,8 @@ enum class DeviceKind { automatic, cpu, cuda };
 // frozen weights, trained weights and activations in bf16 with fp32 master weights, fp32
 // losses and fp32 reductions. automatic: bf16 on CUDA, f32 on CPU.
 enum class DtypeKind { automatic, f32, bf16 };
+// Whether --dtype means bf16 on a device of this kind (the one rule for `auto`).
+bool computes_in_bf16(DtypeKind kind, bool cuda);
 
 std::string backend_name(BackendKind b);  // "auto" | "gloo" | "nccl"
 

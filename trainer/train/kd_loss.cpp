@@ -38,15 +38,6 @@ at::ScalarType kd_type(const Side& s) {
   return at::promote_types(x.scalar_type(), at::kFloat);
 }
 
-// Rows per chunk: `chunk` when given; else about 2^18 logits (1 MiB in fp32) for given
-// logits, so that a chunk's softmax stays in cache, and 2^22 for the fused form, whose
-// chunks are matrix products that want many rows per pass over the head.
-int64_t rows_per_chunk(int64_t chunk, int64_t V, bool fused) {
-  if (chunk > 0) return chunk;
-  const int64_t budget = int64_t(1) << (fused ? 22 : 18);
-  return std::max<int64_t>(1, budget / std::max<int64_t>(1, V));
-}
-
 struct KdFunction : public torch::autograd::Function<KdFunction> {
   // Student (s_*) and teacher (t_*) sides, w [N], targets [N] (0 elements: none); the
   // per-row figures are written into the four out_* tensors [N] (0 elements: not wanted
@@ -126,6 +117,15 @@ struct KdFunction : public torch::autograd::Function<KdFunction> {
 };
 
 }  // namespace
+
+// `chunk` when given; else about 2^18 logits (1 MiB in fp32) for given
+// logits, so that a chunk's softmax stays in cache, and 2^22 for the fused form, whose
+// chunks are matrix products that want many rows per pass over the head.
+int64_t rows_per_chunk(int64_t chunk, int64_t V, bool fused) {
+  if (chunk > 0) return chunk;
+  const int64_t budget = int64_t(1) << (fused ? 22 : 18);
+  return std::max<int64_t>(1, budget / std::max<int64_t>(1, V));
+}
 
 LogitSource LogitSource::of_logits(at::Tensor logits) {
   LogitSource s;

@@ -45,6 +45,10 @@ at::Tensor kd_loss_sum(const LogitSource& student, const LogitSource& teacher,
                        const at::Tensor& weight, KdDirection dir, int64_t chunk = 0,
                        const at::Tensor& targets = {}, KdRows* rows = nullptr);
 
+// Rows per chunk of kd_loss_sum: `chunk` (> 0), else about 2^18 logits for given logits
+// and 2^22 for the fused form. V: vocabulary. (The memory planner sizes its buffers by it.)
+int64_t rows_per_chunk(int64_t chunk, int64_t V, bool fused);
+
 // Student next-token targets of tokens [B, T]: row (b, i) -> tokens[b, i + 1], and -1 at
 // i = T - 1. -> [B * T] int64
 at::Tensor next_token_targets(const at::Tensor& tokens);
