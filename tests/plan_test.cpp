@@ -247,6 +247,10 @@ TEST(PlanCli, Qwen3_8BFullWeightFitsOnlyWithShardingCheckpointingAndBf16) {
   int64_t sum = 0;
   for (const auto& [k, v] : b["bytes"].items()) sum += v.get<int64_t>();
   EXPECT_EQ(sum, b["total_bytes"].get<int64_t>());
+  int64_t highest = 0;  // the total is the phase that holds the most
+  for (const auto& [k, v] : b["phases"].items()) highest = std::max(highest, v.get<int64_t>());
+  EXPECT_EQ(highest, b["total_bytes"].get<int64_t>());
+  EXPECT_EQ(b["phases"][b["peak"].get<std::string>()].get<int64_t>(), highest);
   // Without sharding the same switches are not enough: 164 GB lives before activations.
   auto unsharded = test::run_dms(qwen_plan("--activation-checkpointing --dtype bf16"));
   EXPECT_NE(unsharded.out.find("does not fit"), std::string::npos) << unsharded.out;

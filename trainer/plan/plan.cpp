@@ -279,6 +279,7 @@ Plan plan_step(const PlanInput& in) {
   p.activations = int64_t(std::llround(top.activations));
   p.logits = int64_t(std::llround(top.logits));
   p.total = p.weights + p.teacher + p.gradients + p.master + p.optimizer + p.activations + p.logits;
+  p.phases[best].second = p.total;  // the same figure, whatever the parts' rounding
   p.flops = step_flops(in);
   return p;
 }

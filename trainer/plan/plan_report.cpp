@@ -167,6 +167,8 @@ std::string format_plan(const PlanInput& in, const Plan& p, double device_bytes)
 nlohmann::json plan_json(const PlanInput& in, const Plan& p, double device_bytes) {
   nlohmann::json parts = nlohmann::json::object();
   for (const auto& [name, bytes] : plan_parts(p)) parts[name] = bytes;
+  nlohmann::json phases = nlohmann::json::object();  // bytes of every phase
+  for (const auto& [name, bytes] : p.phases) phases[name] = bytes;
   nlohmann::json j = {{"family", in.model.family},
                       {"train_mode", in.mode == TrainMode::all ? "all" : "adapters"},
                       {"dtype", dtype_name(in.dtype)},
@@ -184,6 +186,7 @@ nlohmann::json plan_json(const PlanInput& in, const Plan& p, double device_bytes
                       {"bytes", parts},
                       {"total_bytes", p.total},
                       {"peak", p.peak},
+      {"phases", phases},
                       {"step_flops", {{"model", p.flops.model}, {"recompute", p.flops.recompute}}}};
   if (device_bytes > 0) {
     j["device_bytes"] = device_bytes;
