@@ -181,8 +181,8 @@ TEST(Optimizer, AdamWFollowsPyTorchsRuleAndClippingScalesToTheNorm) {
 
 // A world of one (collectives are local), for the Optimizer's unit tests.
 Dist& local_dist() {
-  static std::unique_ptr<Dist> d =
-      Dist::join(DistEnv{}, "gloo", std::chrono::milliseconds(1000), at::Device(at::kCPU));
+  static std::unique_ptr<Dist> d = Dist::join(DistEnv{}, "gloo", std::chrono::milliseconds(1000),
+                                                at::Device(at::kCPU));
   return *d;
 }
 
