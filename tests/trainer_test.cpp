@@ -616,9 +616,9 @@ TEST(RetrofitRun, DenseAttentionIsTheSameTrainingAndBadValuesExitWith2) {
 // evict), the KD loss within 10% + 1e-3, the same fraction of evictions within 0.02 and
 // finite, non-zero adapter gradients. (Gradients themselves are not compared: through the
 // straight-through hard decisions they change with every decision that rounding flips.)
-// (Whole runs
-// are compared by their schedule below: the hard decisions make two runs that differ in
-// rounding — bf16 vs fp32, or fp32 on 1 vs 2 threads — part after a few steps.)
+// (Whole runs are compared by their schedule below: two runs that differ in rounding take
+// different hard decisions within a few steps, and their KD losses part — bf16 against fp32
+// here, as fp32 with another seed does.)
 TEST(MixedPrecision, Bf16StepMatchesF32StepAtTheSameState) {
   for (double std : {0.0, 0.02, 0.05, 0.2}) {
     Model f = test::stories_with_adapters(8, 11, std);
