@@ -618,7 +618,7 @@ TEST(RetrofitRun, DenseAttentionIsTheSameTrainingAndBadValuesExitWith2) {
 // straight-through hard decisions they change with every decision that rounding flips.)
 // (Whole runs are compared by their schedule below: the hard decisions make a bf16 run's KD
 // part from the fp32 run's — on the quickstart recipe 45 of 100 steps fell outside
-// 10% + 1e-3, from step 1, where bf16's rounding floor is already 7e-4.)
+// 10% + 1e-3, the first at step 2; at step 1 bf16's rounding floor alone is 7e-4.)
 TEST(MixedPrecision, Bf16StepMatchesF32StepAtTheSameState) {
   for (double std : {0.0, 0.02, 0.05, 0.2}) {
     Model f = test::stories_with_adapters(8, 11, std);
