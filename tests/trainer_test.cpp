@@ -300,9 +300,13 @@ TEST(Optimizer, ShardsTileTheFlatSpaceInWholeBlocks) {
   EXPECT_TRUE(Optimizer({{"a", a}}, AdamWOptions{}, ShardPlan{0, 2, false}).saved_shard());
 }
 
-// Gradient of one step for given micro-batch size (stories260K with DMS adapters).
-std::vector<at::Tensor> step_grads(Model& m, const at::Tensor& tokens, int64_t micro) {
-  for (auto& [n, t] : named_dms_weights(m)) {
+// One step's gradients of every tensor of `train` (the teacher is the same weights with
+// eviction off, as in adapter mode), micro-batches of `micro`, with or without activation
+// checkpointing; the step's sums go to `metrics` when given.
+std::vector<at::Tensor> grads_of(Model& m, const std::vector<at::Tensor*>& train,
+                                 const at::Tensor& tokens, int64_t micro, bool checkpoint,
+                                 double target = 0.6, StepMetrics* metrics = nullptr) {
+  for (at::Tensor* t : train) {
     t->requires_grad_(true);
     t->mutable_grad() = at::Tensor();
   }
@@ -311,10 +315,22 @@ std::vector<at::Tensor> step_grads(Model& m, const at::Tensor& tokens, int64_t m
   in.teacher = &m;
   in.micro_batch = micro;
   in.seed = 3;
-  accumulate_gradients(in, tokens, 5, 0, tokens.size(0), 0.6);
+  in.checkpoint_layers = checkpoint;
+  StepMetrics st = accumulate_gradients(in, tokens, 5, 0, tokens.size(0), target);
+  if (metrics) *metrics = st;
   std::vector<at::Tensor> g;
-  for (auto& [n, t] : named_dms_weights(m)) g.push_back(t->grad().clone());
+  for (at::Tensor* t : train) g.push_back(t->grad().clone());
   return g;
+}
+
+std::vector<at::Tensor*> adapter_tensors(Model& m) {
+  std::vector<at::Tensor*> out;
+  for (auto& [n, t] : named_dms_weights(m)) out.push_back(t);
+  return out;
+}
+
+std::vector<at::Tensor> step_grads(Model& m, const at::Tensor& tokens, int64_t micro) {
+  return grads_of(m, adapter_tensors(m), tokens, micro, false);
 }
 
 TEST(Accumulation, MicroBatchesOfOneEqualOneBatch) {
@@ -337,26 +353,6 @@ TEST(Accumulation, MicroBatchesOfOneEqualOneBatch) {
   EXPECT_GT(scale, 1e-4);  // the comparison is not between zeros
 }
 
-// One step's gradients of every tensor of `train`, with or without activation checkpointing
-// (the teacher is the same weights with eviction off, as in adapter mode).
-std::vector<at::Tensor> grads_of(Model& m, const std::vector<at::Tensor*>& train,
-                                 const at::Tensor& tokens, bool checkpoint) {
-  for (at::Tensor* t : train) {
-    t->requires_grad_(true);
-    t->mutable_grad() = at::Tensor();
-  }
-  StepInputs in;
-  in.student = &m;
-  in.teacher = &m;
-  in.micro_batch = 2;
-  in.seed = 3;
-  in.checkpoint_layers = checkpoint;
-  accumulate_gradients(in, tokens, 5, 0, tokens.size(0), 0.6);
-  std::vector<at::Tensor> g;
-  for (at::Tensor* t : train) g.push_back(t->grad().clone());
-  return g;
-}
-
 // Recomputing each layer in backward (the noise is an input, the blockwise attention
 // recomputes its tiles) gives the gradients of the stored forward: adapters only, and
 // every weight (the embedding and the head through the fused KD loss included).
@@ -368,8 +364,8 @@ TEST(ActivationCheckpointing, SameGradientsAdaptersAndFullWeights) {
   for (auto& [n, t] : named_dms_weights(m)) adapters.push_back(t);
   for (auto& [n, t] : named_weights(m)) all.push_back(t);
   for (const auto* set : {&adapters, &all}) {
-    auto plain = grads_of(m, *set, tokens, false);
-    auto ckpt = grads_of(m, *set, tokens, true);
+    auto plain = grads_of(m, *set, tokens, 2, false);
+    auto ckpt = grads_of(m, *set, tokens, 2, true);
     ASSERT_EQ(plain.size(), ckpt.size());
     double scale = 0;
     for (size_t i = 0; i < plain.size(); ++i) {
@@ -627,26 +623,15 @@ TEST(MixedPrecision, Bf16StepMatchesF32StepAtTheSameState) {
     EXPECT_EQ(2 * weight_bytes(h), weight_bytes(f));  // the frozen base halves
     auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
     at::Tensor tokens = at::randint(1, 512, {4, 64}, gen, at::kLong);
-    auto step = [&](Model& m) {
-      for (auto& [n, t] : named_dms_weights(m)) {
-        t->requires_grad_(true);
-        t->mutable_grad() = at::Tensor();
-      }
-      StepInputs in;
-      in.student = &m;
-      in.teacher = &m;
-      in.micro_batch = 2;
-      in.seed = 3;
-      StepMetrics st = accumulate_gradients(in, tokens, 5, 0, tokens.size(0), 0.5);
-      std::vector<at::Tensor> g;
-      for (auto& [n, t] : named_dms_weights(m)) g.push_back(t->grad().to(at::kDouble).reshape(-1));
-      return std::make_pair(st, at::cat(g));
-    };
-    auto [sf, gf_unused] = step(f);
-    (void)gf_unused;
-    auto [sh, gh] = step(h);
+    StepMetrics sf, sh;
+    grads_of(f, adapter_tensors(f), tokens, 2, false, 0.5, &sf);
+    std::vector<at::Tensor> gh_parts;
+    for (const auto& g : grads_of(h, adapter_tensors(h), tokens, 2, false, 0.5, &sh))
+      gh_parts.push_back(g.reshape(-1));
+    const at::Tensor gh = at::cat(gh_parts);
     const double kd_f = sf.kd / sf.tokens, kd_h = sh.kd / sh.tokens;
-    EXPECT_LE(std::abs(kd_h - kd_f), 0.1 * kd_f + 1e-3) << "std " << std << ": " << kd_f << " vs " << kd_h;
+    EXPECT_LE(std::abs(kd_h - kd_f), 0.1 * kd_f + 1e-3)
+        << "std " << std << ": " << kd_f << " vs " << kd_h;
     EXPECT_NEAR(sh.evicted / 4, sf.evicted / 4, 0.02) << "std " << std;  // fraction of decisions
     EXPECT_TRUE(at::isfinite(gh).all().item<bool>()) << "std " << std;
     EXPECT_GT(gh.abs().max().item<double>(), 0.0) << "std " << std;
