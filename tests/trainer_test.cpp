@@ -6,6 +6,8 @@
 #include <fstream>
 #include <memory>
 
+#include <torch/optim/adamw.h>
+
 #include "checkpoints/checkpoint_dir.h"
 #include "checkpoints/load_model.h"
 #include "checkpoints/safetensors.h"
@@ -98,7 +100,8 @@ TEST(KdLoss, FusedHeadEqualsLogitsThroughTheHead) {
       EXPECT_LT(test::max_abs_diff(Wf.grad(), Wr.grad()), 1e-10) << "chunk " << chunk;
       // The NLL of the targets from the same pass.
       at::Tensor lp = at::log_softmax(logits, 1).narrow(0, 0, N - 1);
-      const double want = -lp.gather(1, targets.narrow(0, 0, N - 1).unsqueeze(1)).sum().item<double>();
+      const double want =
+          -lp.gather(1, targets.narrow(0, 0, N - 1).unsqueeze(1)).sum().item<double>();
       auto [nll, count] = target_nll(rows, targets);
       EXPECT_EQ(count, N - 1);
       EXPECT_NEAR(nll, want, 1e-9);
@@ -181,8 +184,8 @@ TEST(Optimizer, AdamWFollowsPyTorchsRuleAndClippingScalesToTheNorm) {
 
 // A world of one (collectives are local), for the Optimizer's unit tests.
 Dist& local_dist() {
-  static std::unique_ptr<Dist> d = Dist::join(DistEnv{}, "gloo", std::chrono::milliseconds(1000),
-                                                at::Device(at::kCPU));
+  static std::unique_ptr<Dist> d =
+      Dist::join(DistEnv{}, "gloo", std::chrono::milliseconds(1000), at::Device(at::kCPU));
   return *d;
 }
 
@@ -305,7 +308,8 @@ TEST(Optimizer, ShardsTileTheFlatSpaceInWholeBlocks) {
 // checkpointing; the step's sums go to `metrics` when given.
 std::vector<at::Tensor> grads_of(Model& m, const std::vector<at::Tensor*>& train,
                                  const at::Tensor& tokens, int64_t micro, bool checkpoint,
-                                 double target = 0.6, StepMetrics* metrics = nullptr) {
+                                 double target = 0.6, StepMetrics* metrics = nullptr,
+                                 int64_t step = 5) {
   for (at::Tensor* t : train) {
     t->requires_grad_(true);
     t->mutable_grad() = at::Tensor();
@@ -316,7 +320,7 @@ std::vector<at::Tensor> grads_of(Model& m, const std::vector<at::Tensor*>& train
   in.micro_batch = micro;
   in.seed = 3;
   in.checkpoint_layers = checkpoint;
-  StepMetrics st = accumulate_gradients(in, tokens, 5, 0, tokens.size(0), target);
+  StepMetrics st = accumulate_gradients(in, tokens, step, 0, tokens.size(0), target);
   if (metrics) *metrics = st;
   std::vector<at::Tensor> g;
   for (at::Tensor* t : train) g.push_back(t->grad().clone());
@@ -442,10 +446,9 @@ TEST(RetrofitRun, AdapterModeTrainsOnlyAdaptersAndExportsTheMeasuredReport) {
     auto j = nlohmann::json::parse(line);
     if (j.contains("kd_loss")) {
       ++train;
-      for (const char* k :
-           {"step", "tokens", "kd_loss", "dms_loss", "lm_loss", "target_cr", "decision_cr",
-            "effective_kv_cr", "end_of_sequence_kv_cr", "lr", "grad_norm", "tokens_per_s",
-            "elapsed_s"})
+      for (const char* k : {"step", "tokens", "kd_loss", "dms_loss", "lm_loss", "target_cr",
+                            "decision_cr", "effective_kv_cr", "end_of_sequence_kv_cr", "lr",
+                            "grad_norm", "tokens_per_s", "elapsed_s"})
         EXPECT_TRUE(j.contains(k)) << k;
     }
     if (j.contains("val_kd_loss")) ++val;
@@ -638,6 +641,48 @@ TEST(MixedPrecision, Bf16StepMatchesF32StepAtTheSameState) {
   }
 }
 
+// bf16 along a whole fp32 run: at every step of an fp32 retrofit (stories rows, AdamW,
+// eviction target annealed from 0 to 2/3), the bf16 step taken at the same state (the
+// fp32 weights cast, the same rows and noise) has a KD loss within 10% + 1e-3 of the fp32
+// step's. Two whole runs are not compared step by step: training is chaotic here — the
+// step-1 KD gradient is mostly rounding (bf16 KD floor 7e-4 vs fp32 8e-5 at CR 1), AdamW
+// turns it into full-size updates, and even fp32 with lr changed by 3e-5 (relative) leaves
+// the band at some steps (docs/mixed_precision.md). DMS_TRACK_STEPS=100 runs the quoted
+// 100-step version.
+TEST(MixedPrecision, Bf16KdTracksF32AtEveryStepOfAnF32Run) {
+  const char* env = std::getenv("DMS_TRACK_STEPS");
+  const int64_t steps = env ? std::max(2, std::atoi(env)) : 10;
+  Model f = test::stories_with_adapters(16, 11, 0.0);
+  const char* data_env = std::getenv("DMS_TRACK_DATA");  // e.g. the quickstart's 512-token rows
+  TokenData data = open_tokens(data_env ? std::string(data_env) : test::small_token_file());
+  std::vector<at::Tensor> params;
+  for (at::Tensor* t : adapter_tensors(f)) params.push_back(*t);
+  torch::optim::AdamW opt(params,
+                          torch::optim::AdamWOptions(3e-3).betas({0.9, 0.95}).weight_decay(0));
+  double worst = 0, last_evicted = 0;
+  for (int64_t s = 1; s <= steps; ++s) {
+    std::vector<int64_t> index;
+    for (int64_t r = 0; r < 4; ++r) index.push_back(((s - 1) * 4 + r) % data.n_rows);
+    const at::Tensor tokens = data.rows(index);
+    const double target = (2.0 / 3.0) * double(s - 1) / double(steps - 1);
+    Model h = f;  // the same state in bf16 (cast_to replaces the tensors, f keeps its own)
+    cast_to(h, at::kBFloat16);
+    StepMetrics sf, sh;
+    grads_of(h, adapter_tensors(h), tokens, 2, false, target, &sh, s);
+    opt.zero_grad();
+    grads_of(f, adapter_tensors(f), tokens, 2, false, target, &sf, s);
+    opt.step();
+    const double kd_f = sf.kd / sf.tokens, kd_h = sh.kd / sh.tokens;
+    EXPECT_LE(std::abs(kd_h - kd_f), 0.1 * kd_f + 1e-3)
+        << "step " << s << ": " << kd_f << " vs " << kd_h;
+    worst = std::max(worst, std::abs(kd_h - kd_f) / (0.1 * kd_f + 1e-3));
+    last_evicted = sf.evicted / 4;
+  }
+  std::printf("bf16 vs fp32 KD over %lld steps: worst |diff| / (10%% + 1e-3) = %.3f\n",
+              static_cast<long long>(steps), worst);
+  EXPECT_GT(last_evicted, 0.3);  // the run did learn to evict (target 2/3 at the end)
+}
+
 // --dtype bf16 runs end to end and follows the compression schedule as fp32 does;
 // activation checkpointing changes nothing (the same gradients, so the same losses); a
 // --teacher must speak the model's tokenizer.
@@ -646,8 +691,7 @@ TEST(RetrofitRun, Bf16FollowsTheScheduleCheckpointingIsExactAndTheTeacherIsCheck
   prepare_small(tmp);
   auto run = [&](const std::string& name, const std::string& extra) {
     return test::run_dms("retrofit --model " + quote(asset("stories260K/stories260K.bin")) +
-                         " --data " + quote(tmp.file("d.h5")) + " --out " +
-                         quote(tmp.file(name)) +
+                         " --data " + quote(tmp.file("d.h5")) + " --out " + quote(tmp.file(name)) +
                          " --window 8 --target-cr 3 --max-steps 10 --micro-batch 2 --lr 1e-2 " +
                          "--eval-every 100 " + extra);
   };
