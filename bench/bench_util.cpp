@@ -1,5 +1,9 @@
 #include "bench/bench_util.h"
 
+#ifdef DMS_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
 #include <ATen/Parallel.h>
 #include <malloc.h>
 #include <torch/version.h>
@@ -112,10 +116,42 @@ int64_t child_peak_bytes(const std::vector<std::string>& args) {
   return pclose(p) == 0 ? bytes : -1;
 }
 
-double matmul_peak_flops(int64_t n, int reps) {
-  at::Tensor a = at::randn({n, n}), b = at::randn({n, n}), c = at::empty({n, n});
-  const double t = time_median([&] { at::mm_out(c, a, b); }, reps, 2);
+double matmul_peak_flops(int64_t n, int reps, at::ScalarType dtype, const at::Device& device) {
+  const auto o = at::TensorOptions().dtype(dtype).device(device);
+  at::Tensor a = at::randn({n, n}, o), b = at::randn({n, n}, o), c = at::empty({n, n}, o);
+  const double t = time_median(
+      [&] {
+        at::mm_out(c, a, b);
+        sync(device);
+      },
+      reps, 2);
   return 2.0 * double(n) * double(n) * double(n) / t;
+}
+
+void sync(const at::Device& device) {
+  // Reading a value back waits for everything queued before it on the stream.
+  if (!device.is_cpu()) at::zeros({1}, at::TensorOptions().device(device)).item<float>();
+}
+
+void device_peak_reset([[maybe_unused]] const at::Device& device) {
+#ifdef DMS_WITH_CUDA
+  if (device.is_cuda()) {
+    sync(device);
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device.has_index() ? device.index() : 0);
+  }
+#endif
+}
+
+int64_t device_peak_bytes([[maybe_unused]] const at::Device& device) {
+#ifdef DMS_WITH_CUDA
+  if (device.is_cuda()) {
+    sync(device);
+    const auto st =
+        c10::cuda::CUDACachingAllocator::getDeviceStats(device.has_index() ? device.index() : 0);
+    return st.allocated_bytes[0].peak;  // [0]: the aggregate over pools
+  }
+#endif
+  return -1;
 }
 
 std::string fmt(double v, int precision) {

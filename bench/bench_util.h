@@ -36,9 +36,18 @@ bool is_child(int argc, char** argv);
 // The arguments after --child.
 std::vector<std::string> child_args(int argc, char** argv);
 
-// Sustained fp32 GEMM rate of this machine through LibTorch: median of n x n x n
-// matmuls. -> FLOP/s
-double matmul_peak_flops(int64_t n = 2048, int reps = 5);
+// Sustained GEMM rate of this machine through LibTorch: median of n x n x n matmuls in
+// dtype on device (fp32 on the CPU by default; bf16 on a GPU for its MFU). -> FLOP/s
+double matmul_peak_flops(int64_t n = 2048, int reps = 5, at::ScalarType dtype = at::kFloat,
+                         const at::Device& device = at::kCPU);
+
+// Waits for the work queued on device (a no-op on the CPU): timings of GPU work end here.
+void sync(const at::Device& device);
+
+// Peak bytes the CUDA caching allocator handed out since device_peak_reset() (the
+// allocator's own statistics; -1 on the CPU or in a build without CUDA).
+void device_peak_reset(const at::Device& device);
+int64_t device_peak_bytes(const at::Device& device);
 
 // A printed table: header then rows, columns padded.
 void print_table(const std::vector<std::string>& header,

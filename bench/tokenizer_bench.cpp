@@ -33,14 +33,16 @@ std::vector<std::string> read_lines(const std::string& path) {
 // The reference's tokens/s from `reference_tokenizer.py bench` (a JSON line on stdout).
 nlohmann::json reference_bench(const std::string& src, const std::string& tok,
                                const std::string& text, int repeat) {
-  const std::string cmd = src + "/.venv/bin/python " + src + "/scripts/reference_tokenizer.py bench --tokenizer '" +
-                          tok + "' --text '" + text + "' --repeat " + std::to_string(repeat);
+  const std::string cmd = src + "/.venv/bin/python " + src +
+                          "/scripts/reference_tokenizer.py bench --tokenizer '" + tok +
+                          "' --text '" + text + "' --repeat " + std::to_string(repeat);
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) throw std::runtime_error("cannot run " + cmd);
   std::string out;
   char buf[4096];
   for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
-  if (pclose(p) != 0) throw std::runtime_error("the reference failed (run scripts/setup.sh --reference): " + cmd);
+  if (pclose(p) != 0)
+    throw std::runtime_error("the reference failed (run scripts/setup.sh --reference): " + cmd);
   return nlohmann::json::parse(out);
 }
 
@@ -84,7 +86,8 @@ double prepare_seconds(PrepareOptions o, int threads, const std::string& out) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Tokenizer speed: ours vs Hugging Face tokenizers (1 thread), data prepare 2 threads vs 1"};
+  CLI::App app{
+      "Tokenizer speed: ours vs Hugging Face tokenizers (1 thread), data prepare 2 threads vs 1"};
   const std::string src = DMS_SOURCE_DIR;
   std::string tokenizer = std::string(DMS_DEFAULT_ASSETS) + "/tokenizers/qwen3/tokenizer.json";
   std::string text = src + "/tests/data/tokenizer_corpus.txt";
@@ -93,8 +96,10 @@ int main(int argc, char** argv) {
   app.add_option("--tokenizer", tokenizer, "Tokenizer (any form dms reads)");
   app.add_option("--text", text, "Text whose lines are encoded");
   app.add_option("--repeat", repeat, "Passes over the text")->check(CLI::Range(1, 1000));
-  app.add_option("--corpus-mb", corpus_mb, "Size of the data prepare corpus")->check(CLI::Range(1, 4096));
-  app.add_option("--reps", reps, "data prepare runs per thread count (median)")->check(CLI::Range(1, 50));
+  app.add_option("--corpus-mb", corpus_mb, "Size of the data prepare corpus")
+      ->check(CLI::Range(1, 4096));
+  app.add_option("--reps", reps, "data prepare runs per thread count (median)")
+      ->check(CLI::Range(1, 50));
   app.add_option("--tmp", tmp, "Where the prepare corpus and outputs go");
   app.add_option("--json", json_out, "Also write the figures to this file");
   CLI11_PARSE(app, argc, argv);
@@ -107,7 +112,8 @@ int main(int argc, char** argv) {
   const nlohmann::json ref = reference_bench(src, tokenizer, text, repeat);
   const double ours_tps = double(ours_tokens) / ours_s, ref_tps = ref["tokens_per_s"].get<double>();
   if (ref["tokens"].get<int64_t>() != ours_tokens)
-    std::cerr << "warning: token counts differ (ours " << ours_tokens << ", reference " << ref["tokens"] << ")\n";
+    std::cerr << "warning: token counts differ (ours " << ours_tokens << ", reference "
+              << ref["tokens"] << ")\n";
 
   PrepareOptions o;
   o.tokenizer = tokenizer;
@@ -119,7 +125,8 @@ int main(int argc, char** argv) {
     t1.push_back(prepare_seconds(o, 1, tmp + "/tokenizer_bench_1.h5"));
     t2.push_back(prepare_seconds(o, 2, tmp + "/tokenizer_bench_2.h5"));
   }
-  const bool same = sha256_file(tmp + "/tokenizer_bench_1.h5") == sha256_file(tmp + "/tokenizer_bench_2.h5");
+  const bool same =
+      sha256_file(tmp + "/tokenizer_bench_1.h5") == sha256_file(tmp + "/tokenizer_bench_2.h5");
   const double p1 = bench::median(t1), p2 = bench::median(t2);
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
@@ -128,12 +135,11 @@ int main(int argc, char** argv) {
   const double steady = (p1 - load_s) / (p2 - load_s);
   std::cout << "tokenizer: " << tok.kind() << "  " << tokenizer << " (loaded in "
             << bench::fmt(load_s) << " s)\n";
-  bench::print_table(
-      {"measure", "ours", "baseline", "ratio"},
-      {{"encode tokens/s, 1 thread (vs HF tokenizers)",
-        bench::fmt(ours_tps, 0), bench::fmt(ref_tps, 0), bench::fmt(ours_tps / ref_tps) + "x"},
-       {"data prepare " + std::to_string(corpus_mb) + " MiB, s (2 threads vs 1)", bench::fmt(p2),
-        bench::fmt(p1), bench::fmt(p1 / p2) + "x"}});
+  bench::print_table({"measure", "ours", "baseline", "ratio"},
+                     {{"encode tokens/s, 1 thread (vs HF tokenizers)", bench::fmt(ours_tps, 0),
+                       bench::fmt(ref_tps, 0), bench::fmt(ours_tps / ref_tps) + "x"},
+                      {"data prepare " + std::to_string(corpus_mb) + " MiB, s (2 threads vs 1)",
+                       bench::fmt(p2), bench::fmt(p1), bench::fmt(p1 / p2) + "x"}});
   std::cout << "data prepare without the tokenizer load: " << bench::fmt(steady) << "x\n"
             << "2-thread output identical to 1-thread: " << (same ? "yes" : "NO") << "\n"
             << "peak RSS: " << bench::mib(int64_t(ru.ru_maxrss) * 1024) << "\n";
@@ -147,8 +153,9 @@ int main(int argc, char** argv) {
                                {"tokenizer_load_s", load_s},
                                {"identical", same},
                                {"machine", bench::machine_info()}});
-  for (const char* f : {"/tokenizer_bench_1.h5", "/tokenizer_bench_2.h5", "/tokenizer_bench_1.val.h5",
-                        "/tokenizer_bench_2.val.h5", "/tokenizer_bench_corpus.txt"})
+  for (const char* f :
+       {"/tokenizer_bench_1.h5", "/tokenizer_bench_2.h5", "/tokenizer_bench_1.val.h5",
+        "/tokenizer_bench_2.val.h5", "/tokenizer_bench_corpus.txt"})
     std::remove((tmp + f).c_str());
   return same ? 0 : 1;
 }

@@ -4,30 +4,37 @@
 // fp32 matmul peak measured in the same run, and the step's peak memory by part (weights,
 // optimizer, gradients, the KD loss's buffers measured on their own, and the activations:
 // the rest of the measured peak), for stories260K and a synthetic Llama of stories15M's
-// size, in f32 or bf16, with or without activation checkpointing.
+// size, or any Hugging Face config.json with random weights (--hf-config), in f32 or
+// bf16, with or without activation checkpointing, on the CPU or a GPU (--device). On a GPU
+// the MFU is against the device's matmul peak in the run's dtype, and the peak memory is
+// the CUDA allocator's over one whole step; `dms plan`'s prediction is printed beside it.
 #include <ATen/Parallel.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 
 #include "bench/bench_util.h"
 #include "bench/train_run.h"
+#include "checkpoints/hf_config.h"
 #include "checkpoints/load_model.h"
 #include "trainer/plan/plan.h"
 #include "trainer/train/kd_loss.h"
 
 using namespace dms;
+namespace fs = std::filesystem;
 
 namespace {
 
 struct Setup {
-  std::string model = "15m";  // 15m | stories260K
+  std::string model = "15m";  // 15m | stories260K | hf:<directory with config.json>
   int64_t batch = 4, seq = 1024, window = 64;
   std::string attention = "blockwise";
   bool full = false;          // full fine-tune instead of adapters
   std::string dtype = "f32";  // f32 | bf16: every weight and the activations
   bool checkpoint = false;    // activation checkpointing of the student's layers
+  std::string device = "cpu";
 };
 
 at::ScalarType dtype_of(const Setup& s) {
@@ -44,6 +51,11 @@ std::string assets_dir() {
 Model load(const Setup& s) {
   if (s.model == "15m") return bench::synthetic_15m();
   if (s.model == "stories260K") return load_model(assets_dir() + "/stories260K/stories260K.bin");
+  if (s.model.rfind("hf:", 0) == 0) {  // the config's shape, random weights (seeded)
+    Model m = make_model(read_hf_config(s.model.substr(3) + "/config.json"));
+    init_random(m, 1);
+    return m;
+  }
   throw std::runtime_error("--model: 15m or stories260K");
 }
 
@@ -55,13 +67,20 @@ int64_t parameter_count(Model& m) {
 
 // Model FLOPs of one step: the planner's rule (trainer/plan/plan.h step_flops, the usual
 // MFU convention: no recomputation counted).
-double model_flops(const Model& m, const Setup& s) {
+PlanInput plan_of(const Model& m, const Setup& s) {
   PlanInput in;
   in.model = in.teacher = m.config;
   in.mode = s.full ? TrainMode::all : TrainMode::adapters;
+  in.dtype = s.dtype == "bf16" ? PlanDtype::bf16 : PlanDtype::f32;
   in.seq_len = s.seq;
   in.micro_batch = s.batch;
-  return step_flops(in).model;
+  in.activation_checkpointing = s.checkpoint;
+  in.attention = parse_attention_impl(s.attention, "--attention");
+  return in;
+}
+
+double model_flops(const Model& m, const Setup& s) {
+  return step_flops(plan_of(m, s)).model;
 }
 
 using Run = bench::TrainRun;
@@ -75,6 +94,7 @@ std::unique_ptr<Run> make_run(const Setup& s) {
   t.attention = parse_attention_impl(s.attention, "--attention");
   t.dtype = dtype_of(s);
   t.checkpoint = s.checkpoint;
+  t.device = at::Device(s.device);
   return bench::make_train_run([&] { return load(s); }, t);
 }
 
@@ -89,7 +109,8 @@ std::vector<std::string> child_cmd(const Setup& s, const std::string& region) {
           s.full ? "all" : "adapters",
           std::to_string(s.window),
           s.dtype,
-          s.checkpoint ? "ckpt" : "-"};
+          s.checkpoint ? "ckpt" : "-",
+          s.device};
 }
 
 // The KD loss of one step on random hidden states: the region holds only its buffers
@@ -116,6 +137,7 @@ int run_child(const std::vector<std::string>& a) {
   s.window = std::stoll(a.at(6));
   s.dtype = a.at(7);
   s.checkpoint = a.at(8) == "ckpt";
+  s.device = a.at(9);
   auto r = make_run(s);
   if (a.at(0) == "kd") {
     kd_region(*r);
@@ -141,14 +163,21 @@ int main(int argc, char** argv) {
   if (bench::is_child(argc, argv)) return run_child(bench::child_args(argc, argv));
   CLI::App app{
       "One retrofit step (teacher fwd + student fwd/bwd + AdamW) per model: tokens/s, achieved\n"
-      "FLOP/s and MFU vs the fp32 matmul peak measured in this run, peak memory."};
+      "FLOP/s and MFU vs the matmul peak measured in this run (CPU: fp32; GPU: the run's\n"
+      "dtype), the step's peak memory by part and dms plan's prediction of it."};
   std::vector<std::string> models{"stories260K", "15m"};
   std::vector<std::string> attentions{"blockwise", "dense"};
   Setup base;
   int reps = 3;
   bool memory = true;
   std::string json;
+  std::string hf_config;
   app.add_option("--models", models, "15m and/or stories260K")->capture_default_str();
+  app.add_option("--hf-config", hf_config,
+                 "a directory with a Hugging Face config.json: that shape with random weights "
+                 "(instead of --models)")
+      ->check(CLI::ExistingDirectory);
+  app.add_option("--device", base.device, "cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--attention", attentions, "blockwise and/or dense")->capture_default_str();
   app.add_option("--batch", base.batch, "rows per step")->capture_default_str();
   app.add_option("--seq", base.seq, "tokens per row")->capture_default_str();
@@ -162,13 +191,22 @@ int main(int argc, char** argv) {
   app.add_flag("!--no-memory", memory, "skip the peak-memory child runs");
   app.add_option("--json", json, "also write the figures to this JSON file");
   CLI11_PARSE(app, argc, argv);
+  if (!hf_config.empty()) models = {"hf:" + hf_config};
+  const at::Device device(base.device);
+  const bool gpu = !device.is_cpu();
 
-  const double peak = bench::matmul_peak_flops(2048, 7);
-  std::cout << "fp32 matmul peak (2048^3, median of 7): " << bench::fmt(peak / 1e9, 1)
-            << " GFLOP/s, " << at::get_num_threads() << " threads\n";
+  // The CPU's fp32 GEMM rate; a GPU's rate in the run's dtype (its tensor cores).
+  const at::ScalarType peak_type = gpu ? dtype_of(base) : at::kFloat;
+  const int64_t peak_n = gpu ? 8192 : 2048;
+  const double peak = bench::matmul_peak_flops(peak_n, 7, peak_type, device);
+  std::cout << c10::toString(peak_type) << " matmul peak on " << device << " (" << peak_n
+            << "^3, median of 7): " << bench::fmt(peak / 1e9, 1) << " GFLOP/s"
+            << (gpu ? "" : ", " + std::to_string(at::get_num_threads()) + " threads") << "\n";
   nlohmann::json out = {{"benchmark", "train_step"},
                         {"machine", bench::machine_info()},
                         {"matmul_peak_flops", peak},
+                        {"matmul_peak_dtype", c10::toString(peak_type)},
+                        {"device", device.str()},
                         {"batch", base.batch},
                         {"seq", base.seq},
                         {"window", base.window},
@@ -187,8 +225,18 @@ int main(int argc, char** argv) {
       const double t = bench::time_median([&] { bench::train_step(*r); }, reps, 1);
       const double flops = model_flops(r->student, s);
       const double tok_s = double(s.batch * s.seq) / t;
-      const int64_t mem = memory ? bench::child_peak_bytes(child_cmd(s, "step")) : -1;
-      const int64_t kd_mem = memory ? bench::child_peak_bytes(child_cmd(s, "kd")) : -1;
+      // CPU: resident-set growth over a step in a fresh child; GPU: the allocator's peak
+      // over one more step here (everything allocated counts: it is the whole step's).
+      int64_t mem = -1, kd_mem = -1, gpu_whole = -1;
+      if (memory && gpu) {
+        bench::device_peak_reset(device);
+        bench::train_step(*r);
+        gpu_whole = bench::device_peak_bytes(device);
+      } else if (memory) {
+        mem = bench::child_peak_bytes(child_cmd(s, "step"));
+        kd_mem = bench::child_peak_bytes(child_cmd(s, "kd"));
+      }
+      const Plan plan = plan_step(plan_of(r->student, s));
       const int64_t params = parameter_count(r->student);
       // The step's peak = what lives across steps (weights, the optimizer's gradient buffer,
       // masters and moments) + the region's peak; activations = region peak - the
@@ -200,7 +248,7 @@ int main(int argc, char** argv) {
       for (const auto& [n, t] : r->trained) trained.push_back(t);
       const int64_t grads = bytes_of(trained);
       const int64_t acts = mem >= 0 && kd_mem >= 0 ? mem - grads - kd_mem : -1;
-      const int64_t whole = mem >= 0 ? weights + optimizer + mem : -1;
+      const int64_t whole = gpu ? gpu_whole : mem >= 0 ? weights + optimizer + mem : -1;
       out["runs"].push_back({{"model", model},
                              {"attention", att},
                              {"parameters", params},
@@ -215,21 +263,26 @@ int main(int argc, char** argv) {
                              {"optimizer_bytes", optimizer},
                              {"gradient_bytes", grads},
                              {"kd_buffer_bytes", kd_mem},
-                             {"activation_bytes", acts}});
-      rows.push_back({model, att, bench::fmt(double(params) / 1e6, 2) + "M", bench::fmt(t * 1e3, 0),
+                             {"activation_bytes", acts},
+                             {"plan_whole_step_bytes", plan.total}});
+      const std::string shown =  // an hf: model by its directory's name
+          model.rfind("hf:", 0) == 0 ? "hf:" + fs::path(model.substr(3)).filename().string()
+                                     : model;
+      rows.push_back({shown, att, bench::fmt(double(params) / 1e6, 2) + "M", bench::fmt(t * 1e3, 0),
                       bench::fmt(tok_s, 0), bench::fmt(flops / t / 1e9, 1),
                       bench::fmt(100.0 * flops / t / peak, 1) + "%", bench::mib(whole),
                       bench::mib(weights), bench::mib(optimizer), bench::mib(grads),
-                      bench::mib(kd_mem), bench::mib(acts)});
+                      bench::mib(kd_mem), bench::mib(acts), bench::mib(plan.total)});
       std::cerr << "  " << model << " " << att << " done\n";
     }
   std::cout << "step = teacher fwd + student fwd/bwd + clip + AdamW, batch " << base.batch << " x "
             << base.seq << " tokens, " << (base.full ? "full fine-tune" : "adapters") << ", "
             << base.dtype << (base.checkpoint ? ", activation checkpointing" : "") << ", median of "
             << reps << "\n";
-  bench::print_table({"model", "attention", "params", "step ms", "tokens/s", "GFLOP/s", "MFU",
-                      "step peak", "weights", "optimizer", "grads", "logits+KD", "activations"},
-                     rows);
+  bench::print_table(
+      {"model", "attention", "params", "step ms", "tokens/s", "GFLOP/s", "MFU", "step peak",
+       "weights", "optimizer", "grads", "logits+KD", "activations", "dms plan"},
+      rows);
   bench::write_json(json, out);
   return 0;
 }

@@ -20,6 +20,7 @@ struct TrainSetup {
   bool full = false;  // every weight trains against a frozen copy (else the adapters)
   at::ScalarType dtype = at::kFloat;  // every weight and the activations (cast_to)
   bool checkpoint = false;            // activation checkpointing of the student's layers
+  at::Device device = at::kCPU;       // where the models, tokens and step live
 };
 
 struct TrainRun {
@@ -37,7 +38,7 @@ struct TrainRun {
 std::unique_ptr<TrainRun> make_train_run(const std::function<Model()>& load, const TrainSetup& s);
 
 // Teacher + student forward/backward over the batch (gradients folded into the fp32
-// buffer), reduction with clipping at 1, AdamW step.
+// buffer), reduction with clipping at 1, AdamW step; returns when the device is done.
 void train_step(TrainRun& r);
 
 // Bytes the optimizer holds across steps: the fp32 gradient buffer, master weights and

@@ -145,26 +145,29 @@ PY
 }
 
 # (c) Training steps of Llama-3.2-1B's shape (random weights from its config.json) at
-# T=4096 on the GPU in bf16, timed by bench/train_bench. Needs options train_bench does not
-# have yet; the stage names the missing ones rather than measuring something else.
+# T=4096 on the GPU in bf16, timed by bench/train_bench: tokens/s, MFU against the GPU's
+# bf16 matmul peak measured in the same run, the CUDA allocator's peak over a whole step
+# and `dms plan`'s prediction of it.
 stage_llama_step() {
   local bench="$GC_BUILD/bench/train_bench" cfg="$GC_ASSETS/hf-configs/Llama-3.2-1B"
   [ -f "$cfg/config.json" ] || fail "$cfg/config.json missing"
-  local help missing=""
-  help=$(with_deps "$bench" --help)
-  for opt in --hf-config --device --dtype --seq --batch --reps --json; do
-    grep -q -- "$opt" <<<"$help" || missing+=" $opt"
-  done
-  [ -z "$missing" ] || fail "bench/train_bench lacks$missing (it builds only its synthetic 15M and stories260K models, on the CPU)"
   with_deps "$bench" --hf-config "$cfg" --device cuda --dtype bf16 --batch 1 --seq 4096 \
-    --attention blockwise --reps 3 --no-memory --json "$GC_WORK/llama_step.json" ||
+    --attention blockwise --reps 3 --json "$GC_WORK/llama_step.json" ||
     fail "train_bench on Llama-3.2-1B failed"
   "$GC_PYTHON" - "$GC_WORK/llama_step.json" "$GC_FIGURES" <<'PY'
 import json, sys
-run = json.load(open(sys.argv[1]))["runs"][0]
+j = json.load(open(sys.argv[1]))
+run = j["runs"][0]
+measured, planned = run["whole_step_peak_bytes"], run["plan_whole_step_bytes"]
+if measured <= 0:
+    sys.exit("gpu_check: train_bench measured no GPU memory peak")
 with open(sys.argv[2], "a") as f:
-    for k in ("step_s", "tokens_per_s", "mfu", "peak_bytes"):
+    f.write(f"llama_1b_t4096_bf16_matmul_peak_flops\t{j['matmul_peak_flops']}\n")
+    for k in ("step_s", "tokens_per_s", "mfu", "whole_step_peak_bytes", "plan_whole_step_bytes"):
         f.write(f"llama_1b_t4096_{k}\t{run[k]}\n")
+    f.write(f"llama_1b_t4096_plan_over_measured\t{planned / measured}\n")
+print(f"gpu_check: Llama-1B T=4096 bf16: {run['tokens_per_s']:.0f} tokens/s, MFU {100 * run['mfu']:.1f}%, "
+      f"peak {measured / 2**30:.2f} GiB, dms plan {planned / 2**30:.2f} GiB ({planned / measured:.3f}x)")
 PY
 }
 
