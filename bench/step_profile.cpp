@@ -52,7 +52,7 @@ int main(int argc, char** argv) {
     at::Tensor loss = kd_loss_sum(LogitSource::of_hidden(r.hidden.reshape({B * T, -1}), m.lm_head),
                                   LogitSource::of_hidden(tl, m.lm_head), at::ones({B * T}),
                                   KdDirection::student_teacher) +
-                      dms_loss_sum(fraction_closed(r.decisions, {}), 0.5);
+                      dms_loss_sum(fraction_closed(r.decisions, {}, FractionOver::positions), 0.5);
     double t2 = now();
     loss.backward();
     double t3 = now();

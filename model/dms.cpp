@@ -36,8 +36,9 @@ at::Tensor adapter_decision_logits(const LayerWeights& w, const ModelConfig& c, 
   at::Tensor h = rms_norm(x, w.dms_norm, c.rms_eps);
   // fp32 from here on: the scale (100) would multiply bf16 rounding into whole units of z.
   at::Tensor p = at::linear(h, w.dms_proj, w.dms_bias);
-  at::Tensor z = p.to(at::promote_types(p.scalar_type(), at::kFloat)) * d.scale - d.offset;  // [B, T, K]
-  return z.transpose(1, 2);                                                   // [B, K, T]
+  at::Tensor z =
+      p.to(at::promote_types(p.scalar_type(), at::kFloat)) * d.scale - d.offset;  // [B, T, K]
+  return z.transpose(1, 2);                                                       // [B, K, T]
 }
 
 at::Tensor query_neuron_decision_logits(const at::Tensor& q, const ModelConfig& c,
@@ -109,7 +110,10 @@ DmsLayerTerms dms_layer_terms(const at::Tensor& z, const at::Tensor& valid, cons
   at::Tensor has_decision;  // [B, 1, T] bool, or undefined (all positions)
   if (valid.defined()) has_decision = valid.unsqueeze(1);
   if (mode == AttentionMode::train) {
-    at::Tensor a = (noise.defined() ? z + noise.to(z.scalar_type()) : z) / d.tau;
+    // Per-layer predictors: head 0's noisy decision is every head's (as the official code
+    // does), not head 0's logit with each head's own noise.
+    const at::Tensor n = noise.defined() ? apply_granularity(noise, d) : noise;
+    at::Tensor a = (n.defined() ? z + n.to(z.scalar_type()) : z) / d.tau;
     at::Tensor alpha = at::sigmoid(a);
     at::Tensor hard = alpha.gt(0.5).to(alpha.scalar_type());
     out.decisions = hard + (alpha - alpha.detach());  // forward: exactly hard; backward: d alpha

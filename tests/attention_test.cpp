@@ -239,7 +239,7 @@ void expect_model_step_equal(Model& m, const at::Tensor& tokens, const at::Tenso
     at::Tensor loss = kd_loss_sum(LogitSource::of_logits(r.logits.reshape({B * T, -1})),
                                   LogitSource::of_logits(teacher.reshape({B * T, -1})), w,
                                   KdDirection::student_teacher) +
-                      dms_loss_sum(fraction_closed(r.decisions, valid), 0.6);
+                      dms_loss_sum(fraction_closed(r.decisions, valid, FractionOver::positions), 0.6);
     loss.backward();
     std::vector<std::pair<std::string, at::Tensor>> grads;
     for (auto& [n, t] : named_weights(m))

@@ -259,6 +259,34 @@ TEST(DmsGradients, DecisionLogitsThroughSoftAttentionMatchFiniteDifferences) {
 
 // ---- Noise --------------------------------------------------------------------------------
 
+// Per-layer predictors: head 0's noisy decision goes to every head (the official code's
+// rule), not head 0's logit plus each head's own noise. Hand-computed with tau 0.1.
+TEST(DmsNoise, PerLayerDecisionsTakeHeadZerosNoiseToo) {
+  DmsConfig cfg;
+  cfg.tau = 0.1;
+  cfg.per_layer = true;
+  at::Tensor zraw = at::tensor({0.1, -0.3, 0.2, 0.05, 5.0, 5.0, -5.0, -5.0}, at::kDouble);
+  at::Tensor noise = at::tensor({0.0, 0.5, -0.4, 0.1, -1.0, 1.0, -1.0, 1.0}, at::kDouble);
+  at::Tensor z = apply_granularity(zraw.view({1, 2, 4}), cfg);
+  DmsLayerTerms t = dms_layer_terms(z, {}, noise.view({1, 2, 4}), AttentionMode::train, cfg);
+  // a = (z0 + n0) / tau = [1, 2, -2, 1.5] for both heads.
+  const at::Tensor want = at::tensor({1.0, 1.0, 0.0, 1.0}, at::kDouble);
+  EXPECT_TRUE(at::equal(t.decisions.detach()[0][0], want));
+  EXPECT_TRUE(at::equal(t.decisions.detach()[0][1], want));
+  // Key j carries the decision made at j + 1: log(1 - alpha) = logsigmoid(-a[j + 1]).
+  const double term[4] = {std::log(1 / (1 + std::exp(2.0))), std::log(1 / (1 + std::exp(-2.0))),
+                          std::log(1 / (1 + std::exp(1.5))), 0.0};
+  for (int h = 0; h < 2; ++h)
+    for (int j = 0; j < 4; ++j)
+      EXPECT_NEAR(t.key_term[0][h][j].item<double>(), term[j], 1e-12) << h << " " << j;
+  // Per head, head 1 keeps its own logit and noise: a = [40, 60, -60, -40] -> [1, 1, 0, 0].
+  cfg.per_layer = false;
+  DmsLayerTerms ph =
+      dms_layer_terms(zraw.view({1, 2, 4}), {}, noise.view({1, 2, 4}), AttentionMode::train, cfg);
+  EXPECT_TRUE(
+      at::equal(ph.decisions.detach()[0][1], at::tensor({1.0, 1.0, 0.0, 0.0}, at::kDouble)));
+}
+
 TEST(DmsNoise, ReproducibleByKeyAndLogisticDistributed) {
   at::Tensor a = dms_noise(1, 7, 3, 2, 4, 64), b = dms_noise(1, 7, 3, 2, 4, 64);
   EXPECT_TRUE(at::equal(a, b));

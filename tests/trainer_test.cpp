@@ -122,15 +122,69 @@ TEST(KdLoss, NextTokenTargetsShiftTheRowsAndCloseEachRow) {
 }
 
 TEST(DmsLoss, HingeOnTheFractionOfClosedDecisions) {
-  // decisions [L=1, B=2, K=1, T=5]: position 0 carries no decision about a real token.
+  // decisions [L=1, B=2, K=1, T=5]: position 0 carries no decision about a real token; the
+  // loss divides by every position (the official mean), the reported figure by the
+  // decisions about real tokens.
   at::Tensor e = at::tensor({1.f, 1.f, 0.f, 0.f, 0.f, 0.f, 1.f, 1.f, 1.f, 1.f}).view({1, 2, 1, 5});
-  at::Tensor frac = fraction_closed(e, {});
-  EXPECT_NEAR(frac[0].item<double>(), 0.25, 1e-9);
-  EXPECT_NEAR(frac[1].item<double>(), 1.0, 1e-9);
-  EXPECT_NEAR(dms_loss_sum(frac, 0.5).item<double>(), 0.25, 1e-9);  // only sample 0 is short
+  at::Tensor rep = fraction_closed(e, {}, FractionOver::decisions);
+  EXPECT_NEAR(rep[0].item<double>(), 1.0 / 4.0, 1e-6);
+  EXPECT_NEAR(rep[1].item<double>(), 4.0 / 4.0, 1e-6);
+  at::Tensor frac = fraction_closed(e, {}, FractionOver::positions);
+  EXPECT_NEAR(frac[0].item<double>(), 1.0 / 5.0, 1e-6);
+  EXPECT_NEAR(frac[1].item<double>(), 4.0 / 5.0, 1e-6);
+  // max(0, 0.5 - 0.2) + max(0, 0.5 - 0.8)
+  EXPECT_NEAR(dms_loss_sum(frac, 0.5).item<double>(), 0.3, 1e-6);
   at::Tensor valid =
       at::tensor({1, 1, 1, 0, 0, 1, 1, 1, 1, 1}, at::kInt).to(at::kBool).view({2, 5});
-  EXPECT_NEAR(fraction_closed(e, valid)[0].item<double>(), 0.5, 1e-9);
+  EXPECT_NEAR(fraction_closed(e, valid, FractionOver::decisions)[0].item<double>(), 0.5, 1e-6);
+  EXPECT_NEAR(fraction_closed(e, valid, FractionOver::positions)[0].item<double>(), 1.0 / 3.0,
+              1e-6);
+  // Two layers, two heads: the mean runs over them too. Row 0 closes 3 of its 2 x 2 x 2
+  // decisions about real tokens, over 2 x 2 x 3 position slots.
+  at::Tensor e2 = at::zeros({2, 1, 2, 3});
+  e2[0][0][0][1] = 1;
+  e2[1][0][1][2] = 1;
+  e2[1][0][0][1] = 1;
+  e2[0][0][1][0] = 1;  // position 0: not counted in the numerator
+  EXPECT_NEAR(fraction_closed(e2, {}, FractionOver::positions)[0].item<double>(), 3.0 / 12.0, 1e-6);
+  EXPECT_NEAR(fraction_closed(e2, {}, FractionOver::decisions)[0].item<double>(), 3.0 / 8.0, 1e-6);
+}
+
+// The KD leaves out positions whose input token is the end token (the official code's
+// mask) and divides by the positions it keeps: the step's KD sum equals the per-position
+// KL(student || teacher) of a plain forward summed over the other positions.
+TEST(KdLoss, PositionsAfterAnEndTokenGetNoKd) {
+  Model m = test::stories_with_adapters(4, 5, 0.3);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(8);
+  at::Tensor tokens = at::randint(3, 512, {2, 24}, gen, at::kLong);
+  tokens[0][5] = 2;
+  tokens[1][0] = 2;
+  tokens[1][17] = 2;
+  for (auto& [n, t] : named_dms_weights(m)) t->requires_grad_(true);
+  StepInputs in;
+  in.student = &m;
+  in.teacher = &m;
+  in.micro_batch = 1;
+  in.seed = 3;
+  in.kd_skip_id = 2;
+  in.kd_positions = 45;
+  const StepMetrics st = accumulate_gradients(in, tokens, 5, 0, 2, 0.5);
+  EXPECT_EQ(st.kd_positions, 45.0);
+  EXPECT_EQ(st.tokens, 48.0);
+  // By hand: both models' logits, KL per position in fp64.
+  at::NoGradGuard ng;
+  ForwardOptions fo;
+  fo.mode = AttentionMode::teacher;
+  at::Tensor lt = at::log_softmax(forward_full(m, tokens, {}, fo).logits.to(at::kDouble), -1);
+  fo.mode = AttentionMode::train;
+  fo.noise = dms_batch_noise(3, 5, 0, 2, m.config.n_layers, m.config.n_kv_heads, 24);
+  at::Tensor ls = at::log_softmax(forward_full(m, tokens, {}, fo).logits.to(at::kDouble), -1);
+  at::Tensor kl = (ls.exp() * (ls - lt)).sum(-1);  // [2, 24]
+  const double kept = (kl * tokens.ne(2).to(at::kDouble)).sum().item<double>();
+  const double left_out = (kl * tokens.eq(2).to(at::kDouble)).sum().item<double>();
+  EXPECT_NEAR(st.kd, kept, 1e-5 * kept);
+  EXPECT_GT(left_out, 1e-3 * kept);  // the masked positions did carry KD
+  EXPECT_NEAR(st.kd_mean(), kept / 45.0, 1e-5 * kept);
 }
 
 TEST(Schedules, CompressionAndLearningRate) {

@@ -342,8 +342,9 @@ void Trainer::open_run_directory() {
             << "), global batch " << global_batch_ << " = " << o.micro_batch << " x "
             << o.grad_accum << " x " << dist_->world() << " rank"
             << (dist_->world() > 1 ? "s (" + dist_->backend() + ")" : "") << "\n"
-            << "  " << c10::toString(models_.dtype) << " on " << device_.str() << ": student weights "
-            << fmt(double(weight_bytes(models_.student)) / (1 << 20), 4) << " MiB, teacher "
+            << "  " << c10::toString(models_.dtype) << " on " << device_.str()
+            << ": student weights " << fmt(double(weight_bytes(models_.student)) / (1 << 20), 4)
+            << " MiB, teacher "
             << (models_.teacher == &models_.student
                     ? std::string("shared (eviction off)")
                     : fmt(double(weight_bytes(*models_.teacher)) / (1 << 20), 4) + " MiB")
@@ -363,6 +364,7 @@ StepInputs Trainer::step_inputs() {
   in.attention = o.attention;
   in.blocks = {o.attn_block_q, o.attn_block_k};
   in.checkpoint_layers = o.activation_checkpointing;
+  in.kd_skip_id = data_.info.eos_id;  // the official code's KD mask: no KD from an end token
   in.after_backward = [this] { opt_->absorb_gradients(); };  // fp32 accumulation
   return in;
 }
@@ -386,8 +388,15 @@ void Trainer::train_step(int64_t step) {
   const auto ts = Clock::now();
   dist_->heartbeat(2 * step);  // progress marks: a failure names the rank left behind
   LocalBatch batch = loader_->next();
-  StepMetrics m = accumulate_gradients(step_inputs(), batch.tokens.to(device_), step,
-                                       batch.first_index, global_batch_, cr_.target(step));
+  const at::Tensor tokens = batch.tokens.to(device_);
+  StepInputs in = step_inputs();
+  // The KD's denominator is the global batch's KD positions: the same gradient for any
+  // split into ranks and micro-batches.
+  at::Tensor positions = kd_weights(tokens, in.kd_skip_id).sum().to(at::kDouble).reshape({1});
+  dist_->all_reduce_sum({positions});
+  in.kd_positions = positions.item<double>();
+  StepMetrics m =
+      accumulate_gradients(in, tokens, step, batch.first_index, global_batch_, cr_.target(step));
   m.stop_requested = g_stop_signal.load() != 0 ? 1.0 : 0.0;
   dist_->heartbeat(2 * step + 1);
   const auto ta = Clock::now();
@@ -396,7 +405,7 @@ void Trainer::train_step(int64_t step) {
   const double allreduce_s = seconds_since(ta);
   stop_requested_ = m.stop_requested > 0;
 
-  const double lr = lr_.at(step), kd = m.kd_mean(global_batch_, T_);
+  const double lr = lr_.at(step), kd = m.kd_mean();
   const double dms = m.dms_mean(global_batch_);
   const double kd_seen = faults_.monitored_kd(step + 1, kd);
   std::vector<Alert> found = alerts_->on_step(step + 1, kd_seen, dms, grad_norm);

@@ -37,8 +37,8 @@ FaultInjection FaultInjection::from_env() {
     while (std::getline(in, item, ',')) {
       const auto at = item.find('@');
       int64_t step = 0;
-      require(at != std::string::npos && parse_step(item.substr(at + 1), step),
-              "DMS_TEST_INJECT", "'" + item + "' is not kind@step");
+      require(at != std::string::npos && parse_step(item.substr(at + 1), step), "DMS_TEST_INJECT",
+              "'" + item + "' is not kind@step");
       const std::string kind = item.substr(0, at);
       require(kind == "nan" || kind == "spike", "DMS_TEST_INJECT",
               "unknown fault '" + kind + "' (nan, spike)");

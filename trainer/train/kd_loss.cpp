@@ -46,9 +46,8 @@ struct KdFunction : public torch::autograd::Function<KdFunction> {
                             const at::Tensor& s_hidden, const at::Tensor& s_head,
                             const at::Tensor& t_logits, const at::Tensor& t_hidden,
                             const at::Tensor& t_head, const at::Tensor& w,
-                            const at::Tensor& targets, int64_t dir, int64_t chunk,
-                            at::Tensor kl_st, at::Tensor kl_ts, at::Tensor lse_s,
-                            at::Tensor target_logit) {
+                            const at::Tensor& targets, int64_t dir, int64_t chunk, at::Tensor kl_st,
+                            at::Tensor kl_ts, at::Tensor lse_s, at::Tensor target_logit) {
     const Side s{s_logits, s_hidden, s_head}, t{t_logits, t_hidden, t_head};
     const at::ScalarType kt = kd_type(s);
     const int64_t N = s.rows(), R = rows_per_chunk(chunk, s.vocab(), s.fused());
@@ -62,12 +61,13 @@ struct KdFunction : public torch::autograd::Function<KdFunction> {
       lse_t.narrow(0, r0, n).copy_(xt.select(1, 0) - lt.select(1, 0));
       if (targets.numel()) {
         at::Tensor tg = targets.narrow(0, r0, n);  // [n]
-        target_logit.narrow(0, r0, n)
-            .copy_(xs.gather(1, tg.clamp_min(0).unsqueeze(1)).squeeze(1).masked_fill(tg.lt(0), 0));
+        target_logit.narrow(0, r0, n).copy_(
+            xs.gather(1, tg.clamp_min(0).unsqueeze(1)).squeeze(1).masked_fill(tg.lt(0), 0));
       }
       at::Tensor diff = ls.sub_(lt);  // log p_s - log p_t, in ls's buffer
       kl_ts.narrow(0, r0, n).copy_((lt.exp_() * diff).sum(1).neg_());
-      kl_st.narrow(0, r0, n).copy_(((xs - lse_s.narrow(0, r0, n).unsqueeze(1)).exp_() * diff).sum(1));
+      kl_st.narrow(0, r0, n).copy_(
+          ((xs - lse_s.narrow(0, r0, n).unsqueeze(1)).exp_() * diff).sum(1));
     }
     ctx->save_for_backward({s_logits, s_hidden, s_head, t_logits, t_hidden, t_head, w,
                             dir == 0 ? kl_st : kl_ts, lse_s, lse_t});
@@ -89,8 +89,8 @@ struct KdFunction : public torch::autograd::Function<KdFunction> {
     at::Tensor scale = (w.to(kt) * grad_out[0].to(kt)).unsqueeze(1);  // [N, 1]
     at::Tensor g_logits = want_logits ? at::empty_like(s.logits) : at::Tensor();
     at::Tensor g_hidden = want_hidden ? at::empty_like(s.hidden) : at::Tensor();
-    at::Tensor g_head = want_head ? at::zeros(s.head.sizes(), s.head.options().dtype(kt))
-                                  : at::Tensor();
+    at::Tensor g_head =
+        want_head ? at::zeros(s.head.sizes(), s.head.options().dtype(kt)) : at::Tensor();
     for (int64_t r0 = 0; r0 < N; r0 += R) {
       const int64_t n = std::min(R, N - r0);
       // One product each instead of a second log-softmax: log p = x - lse.  [n, V]
@@ -164,12 +164,12 @@ at::Tensor kd_loss_sum(const LogitSource& student, const LogitSource& teacher,
   r.target_logit = at::empty({targets.defined() ? N : 0}, o);
   // The teacher is never differentiated; the student's tensors keep their autograd.
   auto t = [](const at::Tensor& v) { return or_none(v).detach(); };
-  at::Tensor loss = KdFunction::apply(
-      or_none(student.logits), or_none(student.hidden), or_none(student.head), t(teacher.logits),
-      t(teacher.hidden), t(teacher.head), weight.detach(),
-      targets.defined() ? targets.to(x.device(), at::kLong) : none(),
-      int64_t(dir == KdDirection::student_teacher ? 0 : 1), std::max<int64_t>(0, chunk), r.kl_st,
-      r.kl_ts, r.lse, r.target_logit);
+  at::Tensor loss =
+      KdFunction::apply(or_none(student.logits), or_none(student.hidden), or_none(student.head),
+                        t(teacher.logits), t(teacher.hidden), t(teacher.head), weight.detach(),
+                        targets.defined() ? targets.to(x.device(), at::kLong) : none(),
+                        int64_t(dir == KdDirection::student_teacher ? 0 : 1),
+                        std::max<int64_t>(0, chunk), r.kl_st, r.kl_ts, r.lse, r.target_logit);
   if (rows) *rows = r;
   return loss;
 }

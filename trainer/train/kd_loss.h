@@ -28,8 +28,8 @@ struct LogitSource {
 // whichever trains, and the student's log-sum-exp and logit of the target token (for
 // the next-token NLL without a second pass over the vocabulary).
 struct KdRows {
-  at::Tensor kl_st, kl_ts;         // KL(p_s || p_t), KL(p_t || p_s)
-  at::Tensor lse, target_logit;    // student; target_logit only when targets were given
+  at::Tensor kl_st, kl_ts;       // KL(p_s || p_t), KL(p_t || p_s)
+  at::Tensor lse, target_logit;  // student; target_logit only when targets were given
 };
 
 // Sum over rows n of weight[n] * KL in `dir`, with p_s from `student` and p_t from

@@ -7,8 +7,8 @@
 namespace dms {
 
 void StepMetrics::all_reduce(Dist& dist, const at::Device& device) {
-  double* fields[] = {&kd,        &dms,      &lm_nll,   &lm_count, &tokens,        &evicted,
-                      &visible_keys, &full_keys, &seen_end, &held_end, &stop_requested};
+  double* fields[] = {&kd,      &kd_positions, &dms,       &lm_nll,   &lm_count, &tokens,
+                      &evicted, &visible_keys, &full_keys, &seen_end, &held_end, &stop_requested};
   std::vector<double> values;
   for (double* f : fields) values.push_back(*f);
   at::Tensor t = at::tensor(values, at::TensorOptions(at::kDouble)).to(device);

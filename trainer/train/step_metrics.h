@@ -11,7 +11,8 @@ class Dist;
 
 struct StepMetrics {
   // Sums over this rank's rows (after all_reduce: over the global batch).
-  double kd = 0;              // KD loss over positions
+  double kd = 0;              // KD loss summed over the KD positions ...
+  double kd_positions = 0;    // ... of which there are this many (end tokens are left out)
   double dms = 0;             // DMS loss over samples
   double lm_nll = 0;          // student next-token NLL ...
   double lm_count = 0;        // ... over this many predictions
@@ -26,7 +27,7 @@ struct StepMetrics {
   void all_reduce(Dist& dist, const at::Device& device);
 
   // Means over the global batch of `rows` rows of `T` tokens.
-  double kd_mean(int64_t rows, int64_t T) const { return kd / double(rows * T); }
+  double kd_mean() const { return kd_positions > 0 ? kd / kd_positions : 0.0; }
   double dms_mean(int64_t rows) const { return dms / double(rows); }
   double lm_mean() const { return lm_count > 0 ? lm_nll / lm_count : 0.0; }
   double eviction_rate(int64_t rows) const { return evicted / double(rows); }

@@ -13,8 +13,10 @@ void require_same_tokenizer(const std::string& teacher_path, int64_t teacher_voc
               " tokens, the model " + std::to_string(model_vocab));
   const std::string tt = find_tokenizer(teacher_path, teacher_vocab);
   const std::string tm = find_tokenizer(model_path, model_vocab);
-  require(!tt.empty(), "--teacher", "no tokenizer beside " + teacher_path + " to check it against the model's");
-  require(!tm.empty(), "--teacher", "no tokenizer beside " + model_path + " to check the teacher's against");
+  require(!tt.empty(), "--teacher",
+          "no tokenizer beside " + teacher_path + " to check it against the model's");
+  require(!tm.empty(), "--teacher",
+          "no tokenizer beside " + model_path + " to check the teacher's against");
   const Tokenizer a = load_tokenizer(tt), b = load_tokenizer(tm);
   require(a.vocab_size() == b.vocab_size(), "--teacher",
           tt + " has " + std::to_string(a.vocab_size()) + " tokens, " + tm + " " +
@@ -32,7 +34,8 @@ Model load_teacher(const std::string& teacher_path, const std::string& model_pat
   LoadOptions lo;
   lo.dtype = dtype;
   Model t = load_model(teacher_path, lo);
-  require(!t.dms.enabled, "--teacher", teacher_path + " has DMS predictors (use an original model)");
+  require(!t.dms.enabled, "--teacher",
+          teacher_path + " has DMS predictors (use an original model)");
   for (auto& [name, w] : named_weights(t)) w->requires_grad_(false);
   return t;
 }
