@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Recipe sweep for stories260K: one retrofit + export + eval (--compare, baselines at DMS's
+# effective KV CR) per configuration, one table at the end (markdown, also TSV).
+#   scripts/sweep.sh OUT_DIR "NAME: retrofit options" ["NAME: options" ...]
+# e.g. scripts/sweep.sh runs/sweep "w16cr16: --window 16 --target-cr 16 --max-steps 400 --final-step 300"
+# Needs build/dms and the quickstart's data (runs/quickstart/data: train.h5, heldout.h5).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ASSETS=${DMS_ASSETS:-../shared/assets}
+MODEL=$ASSETS/stories260K/stories260K.bin
+DATA=${SWEEP_DATA:-runs/quickstart/data}
+OUT=$1
+shift
+[ -f "$DATA/train.h5" ] && [ -f "$DATA/heldout.h5" ] || {
+  echo "sweep: $DATA/train.h5 and heldout.h5 missing (run scripts/quickstart.sh first)" >&2
+  exit 2
+}
+mkdir -p "$OUT"
+for spec in "$@"; do
+  name=${spec%%:*}
+  opts=${spec#*:}
+  dir=$OUT/$name
+  if [ -f "$dir/eval.json" ]; then echo "sweep: $name done already"; continue; fi
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  echo "== $name:$opts"
+  start=$(date +%s)
+  # shellcheck disable=SC2086
+  build/dms retrofit --model "$MODEL" --data "$DATA/train.h5" --out "$dir/run" --eval-every 1000 $opts \
+    >"$dir/retrofit.log" 2>&1
+  build/dms export --run "$dir/run" --out "$dir/export" >"$dir/export.log" 2>&1
+  build/dms eval --model "$dir/export" --original "$MODEL" --data "$DATA/heldout.h5" --compare --rows 32 \
+    --json "$dir/eval.json" >"$dir/eval.txt" 2>&1
+  echo "$opts" >"$dir/options"
+  echo "$(($(date +%s) - start))" >"$dir/seconds"
+done
+python3 - "$OUT" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+rows = []
+for name in sorted(os.listdir(out)):
+    p = os.path.join(out, name, "eval.json")
+    if not os.path.exists(p):
+        continue
+    r = {x["policy"]: x for x in json.load(open(p))["rows"]}
+    o, d = r["none"], r["dms"]
+    best = min((x for k, x in r.items() if k not in ("none", "dms")), key=lambda x: x["kl_original_model"])
+    rows.append((name, open(os.path.join(out, name, "options")).read().strip(),
+                 d["effective_kv_cr"], d["decision_cr"], 100 * (d["ppl"] / o["ppl"] - 1),
+                 d["kl_original_model"], best["policy"], best["kl_original_model"],
+                 int(open(os.path.join(out, name, "seconds")).read())))
+hdr = "| run | options | eff. KV CR | decision CR | ppl vs original | KL(orig‖DMS) | best baseline | its KL | s |"
+lines = [hdr, "|" + "---|" * 9]
+for n, opts, e, dc, pp, kl, bp, bk, s in rows:
+    lines.append(f"| {n} | `{opts}` | {e:.2f} | {dc:.2f} | {pp:+.1f}% | {kl:.4f} | {bp} | {bk:.4f} | {s} |")
+table = "\n".join(lines)
+open(os.path.join(out, "table.md"), "w").write(table + "\n")
+print(table)
+PY
