@@ -11,10 +11,10 @@ MODEL=$ASSETS/stories260K/stories260K.bin
 DATA=${SWEEP_DATA:-runs/quickstart/data}
 OUT=$1
 shift
-[ -f "$DATA/train.h5" ] && [ -f "$DATA/heldout.h5" ] || {
+if [ ! -f "$DATA/train.h5" ] || [ ! -f "$DATA/heldout.h5" ]; then
   echo "sweep: $DATA/train.h5 and heldout.h5 missing (run scripts/quickstart.sh first)" >&2
   exit 2
-}
+fi
 mkdir -p "$OUT"
 for spec in "$@"; do
   name=${spec%%:*}
