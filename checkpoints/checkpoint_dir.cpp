@@ -1,6 +1,7 @@
 #include "checkpoints/checkpoint_dir.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -50,11 +51,13 @@ nlohmann::json to_json(const Manifest& m) {
     }
     files.push_back(j);
   }
-  return {{"format", kManifestFormat},
-          {"step", m.step},
-          {"world_size", m.world_size},
-          {"numel", m.numel},
-          {"files", files}};
+  nlohmann::json j = {{"format", kManifestFormat},
+                      {"step", m.step},
+                      {"world_size", m.world_size},
+                      {"numel", m.numel},
+                      {"files", files}};
+  if (m.kept_for_cr > 0) j["kept_for_cr"] = m.kept_for_cr;
+  return j;
 }
 
 ManifestFile file_from_json(const nlohmann::json& j) {
@@ -78,6 +81,11 @@ Manifest parse_manifest(const nlohmann::json& j, const std::string& path) {
     m.world_size = j.at("world_size").get<int64_t>();
     m.numel = j.at("numel").get<int64_t>();
     for (const auto& f : j.at("files")) m.files.push_back(file_from_json(f));
+    if (j.contains("kept_for_cr")) {
+      m.kept_for_cr = j.at("kept_for_cr").get<double>();
+      require(std::isfinite(m.kept_for_cr) && m.kept_for_cr >= 1 && m.kept_for_cr <= 1e6, path,
+              "kept_for_cr must be 1 .. 1000000");
+    }
     return m;
   } catch (const nlohmann::json::exception& e) {
     throw InputError(path + ": malformed manifest (" + e.what() + ")");
@@ -224,8 +232,16 @@ void prune_checkpoints(const std::string& run_dir, int64_t keep) {
   for (const auto& e : fs::directory_iterator(dir))
     if (e.path().filename().string().rfind(".step-", 0) == 0) fs::remove_all(e.path());
   if (keep <= 0) return;
-  auto all = list_checkpoints(run_dir);
-  for (size_t i = 0; i + size_t(keep) < all.size(); ++i) fs::remove_all(all[i]);
+  std::vector<std::string> prunable;  // oldest first
+  for (const auto& c : list_checkpoints(run_dir)) {
+    bool kept = false;
+    try {
+      kept = read_manifest(c).kept_for_cr > 0;
+    } catch (const InputError&) {  // damaged: an ordinary candidate
+    }
+    if (!kept) prunable.push_back(c);
+  }
+  for (size_t i = 0; i + size_t(keep) < prunable.size(); ++i) fs::remove_all(prunable[i]);
 }
 
 }  // namespace dms

@@ -31,6 +31,9 @@ struct ManifestFile {
 struct Manifest {
   int64_t step = 0, world_size = 1, numel = 0;  // numel: N
   std::vector<ManifestFile> files;              // state file first, then shards by range
+  // > 0: kept for the curve as the first checkpoint at which the scheduled CR reached this
+  // (retrofit --keep-at-cr); pruning leaves it.
+  double kept_for_cr = 0;
 };
 
 // "<run>/checkpoints/step-000123" and the temporary name it is written under.
@@ -61,7 +64,7 @@ OptimizerShard read_optimizer_range(const std::string& dir, const Manifest& m, i
 // Checkpoint directories of a run (step-NNNNNN), oldest first; temporaries are not listed.
 std::vector<std::string> list_checkpoints(const std::string& run_dir);
 // Deletes all but the newest `keep` checkpoints (keep <= 0 keeps all) and any temporary
-// left by an interrupted save.
+// left by an interrupted save. Checkpoints kept for a CR are neither deleted nor counted.
 void prune_checkpoints(const std::string& run_dir, int64_t keep);
 
 }  // namespace dms

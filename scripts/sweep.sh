@@ -31,6 +31,10 @@ for spec in "$@"; do
   build/dms export --run "$dir/run" --out "$dir/export" >"$dir/export.log" 2>&1
   build/dms eval --model "$dir/export" --original "$MODEL" --data "$DATA/heldout.h5" --compare --rows 32 \
     --json "$dir/eval.json" >"$dir/eval.txt" 2>&1
+  if [ -f "$DATA/train.val.h5" ]; then
+    build/dms eval --model "$dir/export" --original "$MODEL" --data "$DATA/train.val.h5" --compare --rows 32 \
+      --json "$dir/eval_text.json" >"$dir/eval_text.txt" 2>&1
+  fi
   echo "$opts" >"$dir/options"
   echo "$(($(date +%s) - start))" >"$dir/seconds"
 done
@@ -45,14 +49,23 @@ for name in sorted(os.listdir(out)):
     r = {x["policy"]: x for x in json.load(open(p))["rows"]}
     o, d = r["none"], r["dms"]
     best = min((x for k, x in r.items() if k not in ("none", "dms")), key=lambda x: x["kl_original_model"])
+    # Held-out text (if evaluated): DMS's perplexity and the best baseline's, both vs the original.
+    text = "- | -"
+    pt = os.path.join(out, name, "eval_text.json")
+    if os.path.exists(pt):
+        t = {x["policy"]: x for x in json.load(open(pt))["rows"]}
+        tb = min((x for k, x in t.items() if k not in ("none", "dms")), key=lambda x: x["ppl"])
+        rel = lambda x: 100 * (x["ppl"] / t["none"]["ppl"] - 1)
+        text = f"{rel(t['dms']):+.1f}% | {tb['policy']} {rel(tb):+.1f}%"
     rows.append((name, open(os.path.join(out, name, "options")).read().strip(),
                  d["effective_kv_cr"], d["decision_cr"], 100 * (d["ppl"] / o["ppl"] - 1),
-                 d["kl_original_model"], best["policy"], best["kl_original_model"],
+                 d["kl_original_model"], best["policy"], best["kl_original_model"], text,
                  int(open(os.path.join(out, name, "seconds")).read())))
-hdr = "| run | options | eff. KV CR | decision CR | ppl vs original | KL(orig‖DMS) | best baseline | its KL | s |"
-lines = [hdr, "|" + "---|" * 9]
-for n, opts, e, dc, pp, kl, bp, bk, s in rows:
-    lines.append(f"| {n} | `{opts}` | {e:.2f} | {dc:.2f} | {pp:+.1f}% | {kl:.4f} | {bp} | {bk:.4f} | {s} |")
+hdr = ("| run | options | eff. KV CR | decision CR | ppl vs original | KL(orig‖DMS) | best baseline | its KL"
+       " | text: DMS ppl | text: best baseline ppl | s |")
+lines = [hdr, "|" + "---|" * 11]
+for n, opts, e, dc, pp, kl, bp, bk, text, s in rows:
+    lines.append(f"| {n} | `{opts}` | {e:.2f} | {dc:.2f} | {pp:+.1f}% | {kl:.4f} | {bp} | {bk:.4f} | {text} | {s} |")
 table = "\n".join(lines)
 open(os.path.join(out, "table.md"), "w").write(table + "\n")
 print(table)

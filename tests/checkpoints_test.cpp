@@ -401,6 +401,7 @@ TEST(TrainCheckpoint, DamageIsFoundAndNamed) {
   edit([](nlohmann::json& k) { k["numel"] = 1001; }, "cover 1000 of 1001");
   edit([](nlohmann::json& k) { k["files"].erase(0); }, "exactly one state file");
   edit([](nlohmann::json& k) { k["format"] = "x"; }, "not a");
+  edit([](nlohmann::json& k) { k["kept_for_cr"] = 0.5; }, "kept_for_cr must be");
   test::write_bytes(ck2 + "/manifest.json", "{");
   expect_input_error([&] { read_manifest(ck2); }, {"manifest.json", "not valid JSON"});
 }
@@ -419,9 +420,16 @@ TEST(TrainCheckpoint, ListingPruningAndReplacing) {
   fs::remove(all[1] + "/" + kManifestFile);
   write_checkpoint(tmp.path, 4, {100});
   EXPECT_EQ(read_manifest(all[1]).files.size(), 3u);
+  // Step 2 was kept for a CR (the curve's): pruning neither deletes nor counts it.
+  auto m2 = test::read_json(all[0] + "/" + kManifestFile);
+  m2["kept_for_cr"] = 2.0;
+  test::write_bytes(all[0] + "/" + kManifestFile, m2.dump());
+  EXPECT_EQ(read_manifest(all[0]).kept_for_cr, 2.0);
   prune_checkpoints(tmp.path, 2);
   all = list_checkpoints(tmp.path);
-  ASSERT_EQ(all.size(), 2u);
+  ASSERT_EQ(all.size(), 3u);
+  EXPECT_EQ(fs::path(all[0]).filename(), "step-000002");
+  all.erase(all.begin());
   EXPECT_EQ(fs::path(all[0]).filename(), "step-000010");
   EXPECT_FALSE(fs::exists(checkpoint_temp_dir(tmp.path, 12)));
   for (const auto& e : fs::directory_iterator(tmp.path + "/checkpoints"))

@@ -14,6 +14,7 @@
 #include "data/token_file.h"
 #include "tests/test_util.h"
 #include "trainer/dist/distributed.h"
+#include "trainer/eval/evaluate.h"
 #include "trainer/train/losses.h"
 #include "trainer/train/optimizer.h"
 #include "trainer/train/schedule.h"
@@ -206,6 +207,20 @@ TEST(Schedules, CompressionAndLearningRate) {
   EXPECT_NEAR(cosine.at(10), 1e-3, 1e-15);
   EXPECT_NEAR(cosine.at(60), 1e-3 * (0.1 + 0.9 * 0.5), 1e-15);
   EXPECT_NEAR(cosine.at(110), 1e-4, 1e-15);
+  // The first step at each CR (the checkpoints kept for the curve): 1 + 7 s / 100 >= c.
+  EXPECT_EQ(cr.first_step_reaching(1.0), 0);
+  EXPECT_EQ(cr.first_step_reaching(1.05), 1);
+  EXPECT_EQ(cr.first_step_reaching(2.0), 15);  // 1 + 7 * 15 / 100 = 2.05; step 14: 1.98
+  EXPECT_EQ(cr.first_step_reaching(4.5), 50);
+  EXPECT_EQ(cr.first_step_reaching(8.0), 100);
+  EXPECT_EQ(cr.first_step_reaching(8.01), -1);
+  for (double c = 1.0; c <= 8.0; c += 0.37) {
+    const int64_t s = cr.first_step_reaching(c);
+    EXPECT_GE(cr.cr(s), c);
+    if (s > 0) {
+      EXPECT_LT(cr.cr(s - 1), c);
+    }
+  }
 }
 
 TEST(Optimizer, AdamWFollowsPyTorchsRuleAndClippingScalesToTheNorm) {
@@ -444,6 +459,91 @@ void prepare_small(const test::TempDir& tmp) {
                          " --input " + quote(asset("tinystories/tinystories_val_prefix.txt")) +
                          " --out " + quote(tmp.file("d.h5")) + " --seq-len 64 --val-fraction 0.05");
   ASSERT_EQ(r.exit_code, 0) << r.err;
+}
+
+// One run gives the quality-vs-KV-memory curve: the checkpoints at which the schedule
+// first reaches each --keep-at-cr (CR(s) = 1 + 3 s / 6 here: CR 2, 3, 4 at steps 2, 4, 6,
+// saved after them as 3, 5, 7) survive --keep-checkpoints 1, and `dms eval --curve`
+// evaluates them and the last one against the *base* model (a full-weight run: not the
+// fine-tuned weights with eviction off), each figure equal to the one-off evaluation.
+TEST(RetrofitRun, CurveFromCheckpointsKeptAtCrsAgainstTheBase) {
+  test::TempDir tmp;
+  prepare_small(tmp);
+  const std::string model = asset("stories260K/stories260K.bin");
+  const std::string common = "retrofit --model " + quote(model) + " --data " +
+                             quote(tmp.file("d.h5")) +
+                             " --window 8 --target-cr 4 --max-steps 8 --final-step 6 "
+                             "--micro-batch 2 --lr 1e-3 --train-mode all --eval-every 100";
+  auto r = test::run_dms(common + " --out " + quote(tmp.file("bad")) + " --keep-at-cr 2,5");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--keep-at-cr: 5 is above --target-cr 4"), std::string::npos) << r.err;
+  r = test::run_dms(common + " --out " + quote(tmp.file("bad")) + " --keep-at-cr 2,x");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--keep-at-cr: 'x' is not a number"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(tmp.file("bad")));
+  r = test::run_dms(common + " --out " + quote(tmp.file("run")) +
+                    " --keep-at-cr 4,2,3 --keep-checkpoints 1 --checkpoint-every 2");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto cks = list_checkpoints(tmp.file("run"));
+  ASSERT_EQ(cks.size(), 4u);
+  const std::vector<std::pair<int64_t, double>> want = {{3, 2}, {5, 3}, {7, 4}, {8, 0}};
+  for (size_t i = 0; i < cks.size(); ++i) {
+    const Manifest m = read_manifest(cks[i]);
+    EXPECT_EQ(m.step, want[i].first);
+    EXPECT_EQ(m.kept_for_cr, want[i].second);
+  }
+  r = test::run_dms("inspect " + quote(cks[1]));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("step:            5  (kept for CR 3"), std::string::npos) << r.out;
+
+  const std::string data = quote(tmp.file("d.val.h5"));
+  const std::string opts = " --rows 2 --gen-rows 1 --gen-tokens 4 --prompt-len 8";
+  r = test::run_dms("eval --curve --model " + quote(tmp.file("run")) + " --data " + data + opts +
+                    " --json " + quote(tmp.file("c/curve.json")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto curve = test::read_json(tmp.file("c/curve.json"));
+  ASSERT_EQ(curve["points"].size(), 4u);
+  EXPECT_EQ(curve["points"][0]["kept_for_cr"], 2.0);
+  EXPECT_TRUE(curve["points"][3]["kept_for_cr"].is_null());
+  EXPECT_EQ(curve["points"][3]["checkpoint"], "step-000008");
+  auto one = [&](const std::string& args) {
+    const auto e = test::run_dms("eval --data " + data + opts + " --json " +
+                                 quote(tmp.file("one.json")) + " " + args);
+    EXPECT_EQ(e.exit_code, 0) << e.err;
+    return test::read_json(tmp.file("one.json"))["rows"][0];
+  };
+  auto same = [](const nlohmann::json& a, const nlohmann::json& b) {
+    for (const char* k : {"ppl", "kl_original_model", "effective_kv_cr", "greedy_agreement"})
+      EXPECT_NEAR(a[k].get<double>(), b[k].get<double>(), 1e-9) << k;
+  };
+  same(curve["original"], one("--model " + quote(model) + " --policy none"));
+  for (const auto& p : curve["points"]) {
+    ASSERT_EQ(p["rows"].size(), 4u);
+    EXPECT_EQ(p["rows"][0]["policy"], "dms");
+    for (size_t i = 1; i < 4; ++i)  // baselines on the base at the point's budget
+      EXPECT_EQ(p["rows"][i]["budget"],
+                budget_for_cr(p["rows"][0]["effective_kv_cr"].get<double>(), 64));
+  }
+  const auto& w = curve["points"][1]["rows"][1];
+  same(w, one("--model " + quote(model) + " --policy window --budget " +
+              std::to_string(w["budget"].get<int64_t>())));
+  r = test::run_dms("export --run " + quote(tmp.file("run")) + " --step 5 --out " +
+                    quote(tmp.file("exp5")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  same(curve["points"][1]["rows"][0],
+       one("--model " + quote(tmp.file("exp5")) + " --original " + quote(model)));
+
+  r = test::run_dms("report --run " + quote(tmp.file("run")) + " --out " +
+                    quote(tmp.file("report.html")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;  // no curve.json beside the run: no Pareto charts
+  EXPECT_EQ(test::read_bytes(tmp.file("report.html")).find("chart-pareto-kl"), std::string::npos);
+  fs::copy_file(tmp.file("c/curve.json"), tmp.file("run/curve.json"));
+  r = test::run_dms("report --run " + quote(tmp.file("run")) + " --out " +
+                    quote(tmp.file("report.html")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string html = test::read_bytes(tmp.file("report.html"));
+  for (const char* id : {"chart-pareto-kl", "chart-pareto-ppl", ">DMS<", ">TOVA<"})
+    EXPECT_NE(html.find(id), std::string::npos) << id;
 }
 
 // A bf16 source exports as bf16 (about half the bytes of --dtype f32), both load, and

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <sstream>
 
@@ -151,7 +152,7 @@ class Trainer {
   void raise_alerts(int64_t step_done, const std::vector<Alert>& found);
   void check_replicas(int64_t step_done);
   void validate(int64_t step_done);
-  void checkpoint(int64_t step_done);
+  void checkpoint(int64_t step_done, double kept_for_cr = 0);
   TrainState state(int64_t step_done) const;
   void restore(const Checkpoint& c);
   int interrupted(int64_t step_done);
@@ -173,6 +174,7 @@ class Trainer {
   std::unique_ptr<BatchLoader> loader_;
   std::unique_ptr<Optimizer> opt_;
   CrSchedule cr_;
+  std::map<int64_t, double> keep_at_;  // step done -> the CR its checkpoint is kept for
   LrSchedule lr_;
   std::unique_ptr<Checkpointer> checkpoints_;
   std::unique_ptr<AlertMonitor> alerts_;
@@ -210,6 +212,11 @@ Trainer::Trainer(const RetrofitConfig& cfg) : cfg_(cfg) {
       std::make_unique<Checkpointer>(cfg_.run.out, cfg_.monitor.keep_checkpoints, faults_, *dist_);
   if (cfg_.run.resume) resume();  // may adopt the checkpoint's final step
   cr_ = CrSchedule{1.0, cfg_.dms.target_cr, cfg_.final_step()};
+  // A step's model has trained at the step's scheduled CR: its checkpoint is that CR's.
+  for (double c : cfg_.monitor.keep_at_cr) {
+    const int64_t s = cr_.first_step_reaching(c);
+    if (s >= 0 && s < cfg_.optim.max_steps) keep_at_[s + 1] = std::max(keep_at_[s + 1], c);
+  }
   alerts_ = std::make_unique<AlertMonitor>(AlertConfig{
       cfg_.monitor.alert_kd_spike, cfg_.monitor.alert_grad, 50, 10, cfg_.monitor.alert_cr_margin,
       cfg_.monitor.alert_cr_evals, cfg_.monitor.stop_on_alert});
@@ -378,7 +385,11 @@ int Trainer::run() {
     const int64_t done = step + 1;
     const bool last = done == cfg_.optim.max_steps;
     if (val_ && (done % mon.eval_every == 0 || last)) validate(done);
-    if (done % mon.checkpoint_every == 0 || last || stop_requested_) checkpoint(done);
+    const auto kept = keep_at_.find(done);
+    if (kept != keep_at_.end())
+      checkpoint(done, kept->second);
+    else if (done % mon.checkpoint_every == 0 || last || stop_requested_)
+      checkpoint(done);
     if (stop_requested_) return interrupted(done);
   }
   return finished();
@@ -493,10 +504,10 @@ void Trainer::validate(int64_t step_done) {
 
 // Every rank writes its optimizer shard, rank 0 the rest; a failed save never replaces the
 // last good checkpoint, and every rank learns the verdict.
-void Trainer::checkpoint(int64_t step_done) {
+void Trainer::checkpoint(int64_t step_done, double kept_for_cr) {
   dist_->barrier();
   const std::string failed = checkpoints_->save(
-      step_done, [&] { return state(step_done); }, *opt_);
+      step_done, [&] { return state(step_done); }, *opt_, kept_for_cr);
   if (lead_ && !failed.empty())
     sinks_->alert(step_done, "checkpoint_failed",
                   "checkpoint at step " + std::to_string(step_done) + " failed: " + failed +

@@ -10,6 +10,7 @@
 #include "data/token_file.h"
 #include "trainer/cli/cli.h"
 #include "trainer/cli/commands.h"
+#include "trainer/eval/curve.h"
 #include "trainer/eval/evaluate.h"
 
 namespace fs = std::filesystem;
@@ -18,10 +19,30 @@ namespace dms {
 
 namespace {
 
+void write_json(const std::string& path, const nlohmann::json& j) {
+  if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
+  write_file_atomic(path, j.dump(2) + "\n");
+  std::cerr << "wrote " << path << "\n";
+}
+
+void run_curve(const EvalConfig& a) {
+  require(!a.compare && a.dump_logits.empty() && a.budget == 0 && !a.match_budget, "--curve",
+          "evaluates DMS and every baseline itself: not with --compare, --budget, "
+          "--match-budget or --dump-logits");
+  require(fs::is_directory(a.model), a.model, "--curve needs a retrofit run directory");
+  if (a.threads > 0) at::set_num_threads(int(a.threads));
+  TokenData data = open_tokens(a.data);
+  Curve c = evaluate_curve(a.model, a.original, "--original", data, a.opts);
+  c.data = a.data;
+  std::cout << format_curve(c);
+  if (!a.json.empty()) write_json(a.json, c.to_json());
+}
+
 void run_eval(const EvalConfig& a) {
+  if (a.curve) return run_curve(a);
   // Before any work: a dump of the baselines' logits is not offered.
-  require(a.dump_logits.empty() || (!a.compare && (a.policy == CachePolicy::dms ||
-                                                   a.policy == CachePolicy::full)),
+  require(a.dump_logits.empty() ||
+              (!a.compare && (a.policy == CachePolicy::dms || a.policy == CachePolicy::full)),
           "--dump-logits", "needs --policy dms or none, without --compare");
   if (a.threads > 0) at::set_num_threads(int(a.threads));
   Model m = load_model(a.model);
@@ -74,9 +95,7 @@ void run_eval(const EvalConfig& a) {
         {"rows_evaluated", std::min(a.opts.rows > 0 ? a.opts.rows : data.n_rows, data.n_rows)},
         {"rows", nlohmann::json::array()}};
     for (const auto& r : rows) j["rows"].push_back(r.to_json());
-    if (fs::path(a.json).has_parent_path()) fs::create_directories(fs::path(a.json).parent_path());
-    write_file_atomic(a.json, j.dump(2) + "\n");
-    std::cerr << "wrote " << a.json << "\n";
+    write_json(a.json, j);
   }
 }
 

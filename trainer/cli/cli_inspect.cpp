@@ -49,7 +49,8 @@ void inspect_tokenizer(const std::string& path) {
       std::cout << ", ...";
       break;
     }
-    std::cout << (shown ? ", " : "") << n.content << "=" << n.id << (n.special ? "" : " [not special]");
+    std::cout << (shown ? ", " : "") << n.content << "=" << n.id
+              << (n.special ? "" : " [not special]");
     ++shown;
   }
   std::cout << (shown ? ")" : "") << "\n";
@@ -99,9 +100,11 @@ void inspect_model(const std::string& path) {
                 << d.tau << ", scale " << d.scale << ", offset " << d.offset << "\n";
     for (auto it = j.begin(); it != j.end(); ++it)  // every dms_* field, as written
       if (it.key().rfind("dms_", 0) == 0)
-        std::cout << "  " << it.key() << std::string(it.key().size() < 32 ? 32 - it.key().size() : 1, ' ')
+        std::cout << "  " << it.key()
+                  << std::string(it.key().size() < 32 ? 32 - it.key().size() : 1, ' ')
                   << it.value().dump() << "\n";
-    if (j.contains("torch_dtype")) std::cout << "torch_dtype:     " << j["torch_dtype"].dump() << "\n";
+    if (j.contains("torch_dtype"))
+      std::cout << "torch_dtype:     " << j["torch_dtype"].dump() << "\n";
   }
   auto dtypes = stored_dtypes(path);
   if (!dtypes.empty()) {
@@ -115,6 +118,12 @@ void inspect_model(const std::string& path) {
 
 bool is_checkpoint_dir(const fs::path& p) {
   return fs::is_directory(p) && (fs::exists(p / kManifestFile) || fs::exists(p / kStateFile));
+}
+
+std::string fmt_short(double v) {
+  std::ostringstream o;
+  o << v;
+  return o.str();
 }
 
 // The manifest, every file verified against it, and the state's figures; exit 2 naming
@@ -142,7 +151,11 @@ void inspect_checkpoint(const std::string& dir) {
   }
   std::cout << "checkpoint:      " << dir
             << (damaged.empty() ? " (manifest and every checksum ok)" : " (DAMAGED)") << "\n"
-            << "step:            " << m.step << "\n"
+            << "step:            " << m.step
+            << (m.kept_for_cr > 0 ? "  (kept for CR " + fmt_short(m.kept_for_cr) +
+                                        ": a point of 'dms eval --curve')"
+                                  : std::string())
+            << "\n"
             << "world size:      " << m.world_size << "\n"
             << "optimizer:       " << m.numel << " values in " << shards << " shard"
             << (shards == 1 ? "" : "s") << "\n"

@@ -30,14 +30,23 @@ std::vector<std::pair<std::string, CachePolicy>> policy_names() {
 const std::vector<Field<EvalConfig>>& eval_fields() {
   using C = EvalConfig;
   static const std::vector<Field<C>> table = {
-      text<C>("model", &C::model, "Model (a DMS export for dms/--compare)", nonempty).must(),
-      text<C>("original", &C::original, "The unchanged model (default: --model with eviction off)"),
+      text<C>("model", &C::model,
+              "Model (a DMS export for dms/--compare; a retrofit run directory for --curve)",
+              nonempty)
+          .must(),
+      text<C>("original", &C::original,
+              "The unchanged model (default: --model with eviction off; with --curve the run's "
+              "recorded base, and this is its new path when it moved)"),
       text<C>("data", &C::data, "Held-out tokens (.h5)", nonempty).must(),
       choice<C>("policy", &C::policy, policy_names(), "KV cache policy"),
       number<C>("budget", &C::budget, between(0, kMaxTokens),
                 "Tokens per KV head for window/h2o/tova (0: --match-budget or none)"),
       flag<C>("match-budget", &C::match_budget, "Budget giving the DMS model's effective KV CR"),
       flag<C>("compare", &C::compare, "Original, DMS and all baselines in one table"),
+      flag<C>("curve", &C::curve,
+              "Quality vs KV memory: every checkpoint the run in --model kept at a CR "
+              "(retrofit --keep-at-cr) and its last, each with window/H2O/TOVA on the base "
+              "model at the same effective KV CR, into one table (--json: for 'dms report')"),
       text<C>("json", &C::json, "Also write the table as JSON"),
       text<C>("dump-logits", &C::dump_logits,
               "Also write the evaluated rows' per-position logits (F32 [R, T, V]), tokens (I64 "

@@ -19,6 +19,7 @@ struct EvalConfig {
   CachePolicy policy = CachePolicy::dms;
   int64_t budget = 0;
   bool match_budget = false, compare = false;
+  bool curve = false;  // --model is a retrofit run: its kept checkpoints (trainer/eval/curve.h)
   EvalOptions opts;
   int64_t threads = 0;
 };

@@ -184,6 +184,49 @@ Field<C> text_at(std::string name, Ref ref, std::string help,
   return f;
 }
 
+// A list of numbers, "2,4,8" on the command line and in TOML, an array in config.json;
+// each value in range r, at most 64 of them (empty: none).
+template <class C, class Ref>
+Field<C> numbers_at(std::string name, Ref ref, Range r, std::string help) {
+  Field<C> f;
+  f.name = std::move(name);
+  f.help = std::move(help);
+  f.values = "comma list, each " + r.describe();
+  f.parse = [ref](C& c, const std::string& s) -> std::string {
+    std::vector<double> out;
+    size_t start = 0;
+    while (start <= s.size() && !s.empty()) {
+      const size_t comma = std::min(s.find(',', start), s.size());
+      double v = 0;
+      const std::string e = parse_double(s.substr(start, comma - start), v);
+      if (!e.empty()) return e;
+      out.push_back(v);
+      start = comma + 1;
+    }
+    ref(c) = std::move(out);
+    return std::string();
+  };
+  f.get = [ref](const C& c) { return nlohmann::json(ref(c)); };
+  f.set = [ref](C& c, const nlohmann::json& j) {
+    if (!j.is_array()) throw std::invalid_argument("must be an array of numbers");
+    std::vector<double> out;
+    for (const auto& v : j) {
+      if (!v.is_number()) throw std::invalid_argument("must be an array of numbers");
+      out.push_back(v.get<double>());
+    }
+    ref(c) = std::move(out);
+  };
+  f.check = [ref, r](const C& c) {
+    if (ref(c).size() > 64) return std::string("at most 64 values");
+    for (double v : ref(c)) {
+      const std::string e = r.check(v);
+      if (!e.empty()) return e;
+    }
+    return std::string();
+  };
+  return f;
+}
+
 // A switch: --name sets it, --no-name clears it; TOML/JSON take true/false.
 template <class C, class Ref>
 Field<C> flag_at(std::string name, Ref ref, std::string help) {
@@ -248,6 +291,11 @@ template <class C>
 Field<C> text(std::string name, std::string C::*mem, std::string help,
               std::function<std::string(const std::string&)> rule = {}) {
   return text_at<C>(std::move(name), DMS_FLAT_REF(mem), std::move(help), std::move(rule));
+}
+template <class C, class S>
+Field<C> numbers(std::string name, S C::*sec, std::vector<double> S::*mem, Range r,
+                 std::string help) {
+  return numbers_at<C>(std::move(name), DMS_MEMBER_REF(sec, mem), r, std::move(help));
 }
 template <class C, class S>
 Field<C> flag(std::string name, S C::*sec, bool S::*mem, std::string help) {

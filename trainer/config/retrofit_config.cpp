@@ -22,6 +22,12 @@ std::string nonempty(const std::string& s) {
   return s.empty() ? "must not be empty" : "";
 }
 
+std::string fmt_number(double v) {
+  std::ostringstream o;
+  o << v;
+  return o.str();
+}
+
 std::vector<F> run_fields() {
   return {
       // A resume may find the base elsewhere: its identity is checked by sha256 instead.
@@ -125,10 +131,11 @@ std::vector<F> optim_fields() {
                 "Blockwise attention: query rows per tile"),
       number<C>("attn-block-k", &C::optim, &O::attn_block_k, between(1, kMaxTokens),
                 "Blockwise attention: keys per tile"),
-      choice<C>("dtype", &C::optim, &O::dtype,
-                {{"auto", DtypeKind::automatic}, {"f32", DtypeKind::f32}, {"bf16", DtypeKind::bf16}},
-                "f32 | bf16 (bf16 weights and activations, fp32 master weights, losses and "
-                "reductions) | auto (bf16 on CUDA, f32 on CPU)")
+      choice<C>(
+          "dtype", &C::optim, &O::dtype,
+          {{"auto", DtypeKind::automatic}, {"f32", DtypeKind::f32}, {"bf16", DtypeKind::bf16}},
+          "f32 | bf16 (bf16 weights and activations, fp32 master weights, losses and "
+          "reductions) | auto (bf16 on CUDA, f32 on CPU)")
           .resume(OnResume::free),
       flag<C>("activation-checkpointing", &C::optim, &O::activation_checkpointing,
               "Keep only each decoder layer's input; recompute the layer in backward")
@@ -163,6 +170,11 @@ std::vector<F> monitor_fields() {
           .resume(free),
       number<C>("keep-checkpoints", &C::monitor, &M::keep_checkpoints, between(0, 1e6),
                 "Checkpoints kept (0: all)")
+          .resume(free),
+      numbers<C>("keep-at-cr", &C::monitor, &M::keep_at_cr, between(1, 1e6),
+                 "Also keep, whatever --keep-checkpoints says, the checkpoint at which the "
+                 "scheduled CR first reaches each of these (e.g. 2,4,8): the quality-vs-KV-memory "
+                 "curve of 'dms eval --curve'")
           .resume(free),
       choice<C>(
           "on-checkpoint-error", &C::monitor, &M::on_checkpoint_error,
@@ -264,7 +276,14 @@ void RetrofitConfig::validate() const {
     p.push_back("--attn-block-q/--attn-block-k: a tile of " + std::to_string(optim.attn_block_q) +
                 " x " + std::to_string(optim.attn_block_k) + " scores is too large");
   if (!run.teacher.empty() && dms.train_mode != TrainMode::all)
-    p.push_back("--teacher: only with --train-mode all (adapter mode's teacher is the frozen base)");
+    p.push_back(
+        "--teacher: only with --train-mode all (adapter mode's teacher is the frozen base)");
+  for (double c : monitor.keep_at_cr)
+    if (c > dms.target_cr) {
+      p.push_back("--keep-at-cr: " + fmt_number(c) + " is above --target-cr " +
+                  fmt_number(dms.target_cr) + " (the schedule never reaches it)");
+      break;
+    }
   if (!p.empty()) throw InputError(join_problems(p));
 }
 

@@ -67,6 +67,9 @@ struct OptimSection {
 struct MonitorSection {
   int64_t log_every = 1, eval_every = 50, eval_batches = 8, checkpoint_every = 100;
   int64_t keep_checkpoints = 3;
+  // Checkpoints kept whatever keep_checkpoints says: the first at which the scheduled CR
+  // reaches each of these (the points of `dms eval --curve`).
+  std::vector<double> keep_at_cr;
   CheckpointErrorPolicy on_checkpoint_error = CheckpointErrorPolicy::stop;
   bool tensorboard = true;
   double alert_kd_spike = 10.0, alert_grad = 50.0, alert_cr_margin = 0.25;
@@ -79,7 +82,7 @@ struct DistSection {
   DeviceKind device = DeviceKind::automatic;
   double timeout_s = 600;  // collective timeout: a lost rank stops the others
   int64_t checksum_every = 50;
-  int64_t nproc = 1;  // local workers to spawn (launch only; not saved)
+  int64_t nproc = 1;             // local workers to spawn (launch only; not saved)
   bool shard_optimizer = false;  // ZeRO-1: AdamW moments and master weights split over ranks
   double device_memory_gib = 0;  // fit check's memory per device (0: what the device has)
 };

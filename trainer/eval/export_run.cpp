@@ -60,7 +60,20 @@ Model build_model(const std::string& ck, const TrainState& s, const RetrofitConf
     require(by_name[n]->sizes() == t.sizes(), ck, "tensor '" + n + "' has another shape");
     by_name[n]->copy_(t);
   }
+  m.dms.target_cr = cfg.dms.target_cr;  // the run's target, whatever the checkpoint recorded
   return m;
+}
+
+// Where the checkpoint's base model is: its recorded identity, checked by sha256.
+std::string find_base(const std::string& ck, const TrainState& s, const RetrofitConfig& cfg,
+                      const std::string& override_path, const std::string& option) {
+  if (!s.base_json.empty())
+    return locate_base(ModelIdentity::from_json(nlohmann::json::parse(s.base_json), ck),
+                       override_path, option);
+  // Written before the base was recorded: trust the path.
+  const std::string base = override_path.empty() ? cfg.run.model : override_path;
+  require(fs::exists(base), base, "the base model is not there (moved?): give it with " + option);
+  return base;
 }
 
 std::vector<std::vector<double>> matrix(const at::Tensor& t) {
@@ -117,9 +130,10 @@ nlohmann::json build_report(const ExportRequest& req, const std::string& ck, con
 // tokenizer_config.json for a tokenizer that came without one: its class and BOS/EOS/UNK,
 // so that transformers' AutoTokenizer loads it and frames text as the model was trained.
 std::string tokenizer_config_for(const Tokenizer& t, const Model& m, bool sentencepiece) {
-  nlohmann::json j = {{"tokenizer_class", sentencepiece ? "LlamaTokenizer" : "PreTrainedTokenizerFast"},
-                      {"model_max_length", m.config.max_position > 0 ? m.config.max_position : 2048},
-                      {"clean_up_tokenization_spaces", false}};
+  nlohmann::json j = {
+      {"tokenizer_class", sentencepiece ? "LlamaTokenizer" : "PreTrainedTokenizerFast"},
+      {"model_max_length", m.config.max_position > 0 ? m.config.max_position : 2048},
+      {"clean_up_tokenization_spaces", false}};
   auto name = [&](int64_t id) { return id >= 0 ? nlohmann::json(t.piece(id)) : nlohmann::json(); };
   j["bos_token"] = name(t.bos_id());
   j["eos_token"] = name(t.eos_id());
@@ -140,9 +154,9 @@ ExportExtras base_files(const std::string& base, const Model& m) {
   const fs::path dir = fs::is_directory(base) ? fs::path(base) : fs::path(base).parent_path();
   if (fs::is_directory(base)) {
     x.base_config = read_json_file((dir / "config.json").string());
-    for (const char* f : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                          "special_tokens_map.json", "generation_config.json", "vocab.json",
-                          "merges.txt", "chat_template.jinja"})
+    for (const char* f :
+         {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+          "generation_config.json", "vocab.json", "merges.txt", "chat_template.jinja"})
       if (fs::exists(dir / f)) x.copy_files.emplace_back((dir / f).string(), f);
   }
   const std::string tok_path = find_tokenizer(base, m.config.vocab_size);
@@ -174,33 +188,41 @@ ExportExtras base_files(const std::string& base, const Model& m) {
 // The export's dtype: the source's own unless --dtype says otherwise.
 at::ScalarType export_dtype(const ExportRequest& req, const Model& m) {
   switch (req.dtype) {
-    case ExportDtype::f32: return at::kFloat;
-    case ExportDtype::bf16: return at::kBFloat16;
-    case ExportDtype::f16: return at::kHalf;
-    case ExportDtype::source: break;
+    case ExportDtype::f32:
+      return at::kFloat;
+    case ExportDtype::bf16:
+      return at::kBFloat16;
+    case ExportDtype::f16:
+      return at::kHalf;
+    case ExportDtype::source:
+      break;
   }
-  return m.config.dtype == "bfloat16" ? at::kBFloat16
+  return m.config.dtype == "bfloat16"  ? at::kBFloat16
          : m.config.dtype == "float16" ? at::kHalf
                                        : at::kFloat;
 }
 
 }  // namespace
 
+CheckpointModel load_checkpoint_model(const std::string& checkpoint, const std::string& base,
+                                      const std::string& base_option) {
+  CheckpointModel c;
+  c.checkpoint = checkpoint;
+  c.state = read_train_state(checkpoint);
+  const RetrofitConfig cfg =
+      RetrofitConfig::from_json(nlohmann::json::parse(c.state.config_json), checkpoint);
+  c.base = find_base(checkpoint, c.state, cfg, base, base_option);
+  c.model = build_model(checkpoint, c.state, cfg, c.base);
+  return c;
+}
+
 std::string export_run(const ExportRequest& req) {
   // The target first: nothing is read, let alone replaced, when it is not ours.
   check_export_target(req.out, req.force);
   auto [ck, s] = choose_checkpoint(req);
   const RetrofitConfig cfg = RetrofitConfig::from_json(nlohmann::json::parse(s.config_json), ck);
-  std::string base;
-  if (!s.base_json.empty()) {
-    base = locate_base(ModelIdentity::from_json(nlohmann::json::parse(s.base_json), ck), req.base,
-                       "--base");
-  } else {  // written before the base was recorded: trust the path
-    base = req.base.empty() ? cfg.run.model : req.base;
-    require(fs::exists(base), base, "the base model is not there (moved?): give it with --base");
-  }
+  const std::string base = find_base(ck, s, cfg, req.base, "--base");
   Model m = build_model(ck, s, cfg, base);
-  m.dms.target_cr = cfg.dms.target_cr;  // the run's target, whatever the checkpoint recorded
   ExportExtras x = base_files(base, m);
   x.dtype = export_dtype(req, m);
   x.report = build_report(req, ck, s, cfg, base, m);

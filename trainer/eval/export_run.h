@@ -5,6 +5,9 @@
 #pragma once
 #include <string>
 
+#include "checkpoints/train_state.h"
+#include "model/transformer.h"
+
 namespace dms {
 
 // The dtype of an export's weights: the source model's own (bf16 in, bf16 out), or forced.
@@ -18,6 +21,17 @@ struct ExportRequest {
   std::string base;    // the base model's new location, when it moved since training
   ExportDtype dtype = ExportDtype::source;
 };
+
+// A checkpoint as a model: the base model (found by the identity the checkpoint recorded;
+// `base` overrides its path, named `base_option` in errors) with the trained tensors on
+// top. InputError (exit 2) for a damaged checkpoint and a base that moved or changed.
+struct CheckpointModel {
+  std::string checkpoint, base;  // paths
+  TrainState state;
+  Model model;
+};
+CheckpointModel load_checkpoint_model(const std::string& checkpoint, const std::string& base,
+                                      const std::string& base_option);
 
 // Returns the checkpoint used. InputError (exit 2) for a bad target, a missing checkpoint,
 // and a base model that moved (without --base) or changed.

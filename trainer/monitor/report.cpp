@@ -20,6 +20,7 @@ namespace {
 struct Series {
   std::string name, color;
   std::vector<double> x, y;
+  bool markers = false;  // a dot at each point (few points: the curve's)
 };
 
 std::string esc(const std::string& s) {
@@ -105,6 +106,10 @@ std::string line_chart(const std::string& id, const std::string& title,
       pen = true;
     }
     o << "\"/>";
+    for (size_t i = 0; s.markers && i < s.x.size(); ++i)
+      if (std::isfinite(s.y[i]) && !(log_y && s.y[i] <= 0))
+        o << "<circle cx=\"" << num(px(s.x[i]), 6) << "\" cy=\"" << num(py(s.y[i]), 6)
+          << "\" r=\"3\" fill=\"" << s.color << "\"/>";
     o << "<rect x=\"" << W - r + 10 << "\" y=\"" << t + row * 16
       << "\" width=\"12\" height=\"3\" fill=\"" << s.color << "\"/><text x=\"" << W - r + 26
       << "\" y=\"" << t + row * 16 + 5 << "\" font-size=\"11\" font-family=\"sans-serif\">"
@@ -221,6 +226,7 @@ struct RunData {
   std::vector<nlohmann::json> recs;  // metrics.jsonl
   nlohmann::json cfg = nlohmann::json::object();
   nlohmann::json eval;      // eval.json of the run or of the folder above
+  nlohmann::json curve;     // curve.json (dms eval --curve), likewise
   nlohmann::json last_val;  // the last record with per-head validation stats
   std::vector<nlohmann::json> alerts;
 };
@@ -231,6 +237,8 @@ RunData read_run(const fs::path& run) {
   if (fs::exists(run / "config.json")) d.cfg = read_json_lenient(run / "config.json");
   for (const fs::path& p : {run / "eval.json", run.parent_path() / "eval.json"})
     if (d.eval.is_null() && fs::exists(p)) d.eval = read_json_lenient(p);
+  for (const fs::path& p : {run / "curve.json", run.parent_path() / "curve.json"})
+    if (d.curve.is_null() && fs::exists(p)) d.curve = read_json_lenient(p);
   for (const auto& r : d.recs) {
     if (r.contains("val_eviction_rate_lh")) d.last_val = r;
     if (r.contains("alert")) d.alerts.push_back(r);
@@ -239,6 +247,46 @@ RunData read_run(const fs::path& run) {
 }
 
 using Charts = std::vector<std::pair<std::string, std::string>>;  // id, svg
+
+// The curve's figure `key` against effective KV CR, one series per policy, by CR.
+std::vector<Series> curve_series(const nlohmann::json& curve, const std::string& key) {
+  const std::vector<std::pair<std::string, std::string>> policies = {
+      {"dms", "#d62728"}, {"window", "#1f77b4"}, {"h2o", "#2ca02c"}, {"tova", "#9467bd"}};
+  std::vector<Series> out;
+  for (const auto& [policy, color] : policies) {
+    std::vector<std::pair<double, double>> pts;
+    for (const auto& p : curve["points"])
+      for (const auto& r : p.value("rows", nlohmann::json::array()))
+        if (r.value("policy", "") == policy &&
+            r.value("effective_kv_cr", nlohmann::json()).is_number() &&
+            r.value(key, nlohmann::json()).is_number())
+          pts.emplace_back(r["effective_kv_cr"].get<double>(), r[key].get<double>());
+    std::sort(pts.begin(), pts.end());
+    Series s{policy == "dms"    ? "DMS"
+             : policy == "h2o"  ? "H2O"
+             : policy == "tova" ? "TOVA"
+                                : "window",
+             color,
+             {},
+             {},
+             true};
+    for (const auto& [x, y] : pts) {
+      s.x.push_back(x);
+      s.y.push_back(y);
+    }
+    out.push_back(s);
+  }
+  const nlohmann::json& o = curve["original"];
+  if (key == "ppl" && o.is_object() && o.value("ppl", nlohmann::json()).is_number() &&
+      !out.front().x.empty()) {  // the original's perplexity as a level line across the plot
+    double x0 = 1e300, x1 = 0;
+    for (const auto& s : out)
+      for (double x : s.x) x0 = std::min(x0, x), x1 = std::max(x1, x);
+    out.push_back(
+        {"original", "#7f7f7f", {x0, x1}, {o["ppl"].get<double>(), o["ppl"].get<double>()}});
+  }
+  return out;
+}
 
 Charts make_charts(const RunData& d) {
   const auto& recs = d.recs;
@@ -260,17 +308,16 @@ Charts make_charts(const RunData& d) {
                                  false, "step"));
   charts.emplace_back(
       "chart-cr",
-      line_chart("chart-cr", "Compression ratio",
-                 {series_of(recs, "target_cr", "target", "#7f7f7f"),
-                  series_of(recs, "decision_cr", "decision (train)", "#1f77b4"),
-                  series_of(recs, "effective_kv_cr", "effective KV (train)", "#ff7f0e"),
-                  series_of(recs, "end_of_sequence_kv_cr", "end-of-sequence KV (train)",
-                            "#98df8a"),
-                  series_of(recs, "val_decision_cr", "decision (val)", "#aec7e8"),
-                  series_of(recs, "val_effective_kv_cr", "effective KV (val)", "#ffbb78"),
-                  series_of(recs, "val_end_of_sequence_kv_cr", "end-of-sequence KV (val)",
-                            "#2ca02c")},
-                 false, "step"));
+      line_chart(
+          "chart-cr", "Compression ratio",
+          {series_of(recs, "target_cr", "target", "#7f7f7f"),
+           series_of(recs, "decision_cr", "decision (train)", "#1f77b4"),
+           series_of(recs, "effective_kv_cr", "effective KV (train)", "#ff7f0e"),
+           series_of(recs, "end_of_sequence_kv_cr", "end-of-sequence KV (train)", "#98df8a"),
+           series_of(recs, "val_decision_cr", "decision (val)", "#aec7e8"),
+           series_of(recs, "val_effective_kv_cr", "effective KV (val)", "#ffbb78"),
+           series_of(recs, "val_end_of_sequence_kv_cr", "end-of-sequence KV (val)", "#2ca02c")},
+          false, "step"));
   charts.emplace_back(
       "chart-throughput",
       line_chart("chart-throughput", "Throughput",
@@ -286,6 +333,15 @@ Charts make_charts(const RunData& d) {
         "chart-cache",
         bar_chart("chart-cache", "Tokens held per KV head (mean over queries, validation)",
                   last_val["val_cache_size_lh"]));
+  }
+  if (d.curve.is_object() && d.curve.contains("points")) {
+    charts.emplace_back(
+        "chart-pareto-kl",
+        line_chart("chart-pareto-kl", "KL(original || model) vs KV compression",
+                   curve_series(d.curve, "kl_original_model"), false, "effective KV CR"));
+    charts.emplace_back("chart-pareto-ppl",
+                        line_chart("chart-pareto-ppl", "Perplexity vs KV compression",
+                                   curve_series(d.curve, "ppl"), false, "effective KV CR"));
   }
   return charts;
 }
@@ -338,6 +394,8 @@ void html_charts(std::ostream& h, const Charts& charts) {
       h << "<span id=\"wrap-loss\">" << svg << "</span>";
     else if (id == "chart-heat")
       h << "</div><h2>Eviction</h2><div>" << svg;
+    else if (id == "chart-pareto-kl")
+      h << "</div><h2>Quality vs KV memory (dms eval --curve)</h2><div>" << svg;
     else
       h << svg;
   }
@@ -346,24 +404,24 @@ void html_charts(std::ostream& h, const Charts& charts) {
 
 // A figure that was not computed is null (or absent): "-".
 std::string figure(const nlohmann::json& r, const char* key, int prec) {
-  return r.contains(key) && r[key].is_number() ? num(r[key].get<double>(), prec)
-                                               : std::string("-");
+  return r.contains(key) && r[key].is_number() ? num(r[key].get<double>(), prec) : std::string("-");
 }
 
 void html_eval_table(std::ostream& h, const nlohmann::json& eval) {
   if (!eval.is_object() || !eval.contains("rows")) return;
   h << "<h2>Evaluation</h2><table><tr><th>model</th><th>policy</th><th>budget</th><th>decision "
-       "CR</th><th>effective KV CR</th><th>end-of-sequence KV CR</th><th>ppl</th><th>KL(original||model)</th>"
+       "CR</th><th>effective KV CR</th><th>end-of-sequence KV "
+       "CR</th><th>ppl</th><th>KL(original||model)</th>"
        "<th>KL(model||original)</th><th>greedy agreement</th></tr>";
   for (const auto& r : eval["rows"])
     h << "<tr><td>" << esc(r.value("model", std::string())) << "</td><td>"
       << esc(r.value("policy", std::string())) << "</td><td>"
       << (r.value("budget", 0) > 0 ? std::to_string(r.value("budget", 0)) : "-") << "</td><td>"
       << figure(r, "decision_cr", 4) << "</td><td>" << figure(r, "effective_kv_cr", 4)
-      << "</td><td>" << figure(r, "end_of_sequence_kv_cr", 4)
-      << "</td><td>" << figure(r, "ppl", 5) << "</td><td>" << figure(r, "kl_original_model", 4)
-      << "</td><td>" << figure(r, "kl_model_original", 4) << "</td><td>"
-      << figure(r, "greedy_agreement", 3) << "</td></tr>";
+      << "</td><td>" << figure(r, "end_of_sequence_kv_cr", 4) << "</td><td>" << figure(r, "ppl", 5)
+      << "</td><td>" << figure(r, "kl_original_model", 4) << "</td><td>"
+      << figure(r, "kl_model_original", 4) << "</td><td>" << figure(r, "greedy_agreement", 3)
+      << "</td></tr>";
   h << "</table>";
 }
 

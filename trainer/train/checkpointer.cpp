@@ -108,7 +108,7 @@ std::optional<Checkpoint> Checkpointer::newest_usable(const Optimizer& opt) cons
 }
 
 std::string Checkpointer::save(int64_t step_done, const std::function<TrainState()>& state,
-                               const Optimizer& opt) const {
+                               const Optimizer& opt, double kept_for_cr) const {
   const bool lead = dist_.rank() == 0;
   const std::string tmp = checkpoint_temp_dir(run_dir_, step_done);
   std::string error;
@@ -135,7 +135,8 @@ std::string Checkpointer::save(int64_t step_done, const std::function<TrainState
     std::vector<ManifestFile> shards;
     for (int r = 0; r < dist_.world(); ++r)
       if (auto f = decode(all.data_ptr<int64_t>() + r * kRecord)) shards.push_back(*f);
-    if (lead) error = attempt([&] { finish_save(step_done, state(), shards, opt.numel()); });
+    if (lead)
+      error = attempt([&] { finish_save(step_done, state(), shards, opt.numel(), kept_for_cr); });
     error = agree(error);
   }
   if (lead && !error.empty()) {
@@ -146,11 +147,12 @@ std::string Checkpointer::save(int64_t step_done, const std::function<TrainState
 }
 
 void Checkpointer::finish_save(int64_t step_done, const TrainState& s,
-                               const std::vector<ManifestFile>& shards, int64_t numel) const {
+                               const std::vector<ManifestFile>& shards, int64_t numel,
+                               double kept_for_cr) const {
   faults_.before_checkpoint(step_done);
   const std::string tmp = checkpoint_temp_dir(run_dir_, step_done);
   write_state_file((fs::path(tmp) / kStateFile).string(), s);
-  Manifest m{step_done, s.world_size, numel, {describe_file(tmp, kStateFile)}};
+  Manifest m{step_done, s.world_size, numel, {describe_file(tmp, kStateFile)}, kept_for_cr};
   m.files.insert(m.files.end(), shards.begin(), shards.end());  // gathered in rank order
   publish_checkpoint(tmp, checkpoint_dir(run_dir_, step_done), m);
   prune_checkpoints(run_dir_, keep_);

@@ -37,16 +37,17 @@ class Checkpointer {
   std::optional<Checkpoint> newest_usable(const Optimizer& opt) const;
   // Every rank: writes the checkpoint of step `step_done` (state() is called on rank 0
   // only) and prunes. "" when it was published; else what failed — on every rank, so all
-  // take the same decision (the previous checkpoints are then untouched).
+  // take the same decision (the previous checkpoints are then untouched). kept_for_cr > 0:
+  // the checkpoint is kept for the curve (Manifest::kept_for_cr), never pruned.
   std::string save(int64_t step_done, const std::function<TrainState()>& state,
-                   const Optimizer& opt) const;
+                   const Optimizer& opt, double kept_for_cr = 0) const;
 
  private:
   // "" when every rank's `error` is empty; else this rank's error, or which rank failed.
   std::string agree(const std::string& error) const;
   // Rank 0 (after every shard was written): state file, manifest, rename, prune.
   void finish_save(int64_t step_done, const TrainState& s, const std::vector<ManifestFile>& shards,
-                   int64_t numel) const;
+                   int64_t numel, double kept_for_cr) const;
 
   std::string run_dir_;
   int64_t keep_;

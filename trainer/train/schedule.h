@@ -11,6 +11,8 @@ struct CrSchedule {
   int64_t final_step = 1;
   double cr(int64_t step) const;
   double target(int64_t step) const { return 1.0 - 1.0 / cr(step); }
+  // The first step whose CR is at least c; -1 when the schedule never reaches it.
+  int64_t first_step_reaching(double c) const;
 };
 
 enum class LrScheduleKind { constant, warmup, cosine };
