@@ -57,6 +57,7 @@ TEST(RetrofitOptions, TableIsWellFormedAndRoundTrips) {
   c.optim.lr_schedule = LrScheduleKind::cosine;
   c.optim.kd_direction = KdDirection::teacher_student;
   c.monitor.tensorboard = false;
+  c.monitor.keep_at_cr = {2, 4.5};
   c.dist.backend = BackendKind::gloo;
   const nlohmann::json j = c.to_json();
   EXPECT_EQ(RetrofitConfig::from_json(j, "x").to_json(), j);
@@ -199,6 +200,20 @@ TEST(RetrofitOptions, EveryBadValueExitsWith2BeforeAnyWorkNamingTheOption) {
   expect_all_named(high, "above range");
   expect_all_named(choice, "not one of the values");
   expect_all_named({{"stop-on-alert", "nan,bogus"}}, "alert list");
+  // TOML: a list option takes an array, any other option an empty array is no value (it
+  // once crashed CLI11).
+  for (const auto& [line, error] : std::vector<std::pair<std::string, std::string>>{
+           {"max-steps = []", "--max-steps: no value"},
+           {"keep-at-cr = [2, 9]", "--keep-at-cr: 9 is above --target-cr 8"},
+           {"keep-at-cr = [2, \"x\"]", "--keep-at-cr: 'x' is not a number"}}) {
+    test::TempDir tmp;
+    test::write_bytes(tmp.file("r.toml"), "[retrofit]\n" + line + "\n");
+    auto r =
+        test::run_dms("--config " + quote(tmp.file("r.toml")) + " " + base_args(tmp.file("run")));
+    EXPECT_EQ(r.exit_code, 2) << line << ": " << r.err;
+    EXPECT_NE(r.err.find(error), std::string::npos) << line << ": " << r.err;
+    EXPECT_FALSE(fs::exists(tmp.file("run"))) << line;
+  }
   // The cases reported from the field, one by one.
   for (const char* bad_c : {"--window -1", "--log-every 0", "--beta1 2", "--tau -1",
                             "--backend bogus", "--lr -1e-3", "--threads 100000"}) {

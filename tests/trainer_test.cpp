@@ -461,6 +461,83 @@ void prepare_small(const test::TempDir& tmp) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
 }
 
+// `dms eval` compares an export with the base its run recorded, whatever the train mode:
+// after a full-weight retrofit the export with eviction off is the fine-tuned model, and
+// the baselines must run on the original. A base that moved is an error for a full-weight
+// export (naming the base and --original) and a note for an adapters-only one.
+TEST(RetrofitRun, EvalComparesWithTheRecordedBaseWhateverTheTrainMode) {
+  test::TempDir tmp;
+  prepare_small(tmp);
+  fs::create_directories(tmp.file("base"));
+  for (const char* f : {"stories260K.bin", "tok512.model"})
+    fs::copy_file(asset(std::string("stories260K/") + f), tmp.file(std::string("base/") + f));
+  const std::string base = tmp.file("base/stories260K.bin");
+  for (const char* mode : {"all", "adapters"}) {
+    auto r =
+        test::run_dms("retrofit --model " + quote(base) + " --data " + quote(tmp.file("d.h5")) +
+                      " --out " + quote(tmp.file(std::string("run-") + mode)) +
+                      " --window 8 --target-cr 3 --max-steps 4 --micro-batch 2 --lr 1e-2"
+                      " --eval-every 100 --train-mode " +
+                      mode);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    r = test::run_dms("export --run " + quote(tmp.file(std::string("run-") + mode)) + " --out " +
+                      quote(tmp.file(std::string("exp-") + mode)));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  const std::string data = " --data " + quote(tmp.file("d.val.h5")) +
+                           " --rows 2 --gen-rows 1 --gen-tokens 4 --prompt-len 8 --json ";
+  auto eval = [&](const std::string& args, const std::string& json) {
+    const auto r = test::run_dms("eval " + args + data + quote(tmp.file(json)));
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return std::make_pair(test::read_json(tmp.file(json)), r);
+  };
+  const auto [cmp, cmp_run] = eval("--compare --model " + quote(tmp.file("exp-all")), "c.json");
+  EXPECT_NE(cmp["original"].get<std::string>().find(base), std::string::npos) << cmp["original"];
+  EXPECT_NE(cmp_run.out.find("original: " + base), std::string::npos) << cmp_run.out;
+  const auto rows = cmp["rows"];
+  ASSERT_EQ(rows.size(), 5u);
+  const auto none = eval("--policy none --model " + quote(base), "n.json").first["rows"][0];
+  EXPECT_DOUBLE_EQ(rows[0]["ppl"].get<double>(), none["ppl"].get<double>());
+  const int64_t budget = rows[2]["budget"].get<int64_t>();
+  for (size_t i = 2; i < 5; ++i) {
+    const auto b =
+        eval("--model " + quote(base) + " --policy " + rows[i]["policy"].get<std::string>() +
+                 " --budget " + std::to_string(budget),
+             "b.json")
+            .first["rows"][0];
+    for (const char* k : {"ppl", "kl_original_model", "greedy_agreement"})
+      EXPECT_DOUBLE_EQ(rows[i][k].get<double>(), b[k].get<double>()) << rows[i]["policy"] << k;
+  }
+  // The fine-tuned weights with eviction off are another model: the test can tell.
+  const auto tuned = eval("--policy none --model " + quote(tmp.file("exp-all")) + " --original " +
+                              quote(tmp.file("exp-all")),
+                          "t.json");
+  EXPECT_GT(std::abs(tuned.first["rows"][0]["ppl"].get<double>() / none["ppl"].get<double>() - 1),
+            1e-4);
+  EXPECT_NE(tuned.second.err.find("is not the base this export was trained from"),
+            std::string::npos)
+      << tuned.second.err;
+
+  fs::rename(tmp.file("base"), tmp.file("moved"));
+  auto r = test::run_dms("eval --compare --model " + quote(tmp.file("exp-all")) + data +
+                         quote(tmp.file("x.json")));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find(base + ": the base model of this full-weight export is not there"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("--original"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(tmp.file("x.json")));
+  const auto moved = eval("--compare --model " + quote(tmp.file("exp-all")) + " --original " +
+                              quote(tmp.file("moved/stories260K.bin")),
+                          "m.json");
+  EXPECT_DOUBLE_EQ(moved.first["rows"][0]["ppl"].get<double>(), none["ppl"].get<double>());
+  const auto adapters = eval("--compare --model " + quote(tmp.file("exp-adapters")), "a.json");
+  EXPECT_NE(adapters.second.err.find("carries the base weights unchanged"), std::string::npos)
+      << adapters.second.err;
+  EXPECT_NEAR(adapters.first["rows"][0]["ppl"].get<double>(), none["ppl"].get<double>(),
+              1e-9 * none["ppl"].get<double>());
+}
+
 // One run gives the quality-vs-KV-memory curve: the checkpoints at which the schedule
 // first reaches each --keep-at-cr (CR(s) = 1 + 3 s / 6 here: CR 2, 3, 4 at steps 2, 4, 6,
 // saved after them as 3, 5, 7) survive --keep-checkpoints 1, and `dms eval --curve`

@@ -12,6 +12,7 @@
 #include "trainer/cli/commands.h"
 #include "trainer/eval/curve.h"
 #include "trainer/eval/evaluate.h"
+#include "trainer/eval/original.h"
 
 namespace fs = std::filesystem;
 
@@ -46,10 +47,10 @@ void run_eval(const EvalConfig& a) {
           "--dump-logits", "needs --policy dms or none, without --compare");
   if (a.threads > 0) at::set_num_threads(int(a.threads));
   Model m = load_model(a.model);
-  // The original: --original, else the same weights with eviction off (exact for adapter
-  // retrofits, whose base weights are frozen).
-  Model orig = a.original.empty() ? m : load_model(a.original);
-  if (a.original.empty()) orig.dms.enabled = false;
+  const OriginalChoice oc = choose_original(a.model, a.original, "--original");
+  Model orig = oc.path.empty() ? m : load_model(oc.path);
+  if (oc.path.empty()) orig.dms.enabled = false;
+  std::cerr << "original: " << oc.description << "\n";
   TokenData data = open_tokens(a.data);
   validate_tokens(data, m.config.vocab_size, m.config.max_position);
   const int64_t T = data.seq_len;
@@ -81,7 +82,7 @@ void run_eval(const EvalConfig& a) {
     }
     run(p == CachePolicy::dms ? m : orig, policy_name(p), p, budget);
   }
-  std::cout << format_table(rows);
+  std::cout << "original: " << oc.description << "\n" << format_table(rows);
   if (!a.dump_logits.empty()) {
     dump_logits(a.policy == CachePolicy::dms ? m : orig, data, a.opts.rows, a.policy,
                 a.dump_logits);
@@ -90,6 +91,7 @@ void run_eval(const EvalConfig& a) {
   if (!a.json.empty()) {
     nlohmann::json j = {
         {"model", a.model},
+        {"original", oc.description},
         {"data", a.data},
         {"seq_len", T},
         {"rows_evaluated", std::min(a.opts.rows > 0 ? a.opts.rows : data.n_rows, data.n_rows)},

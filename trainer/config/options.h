@@ -58,6 +58,7 @@ struct Field {
   std::string help, group;
   std::string values;  // accepted values, for --help ("adapter|query_neuron", ">= 1")
   bool flag = false;   // a switch (--name / --no-name)
+  bool list = false;   // values accumulate: "2,4" or a TOML array [2, 4]
   bool required = false;
   bool saved = true;  // written to config.json (launch-only options are not)
   OnResume on_resume = OnResume::fixed;
@@ -192,7 +193,12 @@ Field<C> numbers_at(std::string name, Ref ref, Range r, std::string help) {
   f.name = std::move(name);
   f.help = std::move(help);
   f.values = "comma list, each " + r.describe();
-  f.parse = [ref](C& c, const std::string& s) -> std::string {
+  f.list = true;
+  f.parse = [ref](C& c, const std::string& text) -> std::string {
+    std::string s;  // "2, 4" and the JSON form "[2.0,4.0]" too
+    for (char ch : text)
+      if (ch != ' ') s += ch;
+    if (s.size() >= 2 && s.front() == '[' && s.back() == ']') s = s.substr(1, s.size() - 2);
     std::vector<double> out;
     size_t start = 0;
     while (start <= s.size() && !s.empty()) {
@@ -319,6 +325,7 @@ Field<C> nested(const Field<Inner>& f, Inner C::*member) {
   g.group = f.group;
   g.values = f.values;
   g.flag = f.flag;
+  g.list = f.list;
   g.required = f.required;
   g.saved = f.saved;
   g.on_resume = f.on_resume;
@@ -356,9 +363,28 @@ void add_fields(CLI::App* cmd, const std::vector<Field<C>>& table, C& cfg,
           opt + ",!--no-" + f.name, [store](int64_t n) { store(n > 0 ? "true" : "false"); },
           f.help);
     } else {
-      o = cmd->add_option_function<std::string>(opt, store, f.help);
+      // Our own callback, not add_option_function: CLI11 2.1 reads the first result
+      // unchecked, and a TOML key set to an empty array has none (a SIGSEGV).
+      o = cmd->add_option(
+          opt,
+          [store, &errors, opt, list = f.list](const CLI::results_t& res) {
+            if (res.empty() && !list) {
+              errors.push_back(opt + ": no value (an empty list?)");
+            } else if (list) {  // every occurrence and array element, in order
+              std::string all;
+              for (const auto& v : res) all += (all.empty() ? "" : ",") + v;
+              store(all);
+            } else {
+              store(res.back());
+            }
+            return true;
+          },
+          f.help, false);
+      o->type_size(1);
+      o->expected(1);
       o->type_name(f.values == "text" || f.values.size() >= 40 ? "TEXT" : f.values);
-      o->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // a later override wins
+      o->multi_option_policy(f.list ? CLI::MultiOptionPolicy::TakeAll
+                                    : CLI::MultiOptionPolicy::TakeLast);  // a later override wins
     }
     nlohmann::json d = f.get(defaults);
     if (!f.required && !f.flag && !(d.is_string() && d.get<std::string>().empty()))

@@ -409,7 +409,10 @@ std::string figure(const nlohmann::json& r, const char* key, int prec) {
 
 void html_eval_table(std::ostream& h, const nlohmann::json& eval) {
   if (!eval.is_object() || !eval.contains("rows")) return;
-  h << "<h2>Evaluation</h2><table><tr><th>model</th><th>policy</th><th>budget</th><th>decision "
+  h << "<h2>Evaluation</h2>";
+  if (eval.contains("original") && eval["original"].is_string())
+    h << "<p>original: <code>" << esc(eval["original"].get<std::string>()) << "</code></p>";
+  h << "<table><tr><th>model</th><th>policy</th><th>budget</th><th>decision "
        "CR</th><th>effective KV CR</th><th>end-of-sequence KV "
        "CR</th><th>ppl</th><th>KL(original||model)</th>"
        "<th>KL(model||original)</th><th>greedy agreement</th></tr>";

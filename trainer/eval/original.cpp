@@ -1,0 +1,73 @@
+#include "trainer/eval/original.h"
+
+#include <filesystem>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "checkpoints/model_identity.h"
+#include "common/error.h"
+#include "common/json_file.h"
+
+namespace fs = std::filesystem;
+
+namespace dms {
+
+namespace {
+
+// What an export's dms_report.json records about its base: the identity, and whether the
+// run trained the base weights too.
+struct BaseRecord {
+  bool present = false, full_weights = false;
+  ModelIdentity id;
+};
+
+BaseRecord read_base_record(const std::string& model_path) {
+  BaseRecord b;
+  const fs::path report = fs::path(model_path) / "dms_report.json";
+  if (!fs::is_directory(model_path) || !fs::exists(report)) return b;
+  const nlohmann::json r = read_json_file(report.string());
+  if (!r.is_object() || !r.contains("base_model")) return b;
+  b.id = ModelIdentity::from_json(r["base_model"], report.string());
+  b.present = true;
+  const nlohmann::json mode = r.value("config", nlohmann::json::object()).value("train_mode", "");
+  b.full_weights = mode.is_string() && mode.get<std::string>() == "all";
+  return b;
+}
+
+}  // namespace
+
+OriginalChoice choose_original(const std::string& model_path, const std::string& original_opt,
+                               const std::string& option) {
+  const BaseRecord b = read_base_record(model_path);
+  if (!original_opt.empty()) {
+    OriginalChoice c{original_opt, original_opt + " (" + option + ")"};
+    if (b.present && identify_model(original_opt).sha256 != b.id.sha256) {
+      c.description += ", not the recorded base " + b.id.path;
+      std::cerr << "note: " << option << " " << original_opt
+                << " is not the base this export was trained from (" << b.id.path
+                << ", by sha256); comparing against it as asked\n";
+    }
+    return c;
+  }
+  if (!b.present) return {"", model_path + " with eviction off"};
+  std::string problem;
+  if (!fs::exists(b.id.path)) {
+    problem = "is not there (moved?)";
+  } else if (identify_model(b.id.path).sha256 != b.id.sha256) {
+    problem = "has changed since training (sha256)";
+  } else {
+    return {b.id.path, b.id.path + " (the base recorded in the export)"};
+  }
+  require(!b.full_weights, b.id.path,
+          "the base model of this full-weight export " + problem +
+              ": its export with eviction off is the fine-tuned model, not the original; give "
+              "the original with " +
+              option);
+  std::cerr << "note: the recorded base " << b.id.path << " " << problem
+            << "; this adapters-only export carries the base weights unchanged, so the original "
+               "is the export with eviction off\n";
+  return {"",
+          model_path + " with eviction off (its base weights; the recorded base " + problem + ")"};
+}
+
+}  // namespace dms
