@@ -5,7 +5,7 @@
 # Assets: $DMS_ASSETS, else ../shared/assets; without either the model and tokenizer are
 # downloaded from their public source into runs/models/ and the training data is sampled
 # from the model itself. Outputs go to $DMS_RUN_DIR (default runs/quickstart).
-# Knobs (environment): STEPS, TARGET_CR, WINDOW, MICRO_BATCH, LR, TRAIN_MODE (defaults: the
+# Knobs (environment): STEPS, TARGET_CR, WINDOW, MICRO_BATCH, LR, TRAIN_MODE, KD (defaults: the
 # recipe chosen in docs/results.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,12 +27,13 @@ fi
 MODEL="$MODEL_DIR/stories260K.bin"
 TOK="$MODEL_DIR/tok512.model"
 RUN=${DMS_RUN_DIR:-runs/quickstart}
-STEPS=${STEPS:-400}
+STEPS=${STEPS:-800}
 TARGET_CR=${TARGET_CR:-13}
 WINDOW=${WINDOW:-16}
 MICRO_BATCH=${MICRO_BATCH:-4}
-LR=${LR:-3e-4}
+LR=${LR:-1e-4}
 TRAIN_MODE=${TRAIN_MODE:-all}
+KD=${KD:-teacher_student}
 DMS=build/dms
 # The curve's points: the checkpoints at which the schedule reaches CR 2, 4, 6, ... (and the
 # target), each evaluated by `dms eval --curve`.
@@ -60,7 +61,7 @@ echo "== 2/5 retrofit (target decision CR $TARGET_CR, window $WINDOW, $STEPS ste
 $DMS retrofit --model "$MODEL" --data "$RUN/data/train.h5" --out "$RUN/run" \
   --window "$WINDOW" --target-cr "$TARGET_CR" --max-steps "$STEPS" \
   --final-step $((STEPS * 3 / 4)) --micro-batch "$MICRO_BATCH" --lr "$LR" \
-  --train-mode "$TRAIN_MODE" --keep-at-cr "$KEEP_AT_CR" --eval-every 100
+  --train-mode "$TRAIN_MODE" --kd-direction "$KD" --keep-at-cr "$KEEP_AT_CR" --eval-every 100
 
 echo "== 3/5 export"
 $DMS export --run "$RUN/run" --out "$RUN/export"
