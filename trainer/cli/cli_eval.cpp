@@ -50,7 +50,6 @@ void run_eval(const EvalConfig& a) {
   const OriginalChoice oc = choose_original(a.model, a.original, "--original");
   Model orig = oc.path.empty() ? m : load_model(oc.path);
   if (oc.path.empty()) orig.dms.enabled = false;
-  std::cerr << "original: " << oc.description << "\n";
   TokenData data = open_tokens(a.data);
   validate_tokens(data, m.config.vocab_size, m.config.max_position);
   const int64_t T = data.seq_len;

@@ -14,6 +14,7 @@
 #include "data/token_file.h"
 #include "data/tokenizer.h"
 #include "trainer/cli/cli.h"
+#include "trainer/config/options.h"
 
 namespace fs = std::filesystem;
 
@@ -120,12 +121,6 @@ bool is_checkpoint_dir(const fs::path& p) {
   return fs::is_directory(p) && (fs::exists(p / kManifestFile) || fs::exists(p / kStateFile));
 }
 
-std::string fmt_short(double v) {
-  std::ostringstream o;
-  o << v;
-  return o.str();
-}
-
 // The manifest, every file verified against it, and the state's figures; exit 2 naming
 // the first damaged file after the listing.
 void inspect_checkpoint(const std::string& dir) {
@@ -152,7 +147,7 @@ void inspect_checkpoint(const std::string& dir) {
   std::cout << "checkpoint:      " << dir
             << (damaged.empty() ? " (manifest and every checksum ok)" : " (DAMAGED)") << "\n"
             << "step:            " << m.step
-            << (m.kept_for_cr > 0 ? "  (kept for CR " + fmt_short(m.kept_for_cr) +
+            << (m.kept_for_cr > 0 ? "  (kept for CR " + format_number(m.kept_for_cr) +
                                         ": a point of 'dms eval --curve')"
                                   : std::string())
             << "\n"

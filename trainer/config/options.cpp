@@ -9,14 +9,14 @@
 
 namespace dms {
 
-namespace {
-
-std::string num(double v) {
+std::string format_number(double v) {
   if (v == std::floor(v) && std::abs(v) < 1e15) return std::to_string(int64_t(v));  // 16777216
   std::ostringstream o;
   o << v;
   return o.str();
 }
+
+namespace {
 
 bool unbounded(double v) {
   return std::abs(v) >= std::numeric_limits<double>::max();
@@ -26,17 +26,19 @@ bool unbounded(double v) {
 
 std::string Range::describe() const {
   const bool has_lo = !unbounded(lo), has_hi = !unbounded(hi);
-  if (has_lo && has_hi && !lo_open && !hi_open) return num(lo) + " .. " + num(hi);
+  if (has_lo && has_hi && !lo_open && !hi_open)
+    return format_number(lo) + " .. " + format_number(hi);
   std::string s;
-  if (has_lo) s += std::string(lo_open ? "> " : ">= ") + num(lo);
-  if (has_hi) s += std::string(s.empty() ? "" : ", ") + (hi_open ? "< " : "<= ") + num(hi);
+  if (has_lo) s += std::string(lo_open ? "> " : ">= ") + format_number(lo);
+  if (has_hi)
+    s += std::string(s.empty() ? "" : ", ") + (hi_open ? "< " : "<= ") + format_number(hi);
   return s.empty() ? "number" : s;
 }
 
 std::string Range::check(double v) const {
   if (!std::isfinite(v)) return "must be a finite number";
   const bool ok = (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
-  return ok ? "" : "must be " + describe() + " (got " + num(v) + ")";
+  return ok ? "" : "must be " + describe() + " (got " + format_number(v) + ")";
 }
 
 std::string snake_case(const std::string& option_name) {

@@ -86,6 +86,9 @@ struct Field {
 std::string parse_int(const std::string& s, int64_t& out);
 std::string parse_uint(const std::string& s, uint64_t& out);
 std::string parse_double(const std::string& s, double& out);
+// A number as options and messages show it: integers without a point ("16777216", "2"),
+// others as the shortest stream form ("0.25").
+std::string format_number(double v);
 
 // Builders. Each takes where the value lives as `ref`, a generic lambda returning a
 // reference to it from a (const or mutable) config; the overloads below make that lambda

@@ -22,12 +22,6 @@ std::string nonempty(const std::string& s) {
   return s.empty() ? "must not be empty" : "";
 }
 
-std::string fmt_number(double v) {
-  std::ostringstream o;
-  o << v;
-  return o.str();
-}
-
 std::vector<F> run_fields() {
   return {
       // A resume may find the base elsewhere: its identity is checked by sha256 instead.
@@ -280,8 +274,8 @@ void RetrofitConfig::validate() const {
         "--teacher: only with --train-mode all (adapter mode's teacher is the frozen base)");
   for (double c : monitor.keep_at_cr)
     if (c > dms.target_cr) {
-      p.push_back("--keep-at-cr: " + fmt_number(c) + " is above --target-cr " +
-                  fmt_number(dms.target_cr) + " (the schedule never reaches it)");
+      p.push_back("--keep-at-cr: " + format_number(c) + " is above --target-cr " +
+                  format_number(dms.target_cr) + " (the schedule never reaches it)");
       break;
     }
   if (!p.empty()) throw InputError(join_problems(p));

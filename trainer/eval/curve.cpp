@@ -15,20 +15,21 @@ namespace fs = std::filesystem;
 
 namespace dms {
 
-std::vector<std::string> curve_checkpoints(const std::string& run_dir) {
-  std::vector<std::string> kept, intact;
-  for (const auto& c : list_checkpoints(run_dir)) {
+std::vector<std::pair<std::string, double>> curve_checkpoints(const std::string& run_dir) {
+  std::vector<std::pair<std::string, double>> points;
+  std::string last;                                  // the newest intact checkpoint
+  for (const auto& c : list_checkpoints(run_dir)) {  // by step
     try {
-      const Manifest m = read_manifest(c);
-      intact.push_back(c);
-      if (m.kept_for_cr > 0) kept.push_back(c);
+      const double kept = read_manifest(c).kept_for_cr;
+      last = c;
+      if (kept > 0) points.emplace_back(c, kept);
     } catch (const InputError& e) {
       std::cerr << "warning: skipping unusable checkpoint: " << e.what() << "\n";
     }
   }
-  require(!intact.empty(), run_dir, "has no intact checkpoint (not a retrofit run?)");
-  if (kept.empty() || kept.back() != intact.back()) kept.push_back(intact.back());
-  return kept;  // list_checkpoints sorts by step
+  require(!last.empty(), run_dir, "has no intact checkpoint (not a retrofit run?)");
+  if (points.empty() || points.back().first != last) points.emplace_back(last, 0.0);
+  return points;
 }
 
 Curve evaluate_curve(const std::string& run_dir, const std::string& base,
@@ -37,9 +38,9 @@ Curve evaluate_curve(const std::string& run_dir, const std::string& base,
   c.run = run_dir;
   c.seq_len = data.seq_len;
   c.rows = std::min(o.rows > 0 ? o.rows : data.n_rows, data.n_rows);
-  const std::vector<std::string> cks = curve_checkpoints(run_dir);
+  const auto cks = curve_checkpoints(run_dir);
   // The base once, from the first point (every checkpoint of a run records the same base).
-  CheckpointModel first = load_checkpoint_model(cks.front(), base, base_option);
+  CheckpointModel first = load_checkpoint_model(cks.front().first, base, base_option);
   c.base = first.base;
   Model orig = load_model(first.base);
   validate_tokens(data, orig.config.vocab_size, orig.config.max_position);
@@ -47,13 +48,13 @@ Curve evaluate_curve(const std::string& run_dir, const std::string& base,
   c.original = evaluate(orig, orig, data, CachePolicy::full, 0, o);
   c.original.model = "original";
   std::map<std::pair<int, int64_t>, EvalRow> baseline_at;  // (policy, budget) -> row
-  for (const std::string& ck : cks) {
+  for (const auto& [ck, kept_for_cr] : cks) {
     CheckpointModel cm =
-        ck == cks.front() ? std::move(first) : load_checkpoint_model(ck, base, base_option);
+        ck == cks.front().first ? std::move(first) : load_checkpoint_model(ck, base, base_option);
     CurvePoint p;
     p.checkpoint = fs::path(ck).filename().string();
     p.step = cm.state.step;
-    p.kept_for_cr = read_manifest(ck).kept_for_cr;
+    p.kept_for_cr = kept_for_cr;
     std::cerr << "eval: " << p.checkpoint << " dms...\n";
     p.dms = evaluate(cm.model, orig, data, CachePolicy::dms, 0, o);
     p.dms.model = "dms";

@@ -28,9 +28,10 @@ struct Curve {
   nlohmann::json to_json() const;
 };
 
-// The run's checkpoints kept for a CR plus its newest intact one, by step; InputError when
-// there are none. Damaged ones are skipped with a warning naming them.
-std::vector<std::string> curve_checkpoints(const std::string& run_dir);
+// The run's checkpoints kept for a CR plus its newest intact one, by step, each with the CR
+// it was kept for (0: the last); InputError when there are none. Damaged ones are skipped
+// with a warning naming them.
+std::vector<std::pair<std::string, double>> curve_checkpoints(const std::string& run_dir);
 
 // `base` overrides the recorded base model's path (checked by sha256), named `base_option`.
 Curve evaluate_curve(const std::string& run_dir, const std::string& base,

@@ -50,24 +50,19 @@ OriginalChoice choose_original(const std::string& model_path, const std::string&
     return c;
   }
   if (!b.present) return {"", model_path + " with eviction off"};
-  std::string problem;
-  if (!fs::exists(b.id.path)) {
-    problem = "is not there (moved?)";
-  } else if (identify_model(b.id.path).sha256 != b.id.sha256) {
-    problem = "has changed since training (sha256)";
-  } else {
-    return {b.id.path, b.id.path + " (the base recorded in the export)"};
+  try {
+    const std::string path = locate_base(b.id, "", option);
+    return {path, path + " (the base recorded in the export)"};
+  } catch (const InputError& e) {  // moved or changed: locate_base's message names it
+    if (b.full_weights)
+      throw InputError(std::string(e.what()) +
+                       " (a full-weight export: with eviction off it is the fine-tuned model, "
+                       "not the original)");
+    std::cerr << "note: " << e.what()
+              << "; this adapters-only export carries the base weights unchanged, so the "
+                 "original is the export with eviction off\n";
+    return {"", model_path + " with eviction off (its base weights; the recorded base is gone)"};
   }
-  require(!b.full_weights, b.id.path,
-          "the base model of this full-weight export " + problem +
-              ": its export with eviction off is the fine-tuned model, not the original; give "
-              "the original with " +
-              option);
-  std::cerr << "note: the recorded base " << b.id.path << " " << problem
-            << "; this adapters-only export carries the base weights unchanged, so the original "
-               "is the export with eviction off\n";
-  return {"",
-          model_path + " with eviction off (its base weights; the recorded base " + problem + ")"};
 }
 
 }  // namespace dms
