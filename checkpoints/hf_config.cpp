@@ -3,8 +3,8 @@
 #include <cmath>
 #include <map>
 
-#include "common/json_file.h"
 #include "common/error.h"
+#include "common/json_file.h"
 
 namespace dms {
 
@@ -44,7 +44,11 @@ struct Reader {
   int64_t token_id(const char* key) const {
     if (!has(key)) return -1;
     const auto& v = j[key];
-    if (v.is_array()) return v.empty() ? -1 : v[0].get<int64_t>();
+    if (v.is_array()) {
+      if (v.empty()) return -1;
+      require(v[0].is_number_integer(), src, std::string("field '") + key + "' is not a token id");
+      return v[0].get<int64_t>();
+    }
     require(v.is_number_integer(), src, std::string("field '") + key + "' is not a token id");
     return v.get<int64_t>();
   }
@@ -176,13 +180,19 @@ DmsConfig parse_dms_config(const nlohmann::json& j, const std::string& source) {
   d.offset = r.number_or("dms_initial_alpha_offset", d.offset);
   d.tau = r.number_or("dms_tau", d.tau);
   d.target_cr = r.number_or("dms_cr", d.target_cr);
-  d.predictor =
-      r.boolean_or("dms_separate_alpha", false) ? DmsPredictor::adapter : DmsPredictor::query_neuron;
-  const std::string per = j.value("dms_alpha_per", std::string("head"));
+  d.predictor = r.boolean_or("dms_separate_alpha", false) ? DmsPredictor::adapter
+                                                          : DmsPredictor::query_neuron;
+  require(!r.has("dms_alpha_per") || j["dms_alpha_per"].is_string(), source,
+          "dms_alpha_per must be 'head' or 'layer'");
+  const std::string per = r.has("dms_alpha_per") ? j["dms_alpha_per"].get<std::string>() : "head";
   require(per == "head" || per == "layer", source, "dms_alpha_per must be 'head' or 'layer'");
   d.per_layer = per == "layer";
-  require(d.window >= 0, source, "dms_window_size must not be negative");
-  require(d.tau > 0, source, "dms_tau must be positive");
+  require(d.window >= 0 && d.window <= (int64_t(1) << 24), source,
+          "dms_window_size must be 0 .. 16777216");
+  require(std::isfinite(d.tau) && d.tau > 0, source, "dms_tau must be positive");
+  require(std::isfinite(d.scale) && std::isfinite(d.offset), source,
+          "dms_alpha_scale and dms_initial_alpha_offset must be finite numbers");
+  require(std::isfinite(d.target_cr) && d.target_cr >= 1, source, "dms_cr must be at least 1");
   require(!r.boolean_or("dms_disable_eviction", false), source,
           "dms_disable_eviction is true: this export is meant to run as the plain base model "
           "(remove the dms_* fields to load it so)");

@@ -4,10 +4,11 @@
 #include <set>
 
 #include "checkpoints/hf_config.h"
-#include "common/json_file.h"
 #include "checkpoints/llama2c.h"
 #include "checkpoints/safetensors.h"
 #include "common/error.h"
+#include "common/host.h"
+#include "common/json_file.h"
 
 namespace fs = std::filesystem;
 
@@ -57,6 +58,32 @@ WeightFiles open_weights(const fs::path& dir) {
   return w;
 }
 
+// Every weight the config implies is present, of its shape and a floating dtype, and the
+// model fits in memory: checked on a shape-only (meta) model before anything is allocated,
+// since an untrusted config.json can imply gigabytes a tiny file does not hold.
+void check_weights_before_allocation(const WeightFiles& files, const ModelConfig& c,
+                                     const DmsConfig& dms_cfg, at::ScalarType dtype,
+                                     const std::string& path) {
+  Model shapes = make_model(c, at::TensorOptions().dtype(dtype).device(at::kMeta));
+  if (dms_cfg.enabled) attach_dms(shapes, dms_cfg);
+  uint64_t bytes = 0;
+  for (auto& [name, t] : named_weights(shapes)) {
+    auto it = files.where.find(name);
+    const std::string& first = files.files.empty() ? path : files.files[0].path;
+    require(it != files.where.end(), files.files.size() == 1 ? first : path,
+            "missing tensor '" + name + "'");
+    const SafetensorsFile& f = files.files[it->second];
+    const SafetensorsEntry& e = *f.find(name);
+    require(at::isFloatingType(safetensors_dtype(e.dtype, f.path)), f.path,
+            "tensor '" + name + "' is stored as " + e.dtype + "; weights must be floating point");
+    require(at::IntArrayRef(e.shape) == t->sizes(), f.path,
+            "tensor '" + name + "' has shape " + c10::str(at::IntArrayRef(e.shape)) +
+                ", config implies " + c10::str(t->sizes()));
+    bytes += uint64_t(t->numel()) * t->element_size();
+  }
+  require_fits_in_memory(bytes, path);
+}
+
 }  // namespace
 
 ModelSource detect_model_source(const std::string& path) {
@@ -98,20 +125,11 @@ Model load_model(const std::string& path, const LoadOptions& opts) {
     at::ScalarType dtype = opts.dtype;
     if (opts.keep_dtype && !files.files.empty() && !files.files[0].entries.empty())
       dtype = safetensors_dtype(files.files[0].entries[0].dtype, files.files[0].path);
+    check_weights_before_allocation(files, c, dms_cfg, dtype, path);
     m = make_model(c, dtype);
     if (dms_cfg.enabled) attach_dms(m, dms_cfg);  // adapters are loaded with the other weights
-    for (auto& [name, t] : named_weights(m)) {
-      auto it = files.where.find(name);
-      const std::string& first = files.files.empty() ? path : files.files[0].path;
-      require(it != files.where.end(), files.files.size() == 1 ? first : path,
-              "missing tensor '" + name + "'");
-      const SafetensorsFile& f = files.files[it->second];
-      at::Tensor v = f.tensor(name);
-      require(v.sizes() == t->sizes(), f.path,
-              "tensor '" + name + "' has shape " + c10::str(v.sizes()) + ", config implies " +
-                  c10::str(t->sizes()));
-      *t = v.to(dtype);
-    }
+    for (auto& [name, t] : named_weights(m))
+      *t = files.files[files.where.at(name)].tensor(name).to(dtype);
     if (c.tied_embeddings) m.lm_head = m.embed;
   }
   if (!opts.keep_dtype && opts.dtype != at::kFloat)
@@ -143,8 +161,9 @@ std::map<std::string, int64_t> stored_dtypes(const std::string& path) {
 std::string find_tokenizer(const std::string& model_path, int64_t vocab_size) {
   fs::path p(model_path);
   fs::path dir = fs::is_directory(p) ? p : p.parent_path();
-  for (const fs::path& c : {dir / "tokenizer.json", dir / ("tok" + std::to_string(vocab_size) + ".model"),
-                            dir / "tokenizer.model"})
+  for (const fs::path& c :
+       {dir / "tokenizer.json", dir / ("tok" + std::to_string(vocab_size) + ".model"),
+        dir / "tokenizer.model"})
     if (fs::is_regular_file(c)) return c.string();
   if (fs::is_regular_file(dir / "vocab.json") && fs::is_regular_file(dir / "merges.txt"))
     return (dir / "vocab.json").string();

@@ -3,10 +3,11 @@
 #include <algorithm>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "common/atomic_file.h"
-#include "common/mapped_file.h"
 #include "common/error.h"
+#include "common/mapped_file.h"
 
 namespace dms {
 
@@ -36,8 +37,17 @@ uint64_t header_length(const SafetensorsFile& f) {
 
 nlohmann::json parse_header(const SafetensorsFile& f, uint64_t n) {
   nlohmann::json header;
+  // JSON lets a key repeat and nlohmann keeps the last: two tensors under one name would
+  // load whichever came last, silently. Top-level keys (depth 1) are the tensor names.
+  std::set<std::string> names;
+  auto unique_names = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& key) {
+    if (event == nlohmann::json::parse_event_t::key && depth == 1)
+      require(names.insert(key.get<std::string>()).second, f.path,
+              "tensor '" + key.get<std::string>() + "' appears twice in the header");
+    return true;
+  };
   try {
-    header = nlohmann::json::parse(f.map->data + 8, f.map->data + 8 + n);
+    header = nlohmann::json::parse(f.map->data + 8, f.map->data + 8 + n, unique_names);
   } catch (const nlohmann::json::exception& e) {
     throw InputError(f.path + ": header is not valid JSON (" + std::string(e.what()) + ")");
   }

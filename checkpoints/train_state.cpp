@@ -79,14 +79,13 @@ TrainState read_state_file(const std::string& path) {
   s.config_json = h5::get_string_attr(f.get(), "config_json", path);
   s.dms_json = h5::get_string_attr(f.get(), "dms_json", path);
   s.base_json = h5::get_string_attr(f.get(), "base_json", path);
-  require(h5::has_dataset(f.get(), "trained"), path, "missing group 'trained'");
-  h5::Handle grp(H5Gopen2(f.get(), "trained", H5P_DEFAULT), H5Gclose);
+  h5::Handle grp = h5::open_group(f.get(), "trained", path);
   const int64_t count = h5::get_int_attr(grp.get(), "count", path);
   require(count >= 0 && count < 1000000, path, "implausible tensor count");
   for (int64_t i = 0; i < count; ++i) {
     const std::string ds = std::to_string(i);
     at::Tensor t = read_tensor(grp.get(), ds, path);
-    h5::Handle d(H5Dopen2(grp.get(), ds.c_str(), H5P_DEFAULT), H5Dclose);
+    h5::Handle d = h5::open_dataset(grp.get(), ds, path);
     s.trained.emplace_back(h5::get_string_attr(d.get(), "name", path), t);
   }
   return s;

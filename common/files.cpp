@@ -17,13 +17,14 @@ MappedFile::~MappedFile() {
   if (data && size) munmap(const_cast<uint8_t*>(data), size);
 }
 
-void require_regular_file(const std::string& path) {
+uint64_t require_regular_file(const std::string& path) {
   struct stat st {};
   require(::stat(path.c_str(), &st) == 0, path,
           std::string("cannot open: ") + std::strerror(errno));
   require(S_ISREG(st.st_mode), path,
           S_ISDIR(st.st_mode) ? "is a directory, not a file"
                               : "not a regular file (FIFO, device or socket)");
+  return uint64_t(st.st_size);
 }
 
 std::shared_ptr<MappedFile> map_file(const std::string& path) {

@@ -130,10 +130,60 @@ bool has_dataset(hid_t file, const std::string& name) {
   return H5Lexists(file, name.c_str(), H5P_DEFAULT) > 0;
 }
 
+// The declared extent's bytes (0 for a bad rank), saturating rather than overflowing.
+static double declared_bytes(hid_t d) {
+  Handle space(H5Dget_space(d), H5Sclose);
+  const int rank = H5Sget_simple_extent_ndims(space.get());
+  if (rank < 0 || rank > 8) return 0;
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
+  H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+  Handle type(H5Dget_type(d), H5Tclose);
+  double bytes = double(H5Tget_size(type.get()));
+  for (hsize_t n : dims) bytes *= double(n);
+  return bytes;
+}
+
+// `name` exists in `loc` as a hard link: external links would open any file on the machine.
+static void require_hard_link(hid_t loc, const std::string& name, const std::string& what,
+                              const std::string& path) {
+  require(has_dataset(loc, name), path, "missing " + what);
+  H5L_info_t link{};
+  require(H5Lget_info(loc, name.c_str(), &link, H5P_DEFAULT) >= 0, path, "cannot read " + what);
+  require(link.type == H5L_TYPE_HARD, path,
+          what + " is a link to elsewhere (external or soft links are not read)");
+}
+
+Handle open_group(hid_t loc, const std::string& name, const std::string& path) {
+  const std::string what = "group '" + name + "'";
+  require_hard_link(loc, name, what, path);
+  Handle g(H5Gopen2(loc, name.c_str(), H5P_DEFAULT), H5Gclose);
+  require(g.valid(), path, "cannot open " + what + " (damaged?)");
+  return g;
+}
+
+Handle open_dataset(hid_t loc, const std::string& name, const std::string& path) {
+  const std::string what = "dataset '" + name + "'";
+  require_hard_link(loc, name, what, path);
+  Handle d(H5Dopen2(loc, name.c_str(), H5P_DEFAULT), H5Dclose);
+  require(d.valid(), path, "cannot open " + what + " (damaged?)");
+  Handle plist(H5Dget_create_plist(d.get()), H5Pclose);
+  require(plist.valid(), path, "cannot read " + what + "'s layout (damaged?)");
+  require(H5Pget_layout(plist.get()) != H5D_VIRTUAL, path,
+          what + " is a virtual dataset (data in other files is not read)");
+  require(H5Pget_external_count(plist.get()) == 0, path,
+          what + " keeps its data in external files (not read)");
+  // Unfiltered data is stored at its full size; filtered (compressed) data gets 1000x.
+  const int filters = H5Pget_nfilters(plist.get());
+  const double stored = double(H5Dget_storage_size(d.get()));
+  const double declared = declared_bytes(d.get());
+  require(declared <= (filters > 0 ? 1000 : 1) * stored + 4096, path,
+          what + " declares " + std::to_string(int64_t(declared)) + " bytes but stores " +
+              std::to_string(int64_t(stored)) + " (a damaged or crafted file)");
+  return d;
+}
+
 std::vector<hsize_t> dataset_dims(hid_t file, const std::string& name, const std::string& path) {
-  require(has_dataset(file, name), path, "missing dataset '" + name + "'");
-  Handle d(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
-  require(d.valid(), path, "cannot open dataset '" + name + "'");
+  Handle d = open_dataset(file, name, path);
   Handle space(H5Dget_space(d.get()), H5Sclose);
   const int rank = H5Sget_simple_extent_ndims(space.get());
   require(rank >= 0 && rank <= 8, path, "dataset '" + name + "' has a bad rank");
@@ -144,8 +194,7 @@ std::vector<hsize_t> dataset_dims(hid_t file, const std::string& name, const std
 
 void read_array(hid_t file, const std::string& name, void* data, hid_t mem_type,
                 const std::string& path) {
-  Handle d(H5Dopen2(file, name.c_str(), H5P_DEFAULT), H5Dclose);
-  require(d.valid(), path, "missing dataset '" + name + "'");
+  Handle d = open_dataset(file, name, path);
   require(H5Dread(d.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0, path,
           "cannot read dataset '" + name + "' (damaged?)");
 }

@@ -46,6 +46,13 @@ double get_double_attr(hid_t obj, const std::string& name, const std::string& fi
 void write_array(hid_t file, const std::string& name, const void* data, hid_t mem_type,
                  const std::vector<hsize_t>& dims);
 bool has_dataset(hid_t file, const std::string& name);
+// Opens dataset `name` of `loc` for reading, refusing what would make HDF5 read outside this
+// file or more than it holds: an external or soft link, external storage (raw data in any
+// other file on the machine), a virtual dataset, and a declared size beyond the bytes stored
+// (a few-kilobyte file can declare 2^40 rows of fill values). InputError naming `path`.
+Handle open_dataset(hid_t loc, const std::string& name, const std::string& path);
+// Opens group `name` of `loc`: it must be a hard link (a group here, not in another file).
+Handle open_group(hid_t loc, const std::string& name, const std::string& path);
 std::vector<hsize_t> dataset_dims(hid_t file, const std::string& name, const std::string& path);
 void read_array(hid_t file, const std::string& name, void* data, hid_t mem_type,
                 const std::string& path);

@@ -17,7 +17,8 @@ struct MappedFile {
 
 // InputError naming the path unless it is a regular file (after symlinks). Checked with
 // stat(), which opens nothing: opening a FIFO or a device to look at it can block forever.
-void require_regular_file(const std::string& path);
+// Returns its size in bytes.
+uint64_t require_regular_file(const std::string& path);
 
 // InputError naming the path when it is missing, not a regular file, or unmappable.
 std::shared_ptr<MappedFile> map_file(const std::string& path);

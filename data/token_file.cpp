@@ -6,10 +6,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
+#include "common/error.h"
 #include "common/h5.h"
 #include "common/mapped_file.h"
-#include "common/error.h"
 
 namespace fs = std::filesystem;
 
@@ -123,9 +124,12 @@ TokenData open_tokens(const std::string& path, int64_t bin_seq_len, const std::s
                 "unknown llm.c token file version " + std::to_string(h[1]));
         s.bin_width = h[1] == 1 ? 2 : 4;
         s.bin_offset = 1024;
+        // The count is a signed int32: checked as such, before any product could wrap.
+        require(h[2] >= 0 && s.bin_offset + uint64_t(h[2]) * uint64_t(s.bin_width) <= s.map->size,
+                path,
+                "header claims " + std::to_string(h[2]) + " tokens but the file holds " +
+                    std::to_string((s.map->size - s.bin_offset) / uint64_t(s.bin_width)));
         n = uint64_t(h[2]);
-        require(s.bin_offset + n * uint64_t(s.bin_width) <= s.map->size, path,
-                "header claims " + std::to_string(n) + " tokens but the file is shorter");
       }
     }
     require(s.map->size % uint64_t(s.bin_width) == 0 || s.bin_offset > 0, path,
@@ -146,7 +150,7 @@ TokenData open_tokens(const std::string& path, int64_t bin_seq_len, const std::s
   d.n_rows = int64_t(dims[0]);
   d.seq_len = int64_t(dims[1]);
   require(d.n_rows > 0 && d.seq_len > 0, path, "no token rows (empty file)");
-  d.src->dset = h5::Handle(H5Dopen2(f, "tokens", H5P_DEFAULT), H5Dclose);
+  d.src->dset = h5::open_dataset(f, "tokens", path);
   {
     h5::Handle type(H5Dget_type(d.src->dset.get()), H5Tclose);
     require(H5Tget_class(type.get()) == H5T_INTEGER, path, "dataset 'tokens' is not integer");
@@ -166,7 +170,9 @@ TokenData open_tokens(const std::string& path, int64_t bin_seq_len, const std::s
 at::Tensor TokenData::rows(const std::vector<int64_t>& index) const {
   const int64_t n = int64_t(index.size());
   at::Tensor out = at::empty({n, seq_len}, at::kLong);
-  std::vector<uint32_t> buf(static_cast<size_t>(seq_len));
+  // int64: HDF5 converts any stored integer type without clipping (a negative id read as
+  // uint32 would silently become 0), so validate_tokens sees the ids as they are stored.
+  std::vector<int64_t> buf(static_cast<size_t>(seq_len));
   for (int64_t r = 0; r < n; ++r) {
     const int64_t i = index[size_t(r)];
     if (i < 0 || i >= n_rows) throw std::out_of_range(path + ": row " + std::to_string(i));
@@ -179,7 +185,9 @@ at::Tensor TokenData::rows(const std::vector<int64_t>& index) const {
           std::memcpy(&v, p + 2 * t, 2);
           buf[size_t(t)] = v;
         } else {
-          std::memcpy(&buf[size_t(t)], p + 4 * t, 4);
+          uint32_t v;
+          std::memcpy(&v, p + 4 * t, 4);
+          buf[size_t(t)] = v;
         }
       }
     } else {
@@ -187,25 +195,27 @@ at::Tensor TokenData::rows(const std::vector<int64_t>& index) const {
       hsize_t start[2] = {hsize_t(i), 0}, count[2] = {1, hsize_t(seq_len)};
       H5Sselect_hyperslab(fspace.get(), H5S_SELECT_SET, start, nullptr, count, nullptr);
       h5::Handle mspace(H5Screate_simple(2, count, nullptr), H5Sclose);
-      require(H5Dread(src->dset.get(), H5T_NATIVE_UINT32, mspace.get(), fspace.get(), H5P_DEFAULT,
+      require(H5Dread(src->dset.get(), H5T_NATIVE_INT64, mspace.get(), fspace.get(), H5P_DEFAULT,
                       buf.data()) >= 0,
               path, "cannot read row " + std::to_string(i) + " (damaged file?)");
     }
     int64_t* o = out.data_ptr<int64_t>() + r * seq_len;
-    for (int64_t t = 0; t < seq_len; ++t) o[t] = int64_t(buf[size_t(t)]);
+    std::memcpy(o, buf.data(), size_t(seq_len) * sizeof(int64_t));
   }
   return out;
 }
 
-int64_t TokenData::max_id() const {
-  int64_t mx = -1;
+std::pair<int64_t, int64_t> TokenData::id_range() const {
+  int64_t mn = std::numeric_limits<int64_t>::max(), mx = -1;
   const int64_t block = 256;
   for (int64_t start = 0; start < n_rows; start += block) {
     std::vector<int64_t> idx;
     for (int64_t i = start; i < std::min(n_rows, start + block); ++i) idx.push_back(i);
-    mx = std::max(mx, rows(idx).max().item<int64_t>());
+    const at::Tensor r = rows(idx);
+    mn = std::min(mn, r.min().item<int64_t>());
+    mx = std::max(mx, r.max().item<int64_t>());
   }
-  return mx;
+  return {mn, mx};
 }
 
 void validate_tokens(const TokenData& d, int64_t model_vocab, int64_t model_context) {
@@ -217,7 +227,8 @@ void validate_tokens(const TokenData& d, int64_t model_vocab, int64_t model_cont
     require(d.info.vocab_size <= model_vocab, d.path,
             "made with a vocabulary of " + std::to_string(d.info.vocab_size) +
                 " but the model has " + std::to_string(model_vocab));
-  const int64_t mx = d.max_id();
+  const auto [mn, mx] = d.id_range();
+  require(mn >= 0, d.path, "token id " + std::to_string(mn) + " is negative");
   require(mx < model_vocab, d.path,
           "token id " + std::to_string(mx) + " is outside the model's vocabulary of " +
               std::to_string(model_vocab));

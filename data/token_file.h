@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace dms {
@@ -13,10 +14,10 @@ namespace dms {
 struct TokenFileInfo {
   int64_t vocab_size = 0;
   std::string tokenizer_hash;  // sha256 of the tokenizer file ("" when unknown)
-  int64_t bos_id = -1;  // the tokenizer's beginning-of-text token
-  int64_t eos_id = -1;  // its configured end token: what training masks, framed or not
-  std::string framing;  // how documents were framed, e.g. "before <s> (1), after none [...]"
-  std::string source;  // what the rows came from (file names, "teacher samples", ...)
+  int64_t bos_id = -1;         // the tokenizer's beginning-of-text token
+  int64_t eos_id = -1;         // its configured end token: what training masks, framed or not
+  std::string framing;         // how documents were framed, e.g. "before <s> (1), after none [...]"
+  std::string source;          // what the rows came from (file names, "teacher samples", ...)
   int64_t documents = 0;
   int64_t tokens = 0;  // real tokens before packing/padding
 };
@@ -44,7 +45,7 @@ struct TokenData {
   TokenFileInfo info;
   // Rows by index. -> [n, T] int64
   at::Tensor rows(const std::vector<int64_t>& index) const;
-  int64_t max_id() const;  // scans the file
+  std::pair<int64_t, int64_t> id_range() const;  // smallest and largest id; scans the file
 
   struct Source;
   std::shared_ptr<Source> src;

@@ -1,6 +1,8 @@
 #include "model/config.h"
 
+#include <cmath>
 #include <sstream>
+#include <utility>
 
 #include "common/error.h"
 
@@ -21,15 +23,29 @@ void validate_config(const ModelConfig& c, const std::string& source) {
           "num_attention_heads (" + std::to_string(c.n_heads) +
               ") is not a multiple of num_key_value_heads (" + std::to_string(c.n_kv_heads) + ")");
   require(c.head_dim % 2 == 0, source, "head_dim must be even for RoPE");
-  require(c.rms_eps > 0, source, "rms_norm_eps must be positive");
-  require(c.rope_theta > 0, source, "rope_theta must be positive");
+  positive(c.max_position, "max_position_embeddings");
+  require(std::isfinite(c.rms_eps) && c.rms_eps > 0 && c.rms_eps < 1, source,
+          "rms_norm_eps must be in (0, 1)");
+  require(std::isfinite(c.rope_theta) && c.rope_theta > 0, source,
+          "rope_theta must be a positive number");
   require(c.sliding_window >= 0, source, "sliding_window must not be negative");
+  if (c.rope_scaling.type == "llama3") {
+    const RopeScaling& r = c.rope_scaling;
+    require(std::isfinite(r.factor) && std::isfinite(r.low_freq_factor) &&
+                std::isfinite(r.high_freq_factor) && r.factor > 0 && r.low_freq_factor > 0 &&
+                r.high_freq_factor > r.low_freq_factor && r.original_max_position > 0,
+            source, "rope_scaling factors are inconsistent");
+  }
+  for (auto [id, name] : {std::pair{c.bos_id, "bos_token_id"}, std::pair{c.eos_id, "eos_token_id"}})
+    require(id >= -1 && id < (int64_t(1) << 31), source,
+            std::string(name) + " " + std::to_string(id) + " is not a token id");
   require(c.rope_scaling.type.empty() || c.rope_scaling.type == "llama3", source,
           "unsupported rope_scaling type '" + c.rope_scaling.type + "'");
   // Guard against absurd sizes in an untrusted config (overflow of products).
   const int64_t limit = int64_t(1) << 24;
   require(c.vocab_size < limit && c.hidden_size < limit && c.intermediate_size < limit &&
-              c.n_layers < 4096 && c.n_heads < 4096 && c.head_dim < 65536,
+              c.n_layers < 4096 && c.n_heads < 4096 && c.head_dim < 65536 &&
+              c.max_position <= limit && c.sliding_window <= limit,
           source, "implausibly large dimensions");
 }
 

@@ -27,7 +27,8 @@ esac
 PACKAGES=(g++ make cmake pkg-config ccache libopenblas0-openmp protobuf-compiler libprotobuf-dev chromium librsvg2-bin
   libtorch-dev libgloo-dev
   libsentencepiece-dev sentencepiece libpcre2-dev libutf8proc-dev python3-venv
-  libhdf5-dev libssl-dev libcli11-dev nlohmann-json3-dev libgtest-dev)
+  libhdf5-dev libssl-dev libcli11-dev nlohmann-json3-dev libgtest-dev
+  clang iproute2 jq)  # clang: the fuzz/ASan build; ip, jq: the two-host test
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -3,12 +3,14 @@
 # effective KV CR) per configuration, one table at the end (markdown, also TSV).
 #   scripts/sweep.sh OUT_DIR "NAME: retrofit options" ["NAME: options" ...]
 # e.g. scripts/sweep.sh runs/sweep "w16cr16: --window 16 --target-cr 16 --max-steps 400 --final-step 300"
-# Needs build/dms and the quickstart's data (runs/quickstart/data: train.h5, heldout.h5).
+# Needs build/dms (or $DMS: a copy keeps a long sweep apart from rebuilds) and the quickstart's
+# data (runs/quickstart/data: train.h5, heldout.h5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ASSETS=${DMS_ASSETS:-../shared/assets}
 MODEL=$ASSETS/stories260K/stories260K.bin
 DATA=${SWEEP_DATA:-runs/quickstart/data}
+DMS=${DMS:-build/dms}
 OUT=$1
 shift
 if [ ! -f "$DATA/train.h5" ] || [ ! -f "$DATA/heldout.h5" ]; then
@@ -26,13 +28,13 @@ for spec in "$@"; do
   echo "== $name:$opts"
   start=$(date +%s)
   # shellcheck disable=SC2086
-  build/dms retrofit --model "$MODEL" --data "$DATA/train.h5" --out "$dir/run" --eval-every 1000 $opts \
+  "$DMS" retrofit --model "$MODEL" --data "$DATA/train.h5" --out "$dir/run" --eval-every 1000 $opts \
     >"$dir/retrofit.log" 2>&1
-  build/dms export --run "$dir/run" --out "$dir/export" >"$dir/export.log" 2>&1
-  build/dms eval --model "$dir/export" --original "$MODEL" --data "$DATA/heldout.h5" --compare --rows 32 \
+  "$DMS" export --run "$dir/run" --out "$dir/export" >"$dir/export.log" 2>&1
+  "$DMS" eval --model "$dir/export" --original "$MODEL" --data "$DATA/heldout.h5" --compare --rows 32 \
     --json "$dir/eval.json" >"$dir/eval.txt" 2>&1
   if [ -f "$DATA/train.val.h5" ]; then
-    build/dms eval --model "$dir/export" --original "$MODEL" --data "$DATA/train.val.h5" --compare --rows 32 \
+    "$DMS" eval --model "$dir/export" --original "$MODEL" --data "$DATA/train.val.h5" --compare --rows 32 \
       --json "$dir/eval_text.json" >"$dir/eval_text.txt" 2>&1
   fi
   echo "$opts" >"$dir/options"

@@ -1,6 +1,6 @@
 // SentencePiece through our shim against goldens from llama2.c and python sentencepiece.
-#include "data/tokenizer.h"
 #include "common/error.h"
+#include "data/tokenizer.h"
 #include "tests/test_util.h"
 
 namespace dms {
@@ -166,7 +166,7 @@ TEST(TokenFiles, BinStreamsLlmcHeaderAndRawUint16) {
     TokenData d = open_tokens(tmp.file(f), 16);
     EXPECT_EQ(d.n_rows, 6) << f;
     EXPECT_EQ(d.rows({2})[0][5].item<int64_t>(), (2 * 16 + 5) * 3) << f;
-    EXPECT_EQ(d.max_id(), 95 * 3) << f;
+    EXPECT_EQ(d.id_range().second, 95 * 3) << f;
   }
   EXPECT_THROW(open_tokens(tmp.file("raw.bin"), 0), InputError);
   EXPECT_THROW(open_tokens(tmp.file("raw.bin"), 200), InputError);

@@ -73,9 +73,11 @@ static std::string slurp(const std::string& path) {
   return s.str();
 }
 
-CommandResult run_dms(const std::string& args) {
+CommandResult run_dms(const std::string& args, int limit_s) {
   TempDir tmp;
-  const std::string cmd = std::string(DMS_BINARY) + " " + args + " > " + tmp.file("out") + " 2> " +
+  const std::string limit =
+      limit_s > 0 ? "timeout -s KILL " + std::to_string(limit_s) + " " : std::string();
+  const std::string cmd = limit + DMS_BINARY + " " + args + " > " + tmp.file("out") + " 2> " +
                           tmp.file("err") + " < /dev/null";
   const int status = std::system(cmd.c_str());
   CommandResult r;

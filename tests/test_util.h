@@ -44,8 +44,9 @@ struct CommandResult {
   int exit_code = -1;
   std::string out, err;
 };
-// Runs build/dms with `args` (shell-quoted by the caller where needed).
-CommandResult run_dms(const std::string& args);
+// Runs build/dms with `args` (shell-quoted by the caller where needed). limit_s > 0: killed
+// (SIGKILL, exit code 137) after that many seconds, so a hang fails instead of blocking.
+CommandResult run_dms(const std::string& args, int limit_s = 0);
 
 void write_bytes(const std::string& path, const std::string& bytes);
 std::string read_bytes(const std::string& path);

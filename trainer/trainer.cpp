@@ -19,7 +19,10 @@
 #include "checkpoints/load_model.h"
 #include "checkpoints/model_identity.h"
 #include "common/atomic_file.h"
+#include "common/dir_lock.h"
 #include "common/error.h"
+#include "common/host.h"
+#include "common/mapped_file.h"
 #include "data/loader.h"
 #include "data/prepare.h"
 #include "data/token_file.h"
@@ -160,6 +163,7 @@ class Trainer {
   StepInputs step_inputs();
 
   RetrofitConfig cfg_;
+  std::unique_ptr<DirLock> run_lock_;  // rank 0; released last
   DistEnv env_;
   std::unique_ptr<Dist> dist_;
   bool lead_ = true;
@@ -188,17 +192,19 @@ class Trainer {
 Trainer::Trainer(const RetrofitConfig& cfg) : cfg_(cfg) {
   cfg_.validate();
   faults_ = FaultInjection::from_env();
-  if (cfg_.run.threads > 0) at::set_num_threads(int(cfg_.run.threads));
+  if (cfg_.run.threads > 0) use_threads(cfg_.run.threads);
+  env_ = detect_dist_env();
+  // One process writes a run directory: rank 0 locks it before anything looks inside, so a
+  // second retrofit on the same --out is refused instead of tearing the first one's files.
+  if (env_.rank == 0) run_lock_ = std::make_unique<DirLock>(cfg_.run.out, "dms retrofit");
   // Every rank checks the run directory itself (shared file system), so all agree.
   const fs::path run(cfg_.run.out);
-  if (fs::exists(run) && !fs::is_empty(run) && !cfg_.run.resume)
+  if (fs::exists(run) && !empty_but_lock(run.string()) && !cfg_.run.resume)
     throw InputError(cfg_.run.out + ": run directory is not empty (pass --resume to continue it)");
-  env_ = detect_dist_env();
   device_ = pick_device(cfg_.dist.device, env_);
   dist_ = Dist::join(env_, backend_name(cfg_.dist.backend),
                      std::chrono::milliseconds(int64_t(cfg_.dist.timeout_s * 1000)), device_);
   lead_ = dist_->rank() == 0;
-  catch_stop_signals();
   // The configurations and the token files first: a run that cannot fit is refused before
   // any weight is read.
   const ModelConfig config = read_model_config(cfg_.run.model);
@@ -228,6 +234,8 @@ void Trainer::open_data(const ModelConfig& mc) {
   data_ = open_tokens(cfg_.run.data, cfg_.run.seq_len);
   validate_tokens(data_, mc.vocab_size, mc.max_position);
   val_path_ = cfg_.run.val_data.empty() ? validation_path(cfg_.run.data) : cfg_.run.val_data;
+  // The one beside the data is optional; one the user named must be there.
+  if (!cfg_.run.val_data.empty()) require_regular_file(cfg_.run.val_data);
   if (fs::exists(val_path_)) {  // every rank: whether to validate must agree across ranks
     TokenData v = open_tokens(val_path_, cfg_.run.seq_len);
     if (v.n_rows > 0) {
@@ -377,6 +385,9 @@ StepInputs Trainer::step_inputs() {
 }
 
 int Trainer::run() {
+  // From here a stop signal ends the run at a step boundary with a checkpoint; before,
+  // main's handler exits at once (nothing of the run is written yet).
+  catch_stop_signals();
   t0_ = Clock::now();
   tokens_seen_ = start_ * global_batch_ * T_;
   const MonitorSection& mon = cfg_.monitor;

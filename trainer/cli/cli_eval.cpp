@@ -7,6 +7,7 @@
 #include "checkpoints/load_model.h"
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/host.h"
 #include "data/token_file.h"
 #include "trainer/cli/cli.h"
 #include "trainer/cli/commands.h"
@@ -31,7 +32,7 @@ void run_curve(const EvalConfig& a) {
           "evaluates DMS and every baseline itself: not with --compare, --budget, "
           "--match-budget or --dump-logits");
   require(fs::is_directory(a.model), a.model, "--curve needs a retrofit run directory");
-  if (a.threads > 0) at::set_num_threads(int(a.threads));
+  if (a.threads > 0) use_threads(a.threads);
   TokenData data = open_tokens(a.data);
   Curve c = evaluate_curve(a.model, a.original, "--original", data, a.opts);
   c.data = a.data;
@@ -45,7 +46,7 @@ void run_eval(const EvalConfig& a) {
   require(a.dump_logits.empty() ||
               (!a.compare && (a.policy == CachePolicy::dms || a.policy == CachePolicy::full)),
           "--dump-logits", "needs --policy dms or none, without --compare");
-  if (a.threads > 0) at::set_num_threads(int(a.threads));
+  if (a.threads > 0) use_threads(a.threads);
   Model m = load_model(a.model);
   const OriginalChoice oc = choose_original(a.model, a.original, "--original");
   Model orig = oc.path.empty() ? m : load_model(oc.path);

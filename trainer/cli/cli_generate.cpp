@@ -7,6 +7,7 @@
 
 #include "checkpoints/load_model.h"
 #include "common/error.h"
+#include "common/host.h"
 #include "data/tokenizer.h"
 #include "model/generate.h"
 #include "trainer/cli/cli.h"
@@ -36,7 +37,7 @@ std::vector<int64_t> parse_ids(const std::string& s, int64_t vocab) {
 }
 
 void run_generate(const GenerateConfig& a) {
-  if (a.threads > 0) at::set_num_threads(int(a.threads));
+  if (a.threads > 0) use_threads(a.threads);
   Model m = load_model(a.model);
   const ModelConfig& c = m.config;
 
@@ -106,9 +107,8 @@ void run_generate(const GenerateConfig& a) {
   std::cerr << "kv cache: policy " << policy_name(co.policy);
   if (co.budget > 0) std::cerr << " (budget " << co.budget << ")";
   std::cerr << ", effective KV CR " << st.effective_kv_cr << "x, end-of-sequence KV CR "
-            << st.end_kv_cr << "x, peak " << st.peak_tokens
-            << " tokens per head (full cache " << st.full_tokens << "), now " << st.mean_live
-            << " on average\n";
+            << st.end_kv_cr << "x, peak " << st.peak_tokens << " tokens per head (full cache "
+            << st.full_tokens << "), now " << st.mean_live << " on average\n";
   std::cerr << "generated " << produced << " tokens in " << secs << " s, "
             << (secs > 0 ? double(produced) / secs : 0.0) << " tokens/s\n";
 }

@@ -170,6 +170,7 @@ void inspect_h5(const std::string& path) {
   h5::Handle f = h5::open_file(path);
   if (h5::has_dataset(f.get(), "tokens")) {
     TokenData d = open_tokens(path);
+    const auto [lowest, highest] = d.id_range();
     std::cout << "token file:      " << path << "\n"
               << "rows:            " << d.n_rows << " x " << d.seq_len << " tokens\n"
               << "vocab:           " << d.info.vocab_size << " (bos " << d.info.bos_id << ", eos "
@@ -180,7 +181,7 @@ void inspect_h5(const std::string& path) {
               << "framing:         " << (d.info.framing.empty() ? "-" : d.info.framing) << "\n"
               << "documents:       " << d.info.documents << ", real tokens " << d.info.tokens
               << "\n"
-              << "largest id:      " << d.max_id() << "\n";
+              << "ids:             " << lowest << " .. " << highest << "\n";
     return;
   }
   // A file of a checkpoint directory: describe the whole checkpoint.

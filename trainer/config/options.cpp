@@ -1,5 +1,7 @@
 #include "trainer/config/options.h"
 
+#include <stdexcept>
+
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -75,6 +77,13 @@ std::string parse_double(const std::string& s, double& out) {
   if (s.empty() || *end != '\0') return "'" + s + "' is not a number";
   out = v;  // NaN / inf parse; the range check rejects them with a clear message
   return "";
+}
+
+bool is_flag_value_error(const std::exception& e) {
+  const std::string what = e.what();
+  return (dynamic_cast<const std::invalid_argument*>(&e) ||
+          dynamic_cast<const std::out_of_range*>(&e)) &&
+         (what == "stoll" || what == "stol" || what == "stoi");
 }
 
 void throw_input_error(const std::string& message) {

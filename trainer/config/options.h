@@ -348,6 +348,13 @@ const Field<C>& field_named(const std::vector<Field<C>>& table, const std::strin
   throw std::out_of_range("no option --" + name);
 }
 
+// True for the exception CLI11 2.1 lets out of parsing when a true/false option (a flag
+// below) gets a value that is not a boolean ("--resume=maybe", `resume = "maybe"` in TOML):
+// it converts with std::stoll unchecked. A usage error (exit 2), not a failure.
+bool is_flag_value_error(const std::exception& e);
+inline constexpr const char* kFlagValueMessage =
+    "a true/false option has a value that is not one of true, false, on, off, yes, no or a number";
+
 // Registers every field of `table` as an option of `cmd` writing into `cfg`; problems
 // met while parsing are appended to `errors` (reported together by the command).
 template <class C>

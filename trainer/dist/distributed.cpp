@@ -1,11 +1,16 @@
 #include "trainer/dist/distributed.h"
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <cstdlib>
+#include <iostream>
+#include <mutex>
+#include <thread>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef DMS_WITH_CUDA
@@ -107,13 +112,61 @@ c10::intrusive_ptr<c10d::Store> open_store(const DistEnv& env, std::chrono::mill
   }
 }
 
+// This host's address on the route to `host` (a UDP connect sends nothing; the kernel picks
+// the source address it would use): Gloo must advertise an address the peers can reach, and
+// the host name may resolve to loopback (Debian's 127.0.1.1). "" when it cannot be found.
+std::string address_towards(const std::string& host, int port) {
+  addrinfo hints{}, *res = nullptr;
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_DGRAM;
+  if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0 || !res) return "";
+  std::string out;
+  const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd >= 0 && ::connect(fd, res->ai_addr, res->ai_addrlen) == 0) {
+    sockaddr_in local{};
+    socklen_t len = sizeof local;
+    char buf[INET_ADDRSTRLEN] = {0};
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0 &&
+        inet_ntop(AF_INET, &local.sin_addr, buf, sizeof buf))
+      out = buf;
+  }
+  if (fd >= 0) ::close(fd);
+  freeaddrinfo(res);
+  return out;
+}
+
+// Gloo's devices: the interfaces GLOO_SOCKET_IFNAME names (comma-separated, as PyTorch reads
+// it), else loopback for a single-host rendezvous, else the address on the route to the
+// rendezvous host.
+std::vector<std::shared_ptr<gloo::transport::Device>> gloo_devices(const DistEnv& env) {
+  std::vector<std::shared_ptr<gloo::transport::Device>> devices;
+  const std::string ifnames = env_str("GLOO_SOCKET_IFNAME", "");
+  for (size_t b = 0; b < ifnames.size();) {
+    size_t e = ifnames.find(',', b);
+    if (e == std::string::npos) e = ifnames.size();
+    const std::string name = ifnames.substr(b, e - b);
+    if (!name.empty()) {
+      try {
+        devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(name));
+      } catch (const std::exception& x) {
+        throw InputError("environment: GLOO_SOCKET_IFNAME names '" + name +
+                         "', which this host cannot use (" + x.what() + ")");
+      }
+    }
+    b = e + 1;
+  }
+  if (!devices.empty()) return devices;
+  const bool loopback = env.addr == "127.0.0.1" || env.addr == "localhost";
+  const std::string local = loopback ? "127.0.0.1" : address_towards(env.addr, env.port);
+  devices.push_back(local.empty() ? c10d::ProcessGroupGloo::createDefaultDevice()
+                                  : c10d::ProcessGroupGloo::createDeviceForHostname(local));
+  return devices;
+}
+
 GroupPtr gloo_group(const c10::intrusive_ptr<c10d::Store>& store, const DistEnv& env,
                     std::chrono::milliseconds timeout) {
   auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
-  // Bind to loopback for single-node rendezvous, else to this host's own interface.
-  const bool loopback = env.addr == "127.0.0.1" || env.addr == "localhost";
-  opts->devices.push_back(loopback ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
-                                   : c10d::ProcessGroupGloo::createDefaultDevice());
+  opts->devices = gloo_devices(env);
   return c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world, opts);
 }
 
@@ -140,6 +193,36 @@ std::string resolve_backend(const std::string& backend, const at::Device& device
   return device.is_cuda() ? "nccl" : "gloo";
 }
 
+// Ends the process (exit 1, one line) unless disarmed within `limit`: Gloo's full-mesh
+// connect at startup waits for a peer that never connects without honouring its timeout, and a
+// rank must never hang.
+class Watchdog {
+ public:
+  Watchdog(std::chrono::milliseconds limit, std::string message)
+      : message_(std::move(message)), thread_([this, limit] {
+          std::unique_lock<std::mutex> lock(mu_);
+          if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
+            std::cerr << message_ << std::endl;
+            std::_Exit(1);
+          }
+        }) {}
+  ~Watchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  std::string message_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
 }  // namespace
 
 std::unique_ptr<Dist> Dist::join(const DistEnv& env, const std::string& backend,
@@ -150,6 +233,12 @@ std::unique_ptr<Dist> Dist::join(const DistEnv& env, const std::string& backend,
   d->impl_->timeout = timeout;
   if (env.world == 1) return d;
   const std::string chosen = resolve_backend(backend, device);
+  Watchdog watchdog(timeout + std::chrono::seconds(5),
+                    "dms: distributed failure: rank " + std::to_string(env.rank) +
+                        ": joining the " + std::to_string(env.world) +
+                        " ranks did not finish within --dist-timeout; lost a peer at startup "
+                        "(rendezvous " +
+                        env.addr + ":" + std::to_string(env.port) + ")");
   d->impl_->store = open_store(env, timeout);
 #ifdef DMS_WITH_CUDA
   if (chosen == "nccl") {
@@ -168,13 +257,21 @@ void Dist::fail(const std::string& what, const std::exception& e) {
   // Name the ranks whose heartbeat is behind (or the store host, when the store is gone).
   std::string lost;
   try {
-    impl_->store->setTimeout(std::chrono::milliseconds(2000));
+    // A fresh client with a short timeout: the run's own connection waits up to the run's
+    // timeout on every request (setTimeout does not shorten a request already blocked on a
+    // dead host's socket), which would double the time to fail.
+    c10d::TCPStoreOptions so;
+    so.port = uint16_t(env_.port);
+    so.isServer = false;
+    so.waitWorkers = false;
+    so.timeout = std::chrono::milliseconds(2000);
+    auto probe = c10::make_intrusive<c10d::TCPStore>(env_.addr, so);
     int64_t newest = -1;
     std::vector<int64_t> steps(size_t(env_.world), -1);
     for (int r = 0; r < env_.world; ++r) {
       const std::string key = "hb/" + std::to_string(r);
-      if (impl_->store->check({key})) {
-        auto v = impl_->store->get(key);
+      if (probe->check({key})) {
+        auto v = probe->get(key);
         steps[size_t(r)] = std::stoll(std::string(v.begin(), v.end()));
       }
       newest = std::max(newest, steps[size_t(r)]);
@@ -207,7 +304,8 @@ void Dist::all_reduce_sum(const std::vector<at::Tensor>& tensors) {
   // One flat bucket; a single contiguous tensor where the backend wants it is its own
   // bucket (no copy of a whole gradient buffer).
   const at::Tensor& t0 = tensors[0];
-  const bool in_place = tensors.size() == 1 && t0.is_contiguous() && t0.device() == impl_->comm_device;
+  const bool in_place =
+      tensors.size() == 1 && t0.is_contiguous() && t0.device() == impl_->comm_device;
   std::vector<at::Tensor> flat_parts;
   for (const auto& t : tensors) flat_parts.push_back(t.reshape({-1}));
   at::Tensor bucket = in_place ? flat_parts[0] : to_comm_device(at::cat(flat_parts));

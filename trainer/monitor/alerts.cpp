@@ -55,7 +55,7 @@ std::vector<Alert> AlertMonitor::on_step(int64_t step, double kd, double dms, do
   }
   if (int64_t(kd_.size()) >= cfg_.min_history) {
     const double mk = median(kd_), mg = median(grad_);
-    if (mk > 0 && kd > cfg_.kd_spike_factor * mk)
+    if (mk > 0 && kd > cfg_.kd_spike_factor * mk && kd > cfg_.kd_spike_floor)
       out.push_back({"kd_spike", "KD loss " + num(kd) + " at step " + std::to_string(step) +
                                      " is " + num(kd / mk) + "x its running median " + num(mk)});
     if (mg > 0 && grad > cfg_.grad_factor * mg)

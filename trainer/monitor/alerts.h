@@ -1,6 +1,8 @@
 // Alerts during a retrofit: things a person watching would want to be told at once.
 // - nan:            a loss or the gradient norm is NaN/inf (that step's update is skipped);
-// - kd_spike:       KD loss above kd_spike_factor x the median of the last median_window steps;
+// - kd_spike:       KD loss above kd_spike_factor x the median of the last median_window steps
+//                   and above kd_spike_floor (while the target CR anneals up from 1 a healthy
+//                   KL grows from ~1e-4 a hundredfold: relative growth alone is no alarm);
 // - grad_explosion: gradient norm above grad_factor x its running median;
 // - cr_lag:         validation decision CR below target x (1 - cr_margin) for cr_lag_evals
 //                   validations in a row.
@@ -21,6 +23,7 @@ struct AlertConfig {
   double cr_margin = 0.25;
   int64_t cr_lag_evals = 3;
   std::string stop_on = "nan";  // comma list of kinds, "all" or "none"
+  double kd_spike_floor = 0.1;  // nats per token
 };
 
 // nan | kd_spike | grad_explosion | cr_lag

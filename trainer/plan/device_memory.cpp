@@ -1,38 +1,11 @@
 #include "trainer/plan/device_memory.h"
 
-#include <cstdlib>
-#include <fstream>
-#include <sstream>
+#include "common/host.h"
 #ifdef DMS_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #endif
 
 namespace dms {
-
-namespace {
-
-// "MemAvailable:  12345 kB" of /proc/meminfo in bytes; 0 when absent.
-double mem_available_bytes() {
-  std::ifstream f("/proc/meminfo");
-  std::string line;
-  while (std::getline(f, line)) {
-    std::istringstream in(line);
-    std::string key;
-    double kib = 0;
-    if (in >> key >> kib && key == "MemAvailable:") return kib * 1024.0;
-  }
-  return 0;
-}
-
-// Ranks started on this host (torchrun and `--nproc` set LOCAL_WORLD_SIZE), who share
-// its memory.
-int local_ranks() {
-  const char* v = std::getenv("LOCAL_WORLD_SIZE");
-  const int n = v ? std::atoi(v) : 1;
-  return n >= 1 ? n : 1;
-}
-
-}  // namespace
 
 DeviceMemory device_memory(const at::Device& device, double requested_gib) {
   if (requested_gib > 0) return {requested_gib * double(int64_t(1) << 30), "--device-memory"};
