@@ -26,4 +26,10 @@ echo "== sanitized core tests built in $(($(date +%s) - start)) s"
 # halt_on_error: the first report fails the test that made it.
 export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0:alloc_dealloc_mismatch=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-(cd "$build" && ctest -L core --output-on-failure -j "$jobs" --timeout 900)
+# Left out here (they run in the normal build): the core tests that tokenize with SentencePiece,
+# in-process or through `dms data prepare`. Its shim must be loaded with RTLD_DEEPBIND to keep
+# its embedded protobuf 3.14 apart from Torch's 3.21 (data/spm_shim.h), and ASan refuses
+# RTLD_DEEPBIND (google/sanitizers#611); without it the two protobufs abort the process.
+needs_spm='Stories260K\.GreedyFromBos|RetrofitRun\.|MixedPrecision\.Bf16KdTracks|Distributed\.|RetrofitFitCheck\.'
+echo "== left out (SentencePiece under ASan): $(cd "$build" && ctest -L core -N -R "$needs_spm" | grep -c 'Test *#')"
+(cd "$build" && ctest -L core -E "$needs_spm" --output-on-failure -j "$jobs" --timeout 900)
