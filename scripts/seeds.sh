@@ -2,7 +2,7 @@
 # The spread of a recipe's figures: the same retrofit + export + eval (scripts/sweep.sh) for
 # several seeds and thread counts, then each figure as mean and min–max (OUT/spread.md).
 #   scripts/seeds.sh OUT_DIR SEEDS THREADS "retrofit options"
-# e.g. scripts/seeds.sh runs/seeds 3 "1 2" "--window 16 --target-cr 13 --max-steps 400 ..."
+# e.g. scripts/seeds.sh runs/seeds 3 "1 2" "--window 16 --target-cr 12 --max-steps 1100 ..."
 # Seeds 0 .. SEEDS-1 (the data order and the decision noise); THREADS: a list of --threads.
 # The hard eviction decisions amplify rounding differences (BLAS kernels, thread counts), so
 # one run is one draw: quote the spread.

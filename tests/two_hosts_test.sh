@@ -30,7 +30,7 @@ if [[ $# -ne 2 ]]; then
   exit 2
 fi
 DMS=$(realpath "$1")
-ASSETS=$(realpath "$2")
+ASSETS=$(realpath "${DMS_ASSETS:-$2}")  # $DMS_ASSETS wins, as for every other test
 
 # Run parameters.
 STEPS=80               # steps of every run
