@@ -74,20 +74,7 @@ extern "C" void exit_on_stop_signal(int sig) {
   ::_exit(128 + sig);
 }
 
-// OpenMP threads that finish a parallel region spin for a while before they sleep (libgomp's
-// default). On a core shared with another busy process that spinning takes the core from
-// the thread that has work, and a step gets several times slower. Passive waiting (sleep at
-// once) costs little here: our parallel regions are large. libgomp reads OMP_WAIT_POLICY
-// once, when it loads, before main; so unless the user chose a policy, the process
-// re-executes itself once with it set.
-static void wait_passively(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
-  ::setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-  ::execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
-}
-
 int main(int argc, char** argv) {
-  wait_passively(argv);
   tune_allocator();
   // A peer rank that dies leaves its sockets closed; writing to one must become an error
   // our collectives report ("lost rank N"), not a silent SIGPIPE death of this rank.
