@@ -27,17 +27,7 @@ void add_commands(CLI::App& app) {
   auto r = std::make_shared<Parsed<RetrofitConfig>>();
   CLI::App* cmd = app.add_subcommand("retrofit", "retrofit");
   add_fields(cmd, retrofit_fields(), r->cfg, r->errors);
-  cmd->callback([r] {
-    std::vector<std::string> problems = r->errors;
-    if (problems.empty()) {
-      try {
-        r->cfg.validate();
-      } catch (const InputError& e) {
-        problems.push_back(e.what());
-      }
-    }
-    if (!problems.empty()) throw InputError(join_problems(problems));
-  });
+  cmd->callback([r] { r->cfg.check_parsed(r->errors); });
 
   auto ex = std::make_shared<Parsed<ExportRequest>>();
   CLI::App* exc = app.add_subcommand("export", "export");

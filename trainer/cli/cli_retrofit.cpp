@@ -6,8 +6,8 @@
 #include "trainer/cli/commands.h"
 #include "trainer/dist/launcher.h"
 #include "trainer/eval/export_run.h"
-#include "trainer/trainer.h"
 #include "trainer/monitor/report.h"
+#include "trainer/trainer.h"
 
 namespace dms {
 
@@ -26,16 +26,7 @@ void add_retrofit_command(CLI::App& app) {
       "[retrofit], named like the options: max-steps = 500).");
   add_fields(cmd, retrofit_fields(), st->cfg, st->errors);
   cmd->callback([st] {
-    // Every bad value at once, before any file is opened.
-    std::vector<std::string> problems = st->errors;
-    if (problems.empty()) {
-      try {
-        st->cfg.validate();
-      } catch (const InputError& e) {
-        problems.push_back(e.what());
-      }
-    }
-    if (!problems.empty()) throw InputError(join_problems(problems));
+    st->cfg.check_parsed(st->errors);
     if (st->cfg.dist.nproc > 1 && !std::getenv("RANK")) {
       const int code = launch_local_workers(int(st->cfg.dist.nproc));
       if (code != 0) std::exit(code);

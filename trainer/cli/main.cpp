@@ -1,6 +1,5 @@
 // `dms`: the command-line entry point. Exit codes: 0 ok, 1 runtime failure,
 // 2 bad usage or bad input (one line on stderr naming the file and the problem).
-#include <ATen/Parallel.h>
 #include <malloc.h>
 #include <unistd.h>
 
@@ -9,7 +8,6 @@
 #include <cstring>
 #include <iostream>
 #include <string>
-#include <thread>
 
 #include "common/error.h"
 #include "common/host.h"

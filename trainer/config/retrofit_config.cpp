@@ -341,4 +341,16 @@ std::vector<std::string> resume_conflicts(const RetrofitConfig& saved, int64_t s
   return out;
 }
 
+void RetrofitConfig::check_parsed(const std::vector<std::string>& parse_errors) const {
+  std::vector<std::string> problems = parse_errors;
+  if (problems.empty()) {
+    try {
+      validate();
+    } catch (const InputError& e) {
+      problems.push_back(e.what());
+    }
+  }
+  if (!problems.empty()) throw InputError(join_problems(problems));
+}
+
 }  // namespace dms

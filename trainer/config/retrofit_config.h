@@ -97,6 +97,9 @@ struct RetrofitConfig {
   // Every bad value at once, as one InputError naming each option (exit 2); nothing is
   // opened or allocated before this passes.
   void validate() const;
+  // What the command line and TOML left in `parse_errors` plus validate()'s verdict, all
+  // in one InputError (every bad value at once, before any file is opened).
+  void check_parsed(const std::vector<std::string>& parse_errors) const;
   // final_step with its default applied (what the schedule and config.json use).
   int64_t final_step() const;
   DmsConfig dms_config() const;
