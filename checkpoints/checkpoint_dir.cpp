@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <stdexcept>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
@@ -60,14 +61,25 @@ nlohmann::json to_json(const Manifest& m) {
   return j;
 }
 
+// A JSON integer field. nlohmann's get<int64_t>() would also convert a float such as 7e115,
+// which is undefined behaviour out of range (the manifest fuzzer found it): integers only.
+int64_t integer(const nlohmann::json& j, const char* key) {
+  const nlohmann::json& v = j.at(key);
+  if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > INT64_MAX))
+    throw std::invalid_argument(std::string("'") + key + "' is not an integer in range");
+  return v.get<int64_t>();
+}
+
 ManifestFile file_from_json(const nlohmann::json& j) {
   ManifestFile f;
   f.name = j.at("name").get<std::string>();
-  f.bytes = j.at("bytes").get<uint64_t>();
+  const int64_t bytes = integer(j, "bytes");
+  if (bytes < 0) throw std::invalid_argument("'bytes' is negative");
+  f.bytes = uint64_t(bytes);
   f.sha256 = j.at("sha256").get<std::string>();
   if (j.contains("begin") || j.contains("end")) {
-    f.begin = j.at("begin").get<int64_t>();
-    f.end = j.at("end").get<int64_t>();
+    f.begin = integer(j, "begin");
+    f.end = integer(j, "end");
   }
   return f;
 }
@@ -77,9 +89,9 @@ Manifest parse_manifest(const nlohmann::json& j, const std::string& path) {
     require(j.at("format").get<std::string>() == kManifestFormat, path,
             std::string("not a ") + kManifestFormat + " manifest");
     Manifest m;
-    m.step = j.at("step").get<int64_t>();
-    m.world_size = j.at("world_size").get<int64_t>();
-    m.numel = j.at("numel").get<int64_t>();
+    m.step = integer(j, "step");
+    m.world_size = integer(j, "world_size");
+    m.numel = integer(j, "numel");
     for (const auto& f : j.at("files")) m.files.push_back(file_from_json(f));
     if (j.contains("kept_for_cr")) {
       m.kept_for_cr = j.at("kept_for_cr").get<double>();
@@ -88,6 +100,8 @@ Manifest parse_manifest(const nlohmann::json& j, const std::string& path) {
     }
     return m;
   } catch (const nlohmann::json::exception& e) {
+    throw InputError(path + ": malformed manifest (" + e.what() + ")");
+  } catch (const std::invalid_argument& e) {
     throw InputError(path + ": malformed manifest (" + e.what() + ")");
   }
 }

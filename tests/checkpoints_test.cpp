@@ -402,6 +402,12 @@ TEST(TrainCheckpoint, DamageIsFoundAndNamed) {
   edit([](nlohmann::json& k) { k["files"].erase(0); }, "exactly one state file");
   edit([](nlohmann::json& k) { k["format"] = "x"; }, "not a");
   edit([](nlohmann::json& k) { k["kept_for_cr"] = 0.5; }, "kept_for_cr must be");
+  // Floats where integers belong, 7e115 among them (converting it to int64 is undefined
+  // behaviour: found by fuzz_checkpoint_manifest), and counts past int64.
+  edit([](nlohmann::json& k) { k["numel"] = 7e115; }, "'numel' is not an integer");
+  edit([](nlohmann::json& k) { k["step"] = 6.0; }, "'step' is not an integer");
+  edit([](nlohmann::json& k) { k["files"][1]["end"] = uint64_t(1) << 63; }, "'end' is not an");
+  edit([](nlohmann::json& k) { k["files"][0]["bytes"] = -3; }, "'bytes' is negative");
   test::write_bytes(ck2 + "/manifest.json", "{");
   expect_input_error([&] { read_manifest(ck2); }, {"manifest.json", "not valid JSON"});
 }
