@@ -30,9 +30,12 @@ static void check(herr_t r, const std::string& what) {
   if (r < 0) throw std::runtime_error("HDF5: " + what);
 }
 
-Handle create_file(const std::string& path) {
+Handle create_file(const std::string& path, hsize_t userblock) {
   quiet();
-  hid_t f = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  Handle fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
+  if (!fcpl.valid()) throw std::runtime_error(path + ": HDF5 file creation properties");
+  if (userblock > 0) check(H5Pset_userblock(fcpl.get(), userblock), "user block");
+  hid_t f = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.get(), H5P_DEFAULT);
   if (f < 0) throw std::runtime_error(path + ": cannot create HDF5 file");
   return Handle(f, H5Fclose);
 }

@@ -30,7 +30,8 @@ class Handle {
 // ourselves, one line each).
 void quiet();
 
-Handle create_file(const std::string& path);  // truncates
+// Truncates. userblock: bytes HDF5 leaves to us at the start (0, or a power of 2 >= 512).
+Handle create_file(const std::string& path, hsize_t userblock = 0);
 Handle open_file(const std::string& path);    // read-only; InputError if not HDF5
 
 // Attributes on a file or dataset: string, integer, double, list of strings.

@@ -1,20 +1,99 @@
 #include "data/token_file.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <cctype>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 
+#include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/h5.h"
 #include "common/mapped_file.h"
+#include "common/sha256.h"
 
 namespace fs = std::filesystem;
 
 namespace dms {
+
+// ---- the seal ------------------------------------------------------------------------
+
+namespace {
+
+constexpr char kSealPrefix[] = "dms-retrofit tokens sha256 ";
+
+std::string seal_text(const std::string& sha256, uint64_t bytes) {
+  std::string t = kSealPrefix + sha256 + " bytes " + std::to_string(bytes) + "\n";
+  t.resize(kTokenSealBytes, '\0');
+  return t;
+}
+
+// Writes the seal of the finished HDF5 file `path` into its user block.
+void seal(const std::string& path) {
+  const std::shared_ptr<MappedFile> m = map_file(path);
+  if (m->size < kTokenSealBytes) throw std::runtime_error(path + ": shorter than its user block");
+  const uint64_t n = m->size - kTokenSealBytes;
+  const std::string text = seal_text(sha256_hex(m->data + kTokenSealBytes, n), n);
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  const bool ok = fd >= 0 && ::pwrite(fd, text.data(), text.size(), 0) == ssize_t(text.size());
+  if (fd >= 0) ::close(fd);
+  if (!ok) throw std::runtime_error(path + ": cannot write the token file's seal");
+}
+
+}  // namespace
+
+TokenSeal read_token_seal(const std::string& path) {
+  const uint64_t size = require_regular_file(path);
+  TokenSeal s;
+  std::ifstream in(path, std::ios::binary);
+  std::string block(kTokenSealBytes, '\0');
+  if (size < kTokenSealBytes || !in.read(block.data(), std::streamsize(block.size()))) return s;
+  if (block.compare(0, sizeof kSealPrefix - 1, kSealPrefix) != 0) return s;
+  s.kind = TokenSeal::malformed;
+  // Exactly as seal_text writes it: 64 lowercase hex digits, " bytes ", decimal, newline,
+  // zeros to the end of the block.
+  const size_t hex = sizeof kSealPrefix - 1, tail = hex + 64;
+  const std::string rest = block.substr(tail);
+  if (rest.compare(0, 7, " bytes ") != 0) return s;
+  const size_t nl = rest.find('\n');
+  if (nl == std::string::npos || nl <= 7 || nl > 7 + 20) return s;
+  const std::string digits = rest.substr(7, nl - 7);
+  for (char c : digits)
+    if (c < '0' || c > '9') return s;
+  for (size_t i = tail + nl + 1; i < block.size(); ++i)
+    if (block[i] != '\0') return s;
+  for (size_t i = hex; i < tail; ++i)
+    if (!std::isxdigit(static_cast<unsigned char>(block[i])) || std::isupper(block[i])) return s;
+  errno = 0;
+  const unsigned long long bytes = std::strtoull(digits.c_str(), nullptr, 10);
+  if (errno != 0) return s;
+  s.kind = TokenSeal::sealed;
+  s.sha256 = block.substr(hex, 64);
+  s.bytes = bytes;
+  return s;
+}
+
+void verify_token_seal(const std::string& path) {
+  const TokenSeal s = read_token_seal(path);
+  require(s.kind != TokenSeal::none, path,
+          "no dms seal (not written by 'dms data prepare/sample', or by a version before seals): "
+          "pass --trust-token-files to let HDF5 read it unchecked, or prepare it again");
+  require(s.kind == TokenSeal::sealed, path, "damaged: its seal (first 512 bytes) is malformed");
+  const std::shared_ptr<MappedFile> m = map_file(path);
+  const uint64_t n = m->size - kTokenSealBytes;
+  require(n == s.bytes, path,
+          "damaged: holds " + std::to_string(n) + " bytes after its seal, which names " +
+              std::to_string(s.bytes) + " (truncated or appended to?)");
+  require(sha256_hex(m->data + kTokenSealBytes, n) == s.sha256, path,
+          "damaged: its bytes do not match the sha256 of its seal (changed since it was "
+          "written)");
+}
 
 // ---- writing -------------------------------------------------------------------------
 
@@ -33,7 +112,7 @@ TokenWriter::TokenWriter(const std::string& path, int64_t seq_len, const TokenFi
   impl_->T = seq_len;
   impl_->info = info;
   if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
-  impl_->file = h5::create_file(impl_->tmp);
+  impl_->file = h5::create_file(impl_->tmp, kTokenSealBytes);
   hsize_t dims[2] = {0, hsize_t(seq_len)}, maxdims[2] = {H5S_UNLIMITED, hsize_t(seq_len)};
   h5::Handle space(H5Screate_simple(2, dims, maxdims), H5Sclose);
   h5::Handle plist(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
@@ -88,6 +167,8 @@ void TokenWriter::finish(int64_t documents, int64_t tokens) {
   impl_->dset = h5::Handle();
   if (H5Fflush(f, H5F_SCOPE_GLOBAL) < 0) throw std::runtime_error(impl_->tmp + ": flush failed");
   impl_->file = h5::Handle();
+  seal(impl_->tmp);
+  sync_path(impl_->tmp);
   fs::rename(impl_->tmp, impl_->path);
   impl_->done = true;
 }
@@ -103,7 +184,8 @@ struct TokenData::Source {
   int bin_width = 2;
 };
 
-TokenData open_tokens(const std::string& path, int64_t bin_seq_len, const std::string& bin_dtype) {
+TokenData open_tokens(const std::string& path, int64_t bin_seq_len, const std::string& bin_dtype,
+                      TokenTrust trust) {
   require(fs::exists(path), path, "no such file");
   TokenData d;
   d.path = path;
@@ -143,6 +225,7 @@ TokenData open_tokens(const std::string& path, int64_t bin_seq_len, const std::s
         "fewer tokens (" + std::to_string(n) + ") than one row of " + std::to_string(bin_seq_len));
     return d;
   }
+  if (trust == TokenTrust::verify) verify_token_seal(path);
   d.src->file = h5::open_file(path);
   hid_t f = d.src->file.get();
   auto dims = h5::dataset_dims(f, "tokens", path);

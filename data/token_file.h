@@ -22,7 +22,25 @@ struct TokenFileInfo {
   int64_t tokens = 0;  // real tokens before packing/padding
 };
 
-// Streams rows into `path` (written as "<path>.tmp.<pid>", renamed by finish()).
+// HDF5 token files we write carry a seal in HDF5's user block (the first 512 bytes, which
+// HDF5 itself skips): "dms-retrofit tokens sha256 <hex of every byte after the block> bytes
+// <their count>\n". It is checked before HDF5 parses anything (HDF5 is not hardened against
+// crafted files), unless the user trusts the file (--trust-token-files): files of other
+// tools have no seal.
+constexpr uint64_t kTokenSealBytes = 512;
+enum class TokenTrust { verify, trust };
+// What the first block of `path` says (reads only that): kind none / sealed / malformed,
+// with the digest and byte count it claims.
+struct TokenSeal {
+  enum Kind { none, sealed, malformed } kind = none;
+  std::string sha256;
+  uint64_t bytes = 0;
+};
+TokenSeal read_token_seal(const std::string& path);
+// InputError naming the path unless the seal is there and matches the bytes after it.
+void verify_token_seal(const std::string& path);
+
+// Streams rows into `path` (written as "<path>.tmp.<pid>", sealed and renamed by finish()).
 class TokenWriter {
  public:
   TokenWriter(const std::string& path, int64_t seq_len, const TokenFileInfo& info);
@@ -51,10 +69,13 @@ struct TokenData {
   std::shared_ptr<Source> src;
 };
 
-// Opens an HDF5 token file, or a .bin stream cut into rows of `bin_seq_len`.
-// InputError naming the file for an empty file, a missing dataset, bad header.
+// Opens an HDF5 token file (its seal verified first unless `trust`), or a .bin stream cut
+// into rows of `bin_seq_len` (parsed by our own bounded code: no seal).
+// InputError naming the file for an empty file, a missing dataset, bad header, a seal that
+// is missing or does not match.
 TokenData open_tokens(const std::string& path, int64_t bin_seq_len = 0,
-                      const std::string& bin_dtype = "uint16");
+                      const std::string& bin_dtype = "uint16",
+                      TokenTrust trust = TokenTrust::verify);
 
 // InputError unless every id < model_vocab and rows fit the model's context.
 void validate_tokens(const TokenData& d, int64_t model_vocab, int64_t model_context);

@@ -120,7 +120,8 @@ def main():
     seed("fuzz_llama2c", "tiny-shared", llama2c(8, 16, 1, 2, 1, 16, 4, True))
     seed("fuzz_llama2c", "tiny-untied", llama2c(8, 12, 2, 2, 2, 10, 2, False))
 
-    # fuzz_token_file: byte 0 = options (bits 0-5: seq_len - 1, bit 6: uint32), then the file.
+    # fuzz_token_file: byte 0 = options (bits 0-5: seq_len - 1, bit 6: uint32; bit 7: HDF5,
+    # whose sealed seeds the harness writes itself), then the file.
     ids = list(range(512)) * 3
 
     def llmc(version, toks):

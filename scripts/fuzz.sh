@@ -65,7 +65,7 @@ echo "   built in $(( $(date +%s) - start )) s"
 # --- seeds -------------------------------------------------------------------------------
 seeds="$build/seeds"
 python3 "$root/fuzz/make_seeds.py" "$assets" "$seeds" >/dev/null
-for h in fuzz_checkpoint_manifest fuzz_toml_config; do  # seeds from their own fixtures
+for h in fuzz_checkpoint_manifest fuzz_toml_config fuzz_token_file; do  # seeds they write
   mkdir -p "$seeds/$h"
   DMS_FUZZ_WRITE_SEEDS="$seeds/$h" "$build/fuzz/$h" -runs=0 >/dev/null 2>&1
 done

@@ -70,8 +70,10 @@ TEST(Tokenizer, VocabularyLargerThanTheModelIsRejected) {
 // ---- token files, preparation, sampling, order -------------------------------------------
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "checkpoints/load_model.h"
+#include "common/h5.h"
 #include "data/loader.h"
 #include "data/prepare.h"
 #include "data/token_file.h"
@@ -233,6 +235,79 @@ TEST(Order, DeterministicShufflingResumableCursorAndRankSlices) {
   std::vector<int64_t> both = x0.rows;
   both.insert(both.end(), x1.rows.begin(), x1.rows.end());
   EXPECT_EQ(both, std::vector<int64_t>(seen.begin(), seen.begin() + 4));
+}
+
+}  // namespace
+}  // namespace dms
+
+// ---- seals of HDF5 token files (data/token_file.h) --------------------------------------
+
+namespace dms {
+namespace {
+
+// The seal read by an independent reader: Python's hashlib hashes the bytes after the user
+// block, and h5py (HDF5's own reader, which skips the block) reads the same ids we do.
+TEST(TokenSeal, PythonVerifiesTheSealAndH5pyReadsTheSealedFile) {
+  const std::string& path = test::small_token_file();
+  const TokenData d = open_tokens(path);
+  const std::string python = std::string(DMS_SOURCE_DIR) + "/.venv/bin/python";
+  ASSERT_TRUE(std::filesystem::exists(python)) << python << " missing: run scripts/setup.sh";
+  const std::string script =
+      "import hashlib, sys, h5py\n"
+      "b = open(sys.argv[1], 'rb').read()\n"
+      "head = b[:512].rstrip(b'\\0').decode()\n"
+      "w = head.split()\n"
+      "assert len(w) == 6 and w[:3] == ['dms-retrofit', 'tokens', 'sha256'], head\n"
+      "assert w[4] == 'bytes' and head.endswith('\\n'), head\n"
+      "assert w[3] == hashlib.sha256(b[512:]).hexdigest(), 'digest'\n"
+      "assert int(w[5]) == len(b) - 512, 'count'\n"
+      "t = h5py.File(sys.argv[1], 'r')['tokens']\n"
+      "print(t.shape[0], t.shape[1], ' '.join(str(int(x)) for x in t[3, :8]))\n";
+  test::TempDir tmp;
+  test::write_bytes(tmp.file("check.py"), script);
+  const std::string out_file = tmp.file("out.txt");
+  ASSERT_EQ(std::system((python + " " + test::quote(tmp.file("check.py")) + " " +
+                         test::quote(path) + " > " + test::quote(out_file))
+                            .c_str()),
+            0);
+  std::ostringstream want;
+  want << d.n_rows << " " << d.seq_len;
+  const at::Tensor row = d.rows({3})[0];
+  for (int64_t t = 0; t < 8; ++t) want << " " << row[t].item<int64_t>();
+  std::string got = test::read_bytes(out_file);
+  while (!got.empty() && got.back() == '\n') got.pop_back();
+  EXPECT_EQ(got, want.str());
+}
+
+// An HDF5 token file another tool wrote (no seal) is refused unless trusted; trusted, it is
+// read as it is. Any changed byte of a sealed file is caught before HDF5 sees it.
+TEST(TokenSeal, UnsealedNeedsTrustAndAnyChangedByteIsCaught) {
+  test::TempDir tmp;
+  const std::string plain = tmp.file("plain.h5");
+  {
+    h5::Handle f = h5::create_file(plain);
+    std::vector<uint32_t> ids(4 * 16);
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = uint32_t(i % 7);
+    h5::write_array(f.get(), "tokens", ids.data(), H5T_NATIVE_UINT32, {4, 16});
+  }
+  EXPECT_EQ(read_token_seal(plain).kind, TokenSeal::none);
+  EXPECT_THROW(open_tokens(plain), InputError);
+  const TokenData trusted = open_tokens(plain, 0, "uint16", TokenTrust::trust);
+  EXPECT_EQ(trusted.n_rows, 4);
+  EXPECT_EQ(trusted.rows({1})[0][2].item<int64_t>(), (16 + 2) % 7);
+
+  const std::string bytes = test::read_bytes(test::small_token_file());
+  EXPECT_EQ(read_token_seal(test::small_token_file()).kind, TokenSeal::sealed);
+  EXPECT_NO_THROW(verify_token_seal(test::small_token_file()));
+  // Bytes spread over the file, in the seal, the HDF5 metadata and the rows.
+  for (size_t at : {size_t(3), size_t(100), size_t(512), size_t(800), bytes.size() / 3,
+                    bytes.size() / 2, bytes.size() - 1}) {
+    std::string b = bytes;
+    b[at] = char(b[at] ^ 0x20);
+    const std::string p = tmp.file("edited.h5");
+    test::write_bytes(p, b);
+    EXPECT_THROW(open_tokens(p), InputError) << "byte " << at;
+  }
 }
 
 }  // namespace

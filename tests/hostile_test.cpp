@@ -655,7 +655,62 @@ std::vector<Case> token_cases() {
              quote(e.file("out")) + kRunOptions + " --seq-len 16";
     };
   };
+  // h5py's files carry no dms seal: trusted, they reach the checks made after HDF5 opens them.
+  auto train_trusting = [train_on](const std::function<std::string(const Env&)> make) {
+    return [run = train_on(make)](const Env& e) { return run(e) + " --trust-token-files"; };
+  };
+  // A token file of 'dms data prepare' with `edit` applied to its bytes.
+  auto sealed = [](const std::function<void(std::string&)> edit) {
+    return [edit](const Env& e) {
+      std::string b = read_bytes(tokens());
+      edit(b);
+      return e.write("t.h5", b);
+    };
+  };
+  const std::string h5_ones =
+      "h5py.File(path, 'w').create_dataset('tokens', data=np.ones((4, 16), 'u4'))\n";
   std::vector<Case> out = {
+      {"h5_unsealed", train_on([h5_ones](const Env& e) { return h5py_file(e, "t.h5", h5_ones); }),
+       "no dms seal"},
+      {"h5_unsealed_val",
+       [h5_ones](const Env& e) {
+         return "retrofit --model " + quote(model_bin()) + " --data " + quote(tokens()) +
+                " --val-data " + quote(h5py_file(e, "v.h5", h5_ones)) + " --out " +
+                quote(e.file("out")) + kRunOptions;
+       },
+       "v.h5: no dms seal"},
+      {"h5_seal_byte_flipped", train_on(sealed([](std::string& b) { b[b.size() / 2] ^= 0x10; })),
+       "do not match the sha256"},
+      {"h5_seal_last_byte_flipped", train_on(sealed([](std::string& b) { b.back() ^= 1; })),
+       "do not match the sha256"},
+      {"h5_seal_truncated", train_on(sealed([](std::string& b) { b.resize(b.size() - 100); })),
+       "truncated"},
+      {"h5_seal_appended", train_on(sealed([](std::string& b) { b += "more"; })),
+       "truncated or appended"},
+      {"h5_seal_digest_edited", train_on(sealed([](std::string& b) { b[30] = 'Z'; })), "malformed"},
+      {"h5_seal_count_edited", train_on(sealed([](std::string& b) {
+         const size_t at = b.find(" bytes ") + 7;
+         b.insert(at, "9");
+         b.erase(511, 1);  // the block keeps its 512 bytes: one byte less of zero padding
+       })),
+       "which names"},
+      {"h5_seal_block_zeroed",
+       train_on(sealed([](std::string& b) { std::fill(b.begin(), b.begin() + 512, '\0'); })),
+       "no dms seal"},
+      {"eval_damaged_tokens",
+       [sealed](const Env& e) {
+         const std::string t = sealed([](std::string& b) { b[b.size() - 7] ^= 4; })(e);
+         return "eval --model " + quote(export_dir()) + " --data " + quote(t);
+       },
+       "do not match the sha256"},
+      {"inspect_damaged_tokens",
+       [sealed](const Env& e) {
+         return "inspect " + quote(sealed([](std::string& b) { b[600] ^= 4; })(e));
+       },
+       "do not match the sha256"},
+      {"inspect_unsealed_tokens",
+       [h5_ones](const Env& e) { return "inspect " + quote(h5py_file(e, "t.h5", h5_ones)); },
+       "--trust-token-files"},
       {"llmc_negative_count", train_on([](const Env& e) { return llmc(e, 20240520, 1, -5, 64); }),
        "t.bin"},
       {"llmc_count_past_end",
@@ -664,36 +719,36 @@ std::vector<Case> token_cases() {
        "t.bin"},
       {"bin_odd_bytes",
        train_on([](const Env& e) { return e.write("t.bin", std::string(33, '\x01')); }), "t.bin"},
-      {"h5_no_tokens_dataset", train_on([](const Env& e) {
+      {"h5_no_tokens_dataset", train_trusting([](const Env& e) {
          return h5py_file(
              e, "t.h5",
              "h5py.File(path, 'w').create_dataset('other', data=np.zeros((4, 16), 'u4'))\n");
        }),
        "missing dataset 'tokens'"},
-      {"h5_float_tokens", train_on([](const Env& e) {
+      {"h5_float_tokens", train_trusting([](const Env& e) {
          return h5py_file(
              e, "t.h5",
              "h5py.File(path, 'w').create_dataset('tokens', data=np.zeros((4, 16), 'f4'))\n");
        }),
        "not integer"},
-      {"h5_ids_beyond_vocab", train_on([](const Env& e) {
+      {"h5_ids_beyond_vocab", train_trusting([](const Env& e) {
          return h5py_file(
              e, "t.h5",
              "h5py.File(path, 'w').create_dataset('tokens', data=np.full((4, 16), 600, 'u4'))\n");
        }),
        "t.h5"},
-      {"h5_negative_ids", train_on([](const Env& e) {
+      {"h5_negative_ids", train_trusting([](const Env& e) {
          return h5py_file(
              e, "t.h5",
              "h5py.File(path, 'w').create_dataset('tokens', data=np.full((4, 16), -1, 'i8'))\n");
        }),
        "t.h5"},
-      {"h5_one_dimensional", train_on([](const Env& e) {
+      {"h5_one_dimensional", train_trusting([](const Env& e) {
          return h5py_file(
              e, "t.h5", "h5py.File(path, 'w').create_dataset('tokens', data=np.zeros(64, 'u4'))\n");
        }),
        "2-D"},
-      {"h5_external_storage", train_on([](const Env& e) {
+      {"h5_external_storage", train_trusting([](const Env& e) {
          e.write("secret.raw", std::string(4 * 16 * 4, '\x01'));
          return h5py_file(e, "t.h5",
                           "import os\nraw = os.path.join(os.path.dirname(path), 'secret.raw')\n"
@@ -701,7 +756,7 @@ std::vector<Case> token_cases() {
                           "external=[(raw, 0, 256)])\n");
        }),
        "external files"},
-      {"h5_external_link", train_on([](const Env& e) {
+      {"h5_external_link", train_trusting([](const Env& e) {
          h5py_file(e, "other.h5",
                    "h5py.File(path, 'w').create_dataset('tokens', data=np.ones((4, 16), 'u4'))\n");
          return h5py_file(
@@ -709,14 +764,14 @@ std::vector<Case> token_cases() {
              "f = h5py.File(path, 'w')\nf['tokens'] = h5py.ExternalLink('other.h5', '/tokens')\n");
        }),
        "link to elsewhere"},
-      {"h5_soft_link", train_on([](const Env& e) {
+      {"h5_soft_link", train_trusting([](const Env& e) {
          return h5py_file(
              e, "t.h5",
              "f = h5py.File(path, 'w')\nf.create_dataset('real', data=np.ones((4, 16), 'u4'))\n"
              "f['tokens'] = h5py.SoftLink('/real')\n");
        }),
        "link to elsewhere"},
-      {"h5_virtual_dataset", train_on([](const Env& e) {
+      {"h5_virtual_dataset", train_trusting([](const Env& e) {
          h5py_file(e, "src.h5",
                    "h5py.File(path, 'w').create_dataset('d', data=np.ones((4, 16), 'u4'))\n");
          return h5py_file(e, "t.h5",
@@ -726,13 +781,13 @@ std::vector<Case> token_cases() {
                           "h5py.File(path, 'w').create_virtual_dataset('tokens', l)\n");
        }),
        "virtual dataset"},
-      {"h5_declares_2_40_rows", train_on([](const Env& e) {
+      {"h5_declares_2_40_rows", train_trusting([](const Env& e) {
          return h5py_file(
              e, "t.h5",
              "h5py.File(path, 'w').create_dataset('tokens', (2**40, 16), 'u4', chunks=(1, 16))\n");
        }),
        "declares"},
-      {"h5_bad_vocab_attribute", train_on([](const Env& e) {
+      {"h5_bad_vocab_attribute", train_trusting([](const Env& e) {
          return h5py_file(
              e, "t.h5",
              "f = h5py.File(path, 'w')\nf.create_dataset('tokens', data=np.ones((4, 16), 'u4'))\n"

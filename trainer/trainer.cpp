@@ -163,7 +163,7 @@ class Trainer {
   StepInputs step_inputs();
 
   RetrofitConfig cfg_;
-  std::unique_ptr<DirLock> run_lock_;  // rank 0; released last
+  std::unique_ptr<DirLock> run_lock_;        // rank 0; released last
   DistEnv env_;
   std::unique_ptr<Dist> dist_;
   bool lead_ = true;
@@ -231,13 +231,14 @@ Trainer::Trainer(const RetrofitConfig& cfg) : cfg_(cfg) {
 }
 
 void Trainer::open_data(const ModelConfig& mc) {
-  data_ = open_tokens(cfg_.run.data, cfg_.run.seq_len);
+  const TokenTrust trust = cfg_.run.trust_token_files ? TokenTrust::trust : TokenTrust::verify;
+  data_ = open_tokens(cfg_.run.data, cfg_.run.seq_len, "uint16", trust);
   validate_tokens(data_, mc.vocab_size, mc.max_position);
   val_path_ = cfg_.run.val_data.empty() ? validation_path(cfg_.run.data) : cfg_.run.val_data;
   // The one beside the data is optional; one the user named must be there.
   if (!cfg_.run.val_data.empty()) require_regular_file(cfg_.run.val_data);
   if (fs::exists(val_path_)) {  // every rank: whether to validate must agree across ranks
-    TokenData v = open_tokens(val_path_, cfg_.run.seq_len);
+    TokenData v = open_tokens(val_path_, cfg_.run.seq_len, "uint16", trust);
     if (v.n_rows > 0) {
       validate_tokens(v, mc.vocab_size, mc.max_position);
       val_ = std::make_unique<TokenData>(std::move(v));

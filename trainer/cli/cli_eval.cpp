@@ -27,13 +27,17 @@ void write_json(const std::string& path, const nlohmann::json& j) {
   std::cerr << "wrote " << path << "\n";
 }
 
+TokenTrust trust_of(const EvalConfig& a) {
+  return a.trust_token_files ? TokenTrust::trust : TokenTrust::verify;
+}
+
 void run_curve(const EvalConfig& a) {
   require(!a.compare && a.dump_logits.empty() && a.budget == 0 && !a.match_budget, "--curve",
           "evaluates DMS and every baseline itself: not with --compare, --budget, "
           "--match-budget or --dump-logits");
   require(fs::is_directory(a.model), a.model, "--curve needs a retrofit run directory");
   if (a.threads > 0) use_threads(a.threads);
-  TokenData data = open_tokens(a.data);
+  TokenData data = open_tokens(a.data, 0, "uint16", trust_of(a));
   Curve c = evaluate_curve(a.model, a.original, "--original", data, a.opts);
   c.data = a.data;
   std::cout << format_curve(c);
@@ -51,7 +55,7 @@ void run_eval(const EvalConfig& a) {
   const OriginalChoice oc = choose_original(a.model, a.original, "--original");
   Model orig = oc.path.empty() ? m : load_model(oc.path);
   if (oc.path.empty()) orig.dms.enabled = false;
-  TokenData data = open_tokens(a.data);
+  TokenData data = open_tokens(a.data, 0, "uint16", trust_of(a));
   validate_tokens(data, m.config.vocab_size, m.config.max_position);
   const int64_t T = data.seq_len;
 

@@ -8,7 +8,6 @@
 #include "checkpoints/load_model.h"
 #include "checkpoints/safetensors.h"
 #include "common/error.h"
-#include "common/h5.h"
 #include "common/json_file.h"
 #include "common/mapped_file.h"
 #include "data/token_file.h"
@@ -166,37 +165,44 @@ void inspect_checkpoint(const std::string& dir) {
             << "config:          " << s.config_json << "\n";
 }
 
-void inspect_h5(const std::string& path) {
-  h5::Handle f = h5::open_file(path);
-  if (h5::has_dataset(f.get(), "tokens")) {
-    TokenData d = open_tokens(path);
-    const auto [lowest, highest] = d.id_range();
-    std::cout << "token file:      " << path << "\n"
-              << "rows:            " << d.n_rows << " x " << d.seq_len << " tokens\n"
-              << "vocab:           " << d.info.vocab_size << " (bos " << d.info.bos_id << ", eos "
-              << d.info.eos_id << ")\n"
-              << "tokenizer sha256: "
-              << (d.info.tokenizer_hash.empty() ? "-" : d.info.tokenizer_hash) << "\n"
-              << "source:          " << d.info.source << "\n"
-              << "framing:         " << (d.info.framing.empty() ? "-" : d.info.framing) << "\n"
-              << "documents:       " << d.info.documents << ", real tokens " << d.info.tokens
-              << "\n"
-              << "ids:             " << lowest << " .. " << highest << "\n";
-    return;
+std::string describe_seal(const std::string& path, bool trusted) {
+  const TokenSeal s = read_token_seal(path);
+  if (!trusted) return "sha256 " + s.sha256 + " of " + std::to_string(s.bytes) + " bytes, verified";
+  if (s.kind == TokenSeal::none) return "none (read unchecked: --trust-token-files)";
+  try {
+    verify_token_seal(path);
+    return "sha256 " + s.sha256 + " of " + std::to_string(s.bytes) + " bytes, verified";
+  } catch (const InputError& e) {
+    return std::string("DOES NOT MATCH (read unchecked: --trust-token-files): ") + e.what();
   }
-  // A file of a checkpoint directory: describe the whole checkpoint.
-  const fs::path dir = fs::path(path).parent_path();
-  require(fs::exists(dir / kManifestFile), path,
-          "neither a token file nor part of a training checkpoint (no manifest.json beside it)");
-  inspect_checkpoint(dir.string());
 }
 
-void run_inspect(const std::string& path) {
+void inspect_h5(const std::string& path, bool trust) {
+  // Our token files carry a seal; a checkpoint's files are verified by its manifest first.
+  const fs::path dir = fs::path(path).parent_path();
+  if (read_token_seal(path).kind == TokenSeal::none && fs::exists(dir / kManifestFile))
+    return inspect_checkpoint(dir.string());
+  TokenData d = open_tokens(path, 0, "uint16", trust ? TokenTrust::trust : TokenTrust::verify);
+  const auto [lowest, highest] = d.id_range();
+  std::cout << "token file:      " << path << "\n"
+            << "seal:            " << describe_seal(path, trust) << "\n"
+            << "rows:            " << d.n_rows << " x " << d.seq_len << " tokens\n"
+            << "vocab:           " << d.info.vocab_size << " (bos " << d.info.bos_id << ", eos "
+            << d.info.eos_id << ")\n"
+            << "tokenizer sha256: " << (d.info.tokenizer_hash.empty() ? "-" : d.info.tokenizer_hash)
+            << "\n"
+            << "source:          " << d.info.source << "\n"
+            << "framing:         " << (d.info.framing.empty() ? "-" : d.info.framing) << "\n"
+            << "documents:       " << d.info.documents << ", real tokens " << d.info.tokens << "\n"
+            << "ids:             " << lowest << " .. " << highest << "\n";
+}
+
+void run_inspect(const std::string& path, bool trust) {
   require(fs::exists(path), path, "no such file or directory");
   if (is_checkpoint_dir(path)) return inspect_checkpoint(path);
   if (!fs::is_directory(path)) require_regular_file(path);  // a FIFO or device: never open it
   const std::string ext = fs::path(path).extension().string();
-  if (ext == ".h5" || ext == ".hdf5") return inspect_h5(path);
+  if (ext == ".h5" || ext == ".hdf5") return inspect_h5(path, trust);
   if (is_tokenizer_path(path)) return inspect_tokenizer(path);
   if (ext == ".safetensors") return inspect_safetensors(path);
   return inspect_model(path);
@@ -215,7 +221,11 @@ void add_inspect_command(CLI::App& app) {
       "checkpoints/step-NNNNNN directory: manifest, "
       "shards, every checksum verified).");
   cmd->add_option("path", *path, "File or directory to describe")->required();
-  cmd->callback([path] { run_inspect(*path); });
+  auto trust = std::make_shared<bool>(false);
+  cmd->add_flag("--trust-token-files", *trust,
+                "Describe an HDF5 token file that carries no dms seal (another tool wrote it) or "
+                "whose seal does not match; HDF5 then parses it unchecked");
+  cmd->callback([path, trust] { run_inspect(*path, *trust); });
 }
 
 }  // namespace dms

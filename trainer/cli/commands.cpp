@@ -38,6 +38,9 @@ const std::vector<Field<EvalConfig>>& eval_fields() {
               "The unchanged model (default: --model with eviction off; with --curve the run's "
               "recorded base, and this is its new path when it moved)"),
       text<C>("data", &C::data, "Held-out tokens (.h5)", nonempty).must(),
+      flag<C>("trust-token-files", &C::trust_token_files,
+              "Read a --data HDF5 file that carries no dms seal (another tool wrote it) or whose "
+              "seal does not match; HDF5 then parses it unchecked"),
       choice<C>("policy", &C::policy, policy_names(), "KV cache policy"),
       number<C>("budget", &C::budget, between(0, kMaxTokens),
                 "Tokens per KV head for window/h2o/tova (0: --match-budget or none)"),

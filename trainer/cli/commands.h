@@ -22,6 +22,7 @@ struct EvalConfig {
   bool curve = false;  // --model is a retrofit run: its kept checkpoints (trainer/eval/curve.h)
   EvalOptions opts;
   int64_t threads = 0;
+  bool trust_token_files = false;  // read --data without its seal (data/token_file.h)
 };
 const std::vector<Field<EvalConfig>>& eval_fields();
 

@@ -35,6 +35,10 @@ std::vector<F> run_fields() {
           .must(),
       text<C>("val-data", &C::run, &RunSection::val_data,
               "Held-out tokens (default: <data>.val.h5 if present)"),
+      flag<C>("trust-token-files", &C::run, &RunSection::trust_token_files,
+              "Read HDF5 token files (--data, --val-data) that carry no dms seal (another tool "
+              "wrote them) or whose seal does not match; HDF5 then parses them unchecked")
+          .resume(OnResume::free),
       text<C>("teacher", &C::run, &RunSection::teacher,
               "Full-weight mode: teacher model (same tokenizer; default: the base model)"),
       number<C>("seq-len", &C::run, &RunSection::seq_len, between(0, kMaxTokens),
@@ -49,8 +53,10 @@ std::vector<F> run_fields() {
           .unsaved(),
       number<C>("seed", &C::run, &RunSection::seed, any_finite(),
                 "Seed of the data order and the decision noise"),
-      number<C>("threads", &C::run, &RunSection::threads, between(0, 1024),
-                "CPU threads per process (0: every core)")
+      number<C>(
+          "threads", &C::run, &RunSection::threads, between(0, 1024),
+          "CPU threads per process (0: the usable cores shared among the ranks of this host, one "
+          "fewer for each core other processes take)")
           .resume(OnResume::free),
   };
 }

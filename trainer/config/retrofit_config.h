@@ -36,6 +36,7 @@ struct RunSection {
   bool resume = false;
   uint64_t seed = 0;    // data order and decision noise
   int64_t threads = 0;  // 0: the cores this process may use
+  bool trust_token_files = false;  // read HDF5 token files without their seal
 };
 
 struct DmsSection {

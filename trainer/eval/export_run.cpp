@@ -108,7 +108,8 @@ nlohmann::json build_report(const ExportRequest& req, const std::string& ck, con
   const std::string val =
       cfg.run.val_data.empty() ? validation_path(cfg.run.data) : cfg.run.val_data;
   if (!fs::exists(val)) return report;
-  TokenData v = open_tokens(val, cfg.run.seq_len);
+  TokenData v = open_tokens(val, cfg.run.seq_len, "uint16",
+                            cfg.run.trust_token_files ? TokenTrust::trust : TokenTrust::verify);
   std::vector<int64_t> idx;
   for (int64_t i = 0; i < std::min<int64_t>(v.n_rows, 16); ++i) idx.push_back(i);
   // The model under hard eviction against itself with eviction off.
