@@ -708,6 +708,17 @@ std::vector<Case> token_cases() {
          return "inspect " + quote(sealed([](std::string& b) { b[600] ^= 4; })(e));
        },
        "do not match the sha256"},
+      // 20,000 rows of 512 tokens in one batch: about 126 GB of logits and caches, refused
+      // before anything is allocated (not killed by the kernel when memory runs out).
+      {"eval_batch_beyond_memory",
+       [](const Env& e) {
+         const std::string big = h5py_file(
+             e, "big.h5",
+             "h5py.File(path, 'w').create_dataset('tokens', data=np.ones((20000, 512), 'u4'))\n");
+         return "eval --model " + quote(export_dir()) + " --data " + quote(big) +
+                " --trust-token-files --rows 0 --batch 65536";
+       },
+       "--batch 65536"},
       {"inspect_unsealed_tokens",
        [h5_ones](const Env& e) { return "inspect " + quote(h5py_file(e, "t.h5", h5_ones)); },
        "--trust-token-files"},

@@ -7,6 +7,7 @@
 
 #include "checkpoints/safetensors.h"
 #include "common/error.h"
+#include "common/host.h"
 #include "model/generate.h"
 
 namespace dms {
@@ -94,7 +95,21 @@ double greedy_agreement(const Model& model, const Model& original, const TokenDa
   return got.eq(want).to(at::kDouble).mean().item<double>();
 }
 
+void require_batch_fits(const ModelConfig& c, int64_t rows, int64_t T, const std::string& what) {
+  require_fits_in_memory(uint64_t(std::min(eval_batch_bytes(c, rows, T), 1e19)),
+                         what + " (" + std::to_string(rows) + " rows of " + std::to_string(T) +
+                             " tokens, vocabulary " + std::to_string(c.vocab_size) + ")");
+}
+
 }  // namespace
+
+double eval_batch_bytes(const ModelConfig& c, int64_t batch, int64_t T) {
+  const double bt = double(batch) * double(T);
+  const double logits = 6.0 * bt * double(c.vocab_size);
+  const double cache = 2.0 * double(c.n_layers) * double(c.n_kv_heads) * double(c.head_dim) * bt;
+  const double layer = bt * double(c.hidden_size + 3 * c.intermediate_size);
+  return 4.0 * (logits + cache + layer);
+}
 
 EvalRow evaluate(const Model& model, const Model& original, const TokenData& data,
                  CachePolicy policy, int64_t budget, const EvalOptions& o) {
@@ -103,6 +118,8 @@ EvalRow evaluate(const Model& model, const Model& original, const TokenData& dat
   row.policy = policy_name(policy);
   row.budget = budget;
   const int64_t n = o.rows > 0 ? std::min(o.rows, data.n_rows) : data.n_rows;
+  require_batch_fits(model.config, std::min(n, o.batch), data.seq_len,
+                     "--batch " + std::to_string(o.batch));
   const bool forced = policy == CachePolicy::full || policy == CachePolicy::dms;
   ForcedSums s;
   double used = 0, full = 0, held = 0, seen = 0;
@@ -155,6 +172,8 @@ void dump_logits(const Model& model, const TokenData& data, int64_t rows, CacheP
           "needs --policy dms or none (the baselines' logits come from the cache, token by token)");
   at::NoGradGuard ng;
   const int64_t n = rows > 0 ? std::min(rows, data.n_rows) : data.n_rows;
+  require_batch_fits(model.config, n, data.seq_len,
+                     "--rows " + std::to_string(rows) + " of --dump-logits");
   std::vector<int64_t> idx;
   for (int64_t i = 0; i < n; ++i) idx.push_back(i);
   const at::Tensor x = data.rows(idx);
@@ -181,18 +200,16 @@ std::string format_table(const std::vector<EvalRow>& rows) {
   std::ostringstream o;
   o << std::left << std::setw(10) << "model" << std::setw(8) << "policy" << std::right
     << std::setw(8) << "budget" << std::setw(13) << "decision CR" << std::setw(14) << "effective CR"
-    << std::setw(12) << "end CR"
-    << std::setw(10) << "ppl" << std::setw(14) << "KL(orig||m)" << std::setw(14) << "KL(m||orig)"
-    << std::setw(12) << "greedy =="
+    << std::setw(12) << "end CR" << std::setw(10) << "ppl" << std::setw(14) << "KL(orig||m)"
+    << std::setw(14) << "KL(m||orig)" << std::setw(12) << "greedy =="
     << "\n";
   for (const auto& r : rows) {
     o << std::left << std::setw(10) << r.model << std::setw(8) << r.policy << std::right
       << std::setw(8) << (r.budget > 0 ? std::to_string(r.budget) : std::string("-"))
       << std::setw(13) << cell(r.decision_cr, 2) << std::setw(14) << cell(r.effective_kv_cr, 2)
-      << std::setw(12) << cell(r.end_kv_cr, 2)
-      << std::setw(10) << cell(r.ppl, 3) << std::setw(14) << cell(r.kl_original_model, 4)
-      << std::setw(14) << cell(r.kl_model_original, 4) << std::setw(12)
-      << cell(r.greedy_agreement, 3) << "\n";
+      << std::setw(12) << cell(r.end_kv_cr, 2) << std::setw(10) << cell(r.ppl, 3) << std::setw(14)
+      << cell(r.kl_original_model, 4) << std::setw(14) << cell(r.kl_model_original, 4)
+      << std::setw(12) << cell(r.greedy_agreement, 3) << "\n";
   }
   return o.str();
 }

@@ -15,10 +15,10 @@ namespace dms {
 
 // A figure that was not computed is NaN: "-" in the table, null in JSON.
 struct EvalRow {
-  std::string model;         // "original" | "dms" | baseline name
-  std::string policy;        // none | dms | window | h2o | tova
-  int64_t budget = 0;        // tokens per head (baselines)
-  double decision_cr = 1.0;  // NaN for baselines (they make no per-token decisions)
+  std::string model;             // "original" | "dms" | baseline name
+  std::string policy;            // none | dms | window | h2o | tova
+  int64_t budget = 0;            // tokens per head (baselines)
+  double decision_cr = 1.0;      // NaN for baselines (they make no per-token decisions)
   double effective_kv_cr = 1.0;  // ours: full-cache reads / reads, over every step
   double end_kv_cr = 1.0;        // the official code's: tokens seen / tokens held at the end
   double ppl = 0;
@@ -41,13 +41,22 @@ struct EvalOptions {
 // (every baseline reads min(i + 1, budget + 1) keys at query i).
 int64_t budget_for_cr(double cr, int64_t T);
 
-// `model` (with or without DMS) under `policy`, against `original`.
+// Bytes one evaluation batch of `batch` rows of T tokens allocates at least: the logits of the
+// model and the original with their log-probabilities and probabilities ([b, T, V] x 6, f32),
+// the keys and values of a cache ([L, b, K, T, d] x 2, f32) and a layer's activations
+// ([b, T, D + 3 x MLP]). An estimate from below: what it refuses cannot fit, and it is checked
+// before anything is allocated, so a huge --batch is an error, not the kernel's OOM kill.
+double eval_batch_bytes(const ModelConfig& c, int64_t batch, int64_t T);
+
+// `model` (with or without DMS) under `policy`, against `original`. InputError naming
+// --batch when one batch cannot fit in the memory available now.
 EvalRow evaluate(const Model& model, const Model& original, const TokenData& data,
                  CachePolicy policy, int64_t budget, const EvalOptions& o);
 
 // Per-position figures of the first `rows` rows under `policy` (dms: hard eviction; full:
 // eviction off) into a safetensors file: tokens [R, T] I64, logits [R, T, V] F32 and, for
-// DMS, decisions and decision_logits [L, R, K, T] F32. InputError for other policies.
+// DMS, decisions and decision_logits [L, R, K, T] F32. InputError for other policies, and
+// naming --rows when the R rows cannot fit in memory in one pass.
 void dump_logits(const Model& model, const TokenData& data, int64_t rows, CachePolicy policy,
                  const std::string& path);
 
