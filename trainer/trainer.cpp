@@ -23,6 +23,7 @@
 #include "common/error.h"
 #include "common/host.h"
 #include "common/mapped_file.h"
+#include "common/thread_governor.h"
 #include "data/loader.h"
 #include "data/prepare.h"
 #include "data/token_file.h"
@@ -164,6 +165,7 @@ class Trainer {
 
   RetrofitConfig cfg_;
   std::unique_ptr<DirLock> run_lock_;        // rank 0; released last
+  std::unique_ptr<ThreadGovernor> threads_;  // the default count beside co-tenants (CPU)
   DistEnv env_;
   std::unique_ptr<Dist> dist_;
   bool lead_ = true;
@@ -202,6 +204,7 @@ Trainer::Trainer(const RetrofitConfig& cfg) : cfg_(cfg) {
   if (fs::exists(run) && !empty_but_lock(run.string()) && !cfg_.run.resume)
     throw InputError(cfg_.run.out + ": run directory is not empty (pass --resume to continue it)");
   device_ = pick_device(cfg_.dist.device, env_);
+  if (!device_.is_cuda()) threads_ = ThreadGovernor::for_default(cfg_.run.threads);
   dist_ = Dist::join(env_, backend_name(cfg_.dist.backend),
                      std::chrono::milliseconds(int64_t(cfg_.dist.timeout_s * 1000)), device_);
   lead_ = dist_->rank() == 0;
@@ -395,6 +398,10 @@ int Trainer::run() {
   for (int64_t step = start_; step < cfg_.optim.max_steps; ++step) {
     train_step(step);
     const int64_t done = step + 1;
+    if (threads_) {
+      const std::string changed = threads_->tick();
+      if (lead_ && !changed.empty()) sinks_->note(done, "threads", changed);
+    }
     const bool last = done == cfg_.optim.max_steps;
     if (val_ && (done % mon.eval_every == 0 || last)) validate(done);
     const auto kept = keep_at_.find(done);

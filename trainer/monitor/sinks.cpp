@@ -123,6 +123,11 @@ void MetricsSinks::alert(int64_t step, const std::string& kind, const std::strin
   log_->write({{"step", step}, {"alert", kind}, {"message", message}});
 }
 
+void MetricsSinks::note(int64_t step, const std::string& kind, const std::string& message) {
+  std::cerr << "\n" << message << "\n";
+  log_->write({{"step", step}, {"note", kind}, {"message", message}});
+}
+
 void MetricsSinks::finish(const std::string& status) {
   bar_->finish(status);
 }

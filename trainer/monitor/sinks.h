@@ -42,6 +42,9 @@ class MetricsSinks {
   void validation(const ValidationRecord& v);
   // One console line and one metrics.jsonl record.
   void alert(int64_t step, const std::string& kind, const std::string& message);
+  // A change the run made to itself (e.g. its thread count): a console line and a record
+  // {"step", "note": kind, "message"}.
+  void note(int64_t step, const std::string& kind, const std::string& message);
   void finish(const std::string& status = "");
 
  private:
