@@ -22,6 +22,10 @@ Handle::~Handle() {
   if (id_ >= 0 && close_) close_(id_);
 }
 
+void skip_exit_cleanup() {
+  H5dont_atexit();
+}
+
 void quiet() {
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
 }

@@ -26,13 +26,19 @@ class Handle {
   herr_t (*close_)(hid_t) = nullptr;
 };
 
+// Tells HDF5 not to register its exit-time cleanup; main() calls it before any other HDF5 call.
+// That cleanup closes whatever is still open, and on a file whose close already failed (a
+// full disk) it dies of SIGSEGV after our error line was printed. Every file we write is
+// closed by its Handle on every path, so nothing needs closing at exit.
+void skip_exit_cleanup();
+
 // Silences HDF5's own stderr error stack for the life of the process (we report errors
 // ourselves, one line each).
 void quiet();
 
 // Truncates. userblock: bytes HDF5 leaves to us at the start (0, or a power of 2 >= 512).
 Handle create_file(const std::string& path, hsize_t userblock = 0);
-Handle open_file(const std::string& path);    // read-only; InputError if not HDF5
+Handle open_file(const std::string& path);  // read-only; InputError if not HDF5
 
 // Attributes on a file or dataset: string, integer, double, list of strings.
 void set_attr(hid_t obj, const std::string& name, const std::string& value);

@@ -1004,6 +1004,11 @@ TEST(RetrofitRun, BadDataFilesExitWith2) {
   test::write_bytes(tmp.file("junk.h5"), "not hdf5");
   r = run(tmp.file("junk.h5"));
   EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("junk.h5: no dms seal"), std::string::npos) << r.err;
+  r = test::run_dms("retrofit --model " + quote(model) + " --data " + quote(tmp.file("junk.h5")) +
+                    " --out " + quote(tmp.file("run-trusted")) +
+                    " --max-steps 1 --trust-token-files");
+  EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("junk.h5: not an HDF5 file"), std::string::npos) << r.err;
   test::write_bytes(tmp.file("empty.txt"), "");
   r = test::run_dms("data prepare --tokenizer " + quote(asset("stories260K/tok512.model")) +

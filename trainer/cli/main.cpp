@@ -10,6 +10,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "common/h5.h"
 #include "common/host.h"
 #include "common/mapped_file.h"
 #include "trainer/cli/cli.h"
@@ -73,6 +74,7 @@ extern "C" void exit_on_stop_signal(int sig) {
 }
 
 int main(int argc, char** argv) {
+  dms::h5::skip_exit_cleanup();  // first: before any HDF5 call (common/h5.h says why)
   tune_allocator();
   // A peer rank that dies leaves its sockets closed; writing to one must become an error
   // our collectives report ("lost rank N"), not a silent SIGPIPE death of this rank.
