@@ -6,6 +6,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstring>
+
 #include "common/host.h"
 #include "common/thread_governor.h"
 #include "tests/test_util.h"
@@ -82,6 +84,14 @@ TEST(ThreadGovernor, OnlyTheDefaultCountIsGoverned) {
 // The test process pins itself (and so the retrofit, its child) and the loops to the first
 // two cores it may use, so the test means the same on a machine with more cores.
 TEST(ThreadGovernor, RetrofitBesideBusyLoopsDropsToOneThread) {
+  // A nanoGPT-style uint16 stream (no tokenizer: the sanitized build cannot load SentencePiece).
+  test::TempDir tmp;
+  std::string ids(2 * 64 * 200, '\0');
+  for (size_t i = 0; i < ids.size() / 2; ++i) {
+    const uint16_t id = uint16_t((i * 7919) % 512);
+    std::memcpy(&ids[2 * i], &id, 2);
+  }
+  test::write_bytes(tmp.file("t.bin"), ids);
   cpu_set_t mine, two;
   ASSERT_EQ(sched_getaffinity(0, sizeof mine, &mine), 0);
   ASSERT_GE(CPU_COUNT(&mine), 2) << "needs two cores";
@@ -101,10 +111,9 @@ TEST(ThreadGovernor, RetrofitBesideBusyLoopsDropsToOneThread) {
     }
     loops.push_back(pid);
   }
-  test::TempDir tmp;
   const test::CommandResult r = test::run_dms(
       "retrofit --model " + test::quote(test::asset("stories260K/stories260K.bin")) + " --data " +
-          test::quote(test::small_token_file()) + " --out " + test::quote(tmp.file("run")) +
+          test::quote(tmp.file("t.bin")) + " --seq-len 64 --out " + test::quote(tmp.file("run")) +
           " --max-steps 40 --micro-batch 4 --window 8 --eval-every 1000 --checkpoint-every 1000",
       240);
   for (pid_t pid : loops) {
