@@ -7,6 +7,7 @@
 // this one run, the thread changes the default run logged, and the children's peak memory.
 //   cotenant_bench [--dms build/dms] [--steps 12] [--rounds 3] [--json FILE]
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -40,6 +41,7 @@ struct BusyLoop {
   pid_t pid = fork();
   BusyLoop() {
     if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlives the bench
       volatile uint64_t x = 0;
       for (;;) x = x + 1;
     }
@@ -65,8 +67,8 @@ Result run_retrofit(const std::string& dms, const std::string& data, const std::
   const std::string cmd = env + " " + dms + " retrofit " + args + " --model " + assets() +
                           "/stories260K/stories260K.bin --data " + data + " --out " + out +
                           " --micro-batch 8 --max-steps " + std::to_string(steps) +
-                          " --eval-every 100000 --checkpoint-every 100000 --log-every 1 > " +
-                          out + ".log 2>&1";
+                          " --eval-every 100000 --checkpoint-every 100000 --log-every 1 > " + out +
+                          ".log 2>&1";
   if (sh(cmd) != 0) throw std::runtime_error("retrofit failed: see " + out + ".log");
   std::ifstream in(out + "/metrics.jsonl");
   std::vector<double> tps;

@@ -3,6 +3,7 @@
 // busy loops on its cores.
 #include <sched.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -102,24 +103,31 @@ TEST(ThreadGovernor, RetrofitBesideBusyLoopsDropsToOneThread) {
     ++n;
   }
   ASSERT_EQ(sched_setaffinity(0, sizeof two, &two), 0);
-  std::vector<pid_t> loops;
+  // The loops die with this scope, and with this process if it dies first (PDEATHSIG): a
+  // failed assertion must not leave them spinning.
+  struct Loops {
+    std::vector<pid_t> pids;
+    ~Loops() {
+      for (pid_t pid : pids) {
+        kill(pid, SIGKILL);
+        waitpid(pid, nullptr, 0);
+      }
+    }
+  } loops;
   for (int i = 0; i < 2; ++i) {
     const pid_t pid = fork();
     if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
       volatile uint64_t x = 0;
       for (;;) x = x + 1;
     }
-    loops.push_back(pid);
+    loops.pids.push_back(pid);
   }
   const test::CommandResult r = test::run_dms(
       "retrofit --model " + test::quote(test::asset("stories260K/stories260K.bin")) + " --data " +
           test::quote(tmp.file("t.bin")) + " --seq-len 64 --out " + test::quote(tmp.file("run")) +
           " --max-steps 40 --micro-batch 4 --window 8 --eval-every 1000 --checkpoint-every 1000",
       240);
-  for (pid_t pid : loops) {
-    kill(pid, SIGKILL);
-    waitpid(pid, nullptr, 0);
-  }
   sched_setaffinity(0, sizeof mine, &mine);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("threads 2 -> 1"), std::string::npos) << r.err;
