@@ -43,12 +43,18 @@ void require_fits_in_memory(uint64_t bytes, const std::string& what) {
   throw InputError(what + ": " + msg);
 }
 
-int usable_cores() {
+std::vector<int> affinity_cores() {
+  std::vector<int> out;
   cpu_set_t set;
   CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
-  const int n = CPU_COUNT(&set);
-  return n >= 1 ? n : 1;
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return out;
+  for (int c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &set)) out.push_back(c);
+  return out;
+}
+
+int usable_cores() {
+  return std::max(1, int(affinity_cores().size()));
 }
 
 int use_threads(int64_t requested) {

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace dms {
 
@@ -17,8 +18,10 @@ int local_ranks();
 // available now (checked before a large allocation; no check when unknown).
 void require_fits_in_memory(uint64_t bytes, const std::string& what);
 
-// The cores this process may run on (its CPU affinity mask, which taskset, cgroups' cpusets
-// and schedulers set), at least 1.
+// The ids of the cores this process may run on (its CPU affinity mask, which taskset, cgroups'
+// cpusets and schedulers set); empty when it cannot be read.
+std::vector<int> affinity_cores();
+// How many: at least 1.
 int usable_cores();
 
 // Sets the intra-op thread count (LibTorch, OpenMP, BLAS). requested 0: the default, the

@@ -1,7 +1,6 @@
 #include "common/thread_governor.h"
 
 #include <ATen/Parallel.h>
-#include <sched.h>
 
 #include <algorithm>
 #include <cmath>
@@ -15,16 +14,6 @@
 namespace dms {
 
 namespace {
-
-std::vector<int> affinity_cores() {
-  std::vector<int> out;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof set, &set) != 0) return out;
-  for (int c = 0; c < CPU_SETSIZE; ++c)
-    if (CPU_ISSET(c, &set)) out.push_back(c);
-  return out;
-}
 
 std::string slurp(const char* path) {
   std::ifstream f(path);
@@ -94,16 +83,14 @@ std::unique_ptr<ThreadGovernor> ThreadGovernor::for_default(int64_t requested_th
   if (const char* env = std::getenv("OMP_NUM_THREADS"); env && std::atoi(env) > 0) return nullptr;
   const int cores = usable_cores();
   const int base = at::get_num_threads();
-  if (cores < 2 || base < 2 || !read_cpu_sample().ok) return nullptr;
-  return std::unique_ptr<ThreadGovernor>(new ThreadGovernor(cores, base));
+  if (cores < 2 || base < 2) return nullptr;
+  const CpuReading first = read_cpu_sample();  // the first interval ends at the first tick
+  if (!first.ok) return nullptr;
+  return std::unique_ptr<ThreadGovernor>(new ThreadGovernor(cores, base, first.sample));
 }
 
-ThreadGovernor::ThreadGovernor(int cores, int base) : cores_(cores), base_(base), threads_(base) {
-  const CpuReading r = read_cpu_sample();  // the first interval ends at the first tick
-  last_ = r.sample;
-  have_last_ = r.ok;
-  last_time_ = Clock::now();
-}
+ThreadGovernor::ThreadGovernor(int cores, int base, const CpuSample& first)
+    : cores_(cores), base_(base), threads_(base), last_(first), last_time_(Clock::now()) {}
 
 ThreadGovernor::~ThreadGovernor() {
   if (threads_ != base_) at::set_num_threads(base_);
@@ -111,15 +98,12 @@ ThreadGovernor::~ThreadGovernor() {
 
 std::string ThreadGovernor::tick() {
   const auto now = Clock::now();
-  if (have_last_ && now - last_time_ < std::chrono::seconds(1)) return "";
+  if (now - last_time_ < std::chrono::seconds(1)) return "";
   const CpuReading r = read_cpu_sample();
   if (!r.ok) return "";
   const CpuSample prev = last_;
-  const bool had = have_last_;
   last_ = r.sample;
   last_time_ = now;
-  have_last_ = true;
-  if (!had) return "";
   const CpuSample d{r.sample.busy - prev.busy, r.sample.idle - prev.idle,
                     r.sample.self - prev.self};
   lost_ = cores_taken_by_others(d, cores_, threads_, lost_);

@@ -64,10 +64,9 @@ class ThreadGovernor {
 
  private:
   using Clock = std::chrono::steady_clock;
-  ThreadGovernor(int cores, int base);
+  ThreadGovernor(int cores, int base, const CpuSample& first);
   int cores_, base_, threads_, lost_ = 0;
   CpuSample last_;
-  bool have_last_ = false;
   Clock::time_point last_time_;
 };
 
